@@ -1,0 +1,1 @@
+# tests: one cmocka program per module lives beside its module's fragment; shared test helpers here.
