@@ -111,7 +111,7 @@ $(1)_BIN := $(BUILD)/$$($(1)_PATH)
 $$($(1)_BIN): $$($(1)_OBJS) $$(patsubst %,$(BUILD)/lib%.a,$$($(1)_DEPLIBS))
 	@mkdir -p $$(@D)
 	@$$(if $$(Q),echo "  LD      $$@")
-	$$(Q)$$(CC) $$(LDFLAGS) -o $$@ $$($(1)_OBJS) $$(patsubst %,$(BUILD)/lib%.a,$$($(1)_DEPLIBS)) $$($(1)_LDLIBS) $$($(1)_LDFLAGS)
+	$$(Q)$$(CC) $$(LDFLAGS) -o $$@ $$($(1)_OBJS) -Wl,--whole-archive $$(patsubst %,$(BUILD)/lib%.a,$$($(1)_DEPLIBS)) -Wl,--no-whole-archive $$($(1)_LDLIBS) $$($(1)_LDFLAGS)
 ALL_OBJS += $$($(1)_OBJS)
 ALL_BINS += $$($(1)_BIN)
 endef

@@ -1,3 +1,12 @@
-# dsm: coherence protocol engine, userfaultfd backend, region API.
+# dsm: coherence protocol engine (pure), userfaultfd backend, region API.
 LIBS_ALL += dsm
-dsm_SRCS :=
+
+# --- protocol engine (pure: no I/O, threads or clock)
+dsm_SRCS := $(wildcard dsm/protocol.c)
+
+# --- userfaultfd backend and region API
+dsm_SRCS += $(wildcard dsm/uffd.c dsm/region.c)
+
+DSM_LDLIBS := $(IC_LDLIBS)
+
+# --- tests, benchmarks, model: see interconnect/module.mk for the template variables.

@@ -76,7 +76,7 @@ struct ic_link_params {
 	double loss;                /* probability a frame is dropped, [0,1] */
 	double reorder;             /* probability a frame is held back behind later ones, [0,1] */
 	uint32_t reorder_us;        /* how long a held-back frame waits (default 2 x latency + 50 us) */
-	bool partitioned;           /* drop everything on this link (both directions when set on both ends) */
+	bool partitioned;           /* drop every frame on this link, both directions, at this node */
 };
 
 struct ic_config {

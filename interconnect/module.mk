@@ -1,3 +1,37 @@
 # interconnect: transports (tcp, rdma, loop, fabric), framing, connection authentication.
+#
+# Sources are listed by name but picked up only once they exist, so the tree builds while they are written.
 LIBS_ALL += ic
-ic_SRCS :=
+
+# --- core and tcp: registry, frame codec, handshake/MAC, address parsing, tcp transport
+ic_SRCS := $(wildcard interconnect/transport.c interconnect/frame.c interconnect/auth.c interconnect/addr.c \
+	interconnect/tcp.c)
+
+# --- loop, fabric, rdma
+ic_SRCS += $(wildcard interconnect/loop.c interconnect/fabric.c)
+ifeq ($(HAVE_RDMA),1)
+ic_SRCS += $(wildcard interconnect/rdma.c)
+else
+ic_SRCS += $(wildcard interconnect/rdma_stub.c)
+endif
+
+# Control-plane messages (handshake, close) are protobuf-c.
+IC_PROTO := interconnect/ic.proto
+ifneq ($(wildcard $(IC_PROTO)),)
+GEN_HDRS += $(BUILD)/gen/interconnect/ic.pb-c.h
+ic_SRCS += $(BUILD)/gen/interconnect/ic.pb-c.c
+$(BUILD)/gen/interconnect/ic.pb-c.c $(BUILD)/gen/interconnect/ic.pb-c.h: $(IC_PROTO) | $(DEPS_STAMP)
+	@mkdir -p $(BUILD)/gen
+	@$(if $(Q),echo "  PROTOC  $<")
+	$(Q)protoc-c --c_out=$(BUILD)/gen $<
+endif
+
+IC_LDLIBS := $(PROTOBUF_LIBS) $(CRYPTO_LIBS) $(URCU_LIBS) $(RDMA_LIBS)
+
+# --- tests and benchmarks (one cmocka program per module), each added once its source exists
+# Example:
+#   TESTS += test_frame
+#   test_frame_PATH := tests/test_frame
+#   test_frame_SRCS := tests/unit/test_frame.c
+#   test_frame_DEPLIBS := ic util
+#   test_frame_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
