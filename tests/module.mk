@@ -1,1 +1,6 @@
-# tests: one cmocka program per module lives beside its module's fragment; shared test helpers here.
+# tests: programs for modules that have no fragment of their own (util), and shared test helpers.
+TESTS += test_util
+test_util_PATH := tests/test_util
+test_util_SRCS := tests/unit/test_util.c
+test_util_DEPLIBS := util
+test_util_LDLIBS := $(CMOCKA_LIBS)
