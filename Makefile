@@ -77,6 +77,7 @@ include util/module.mk
 include interconnect/module.mk
 include dsm/module.mk
 include tests/module.mk
+-include sim/guest/module.mk
 
 # ---- generic rules -------------------------------------------------------------------------
 
