@@ -35,3 +35,12 @@ IC_LDLIBS := $(PROTOBUF_LIBS) $(CRYPTO_LIBS) $(URCU_LIBS) $(RDMA_LIBS)
 #   test_frame_SRCS := tests/unit/test_frame.c
 #   test_frame_DEPLIBS := ic util
 #   test_frame_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
+
+# --- loop, fabric, rdma: tests and benchmark
+ifneq ($(wildcard tests/unit/test_loop.c),)
+TESTS += test_loop
+test_loop_PATH := tests/test_loop
+test_loop_SRCS := tests/unit/test_loop.c
+test_loop_DEPLIBS := ic util
+test_loop_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
+endif
