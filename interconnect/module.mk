@@ -44,3 +44,10 @@ test_loop_SRCS := tests/unit/test_loop.c
 test_loop_DEPLIBS := ic util
 test_loop_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
 endif
+ifneq ($(wildcard tests/unit/test_fabric.c),)
+TESTS += test_fabric
+test_fabric_PATH := tests/test_fabric
+test_fabric_SRCS := tests/unit/test_fabric.c
+test_fabric_DEPLIBS := ic util
+test_fabric_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
+endif
