@@ -1,0 +1,53 @@
+# sim/guest: freestanding guest SDK and workloads (multiboot v1 ELF32 images holding 64-bit code).
+#
+#   $(BUILD)/guest/<workload>.elf   one kernel per workload, bootable by qemu -kernel and by rackvm
+#   $(BUILD)/guest/compute-ref      host program printing the expected compute checksum
+#
+# Guest objects use their own flags (never $(CFLAGS): no sanitizers, no -pthread, no SSE in ring 0).
+GUEST_DIR := sim/guest
+GUEST_OUT := $(BUILD)/guest
+GUEST_WORKLOADS := topology litmus memtest compute ipi
+GUEST_CFLAGS := -std=gnu11 -O2 -g -ffreestanding -fno-pic -fno-pie -fno-stack-protector -fno-builtin \
+	-fno-asynchronous-unwind-tables -fno-omit-frame-pointer -mno-red-zone -mno-sse -mno-mmx \
+	-mgeneral-regs-only -mcmodel=small $(WARNINGS) -I$(GUEST_DIR)/include -I$(GUEST_DIR)/sdk -MMD -MP
+GUEST_LDFLAGS := -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-z,max-page-size=0x1000 \
+	-Wl,-z,noexecstack -Wl,--no-warn-rwx-segments -T $(GUEST_DIR)/link.ld
+GUEST_SDK_SRCS := $(wildcard $(GUEST_DIR)/sdk/*.c) $(GUEST_DIR)/sdk/boot.S
+GUEST_SDK_OBJS := $(patsubst %,$(GUEST_OUT)/obj/%.o,$(notdir $(GUEST_SDK_SRCS)))
+GUEST_ELFS := $(patsubst %,$(GUEST_OUT)/%.elf,$(GUEST_WORKLOADS))
+
+$(GUEST_OUT)/obj/%.c.o: $(GUEST_DIR)/sdk/%.c
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  GCC     $<")
+	$(Q)$(CC) $(GUEST_CFLAGS) -c -o $@ $<
+
+$(GUEST_OUT)/obj/%.S.o: $(GUEST_DIR)/sdk/%.S
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  GAS     $<")
+	$(Q)$(CC) $(GUEST_CFLAGS) -D__ASSEMBLER__ -c -o $@ $<
+
+$(GUEST_OUT)/obj/wl-%.o: $(GUEST_DIR)/workloads/%.c
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  GCC     $<")
+	$(Q)$(CC) $(GUEST_CFLAGS) -c -o $@ $<
+
+# Link as ELF64, then repackage as ELF32: multiboot v1 loaders (qemu -kernel) only take ELF32 images.
+$(GUEST_OUT)/%.elf: $(GUEST_OUT)/obj/wl-%.o $(GUEST_SDK_OBJS) $(GUEST_DIR)/link.ld
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(GUEST_LDFLAGS) -o $@.64 $(GUEST_OUT)/obj/wl-$*.o $(GUEST_SDK_OBJS) -lgcc
+	$(Q)objcopy -O elf32-i386 $@.64 $@
+
+$(GUEST_OUT)/compute-ref: $(GUEST_DIR)/workloads/compute_ref.c $(GUEST_DIR)/workloads/compute_kernel.h
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) -std=gnu11 -O2 $(WARNINGS) -o $@ $<
+
+.SECONDARY: $(GUEST_SDK_OBJS) $(patsubst %,$(GUEST_OUT)/obj/wl-%.o,$(GUEST_WORKLOADS))
+.PHONY: guest
+guest: $(GUEST_ELFS) $(GUEST_OUT)/compute-ref
+all: guest
+
+CHECK_SCRIPTS += tests/guest/run-qemu.sh
+SOAK_SCRIPTS += tests/guest/soak-qemu.sh
+
+-include $(GUEST_SDK_OBJS:.o=.d) $(patsubst %,$(GUEST_OUT)/obj/wl-%.d,$(GUEST_WORKLOADS))
