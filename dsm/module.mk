@@ -5,12 +5,15 @@ LIBS_ALL += dsm
 dsm_SRCS := $(wildcard dsm/protocol.c)
 
 # --- userfaultfd backend and region API
-dsm_SRCS += $(wildcard dsm/uffd.c dsm/region.c)
+# A library of its own (libdsmrt: uffd + region, needs ic and threads) so the pure engine in libdsm links into
+# the model, simulator and engine tests without any I/O. Programs using regions link: dsmrt dsm ic util.
+LIBS_ALL += dsmrt
+dsmrt_SRCS := $(wildcard dsm/uffd.c $(if $(wildcard dsm/protocol.c),dsm/region.c))
 
 TESTS += $(if $(wildcard tests/unit/test_uffd.c),test_uffd)
 test_uffd_PATH := tests/test_uffd
-test_uffd_SRCS := tests/unit/test_uffd.c
-test_uffd_DEPLIBS := dsm util
+test_uffd_SRCS := tests/unit/test_uffd.c dsm/uffd.c
+test_uffd_DEPLIBS := util
 test_uffd_LDLIBS := $(CMOCKA_LIBS)
 
 DSM_LDLIBS := $(IC_LDLIBS)

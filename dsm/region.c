@@ -1,0 +1,873 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * DSM region: wires the protocol engine (dsm/protocol.h), the userfaultfd mapping (dsm/uffd.h) and a transport
+ * (interconnect/ic.h). The design, ordering argument and failure behaviour are in docs/dsm-backend.md.
+ *
+ * Threads
+ *  - fault thread: poll(uffd, stop eventfd) -> read up to 16 faults -> engine_fault for each.
+ *  - I/O thread:   ic_poll loop; on_frame -> engine_recv, on_peer -> engine_peer_down; LEAVE frames.
+ *  - timer thread: sleeps on a condition variable until the engine's timer (ns resolution: the lease is 100 us,
+ *                  ic_poll only has ms timeouts) -> engine_timer.
+ * Every engine call and the execution of its actions happen under r->lock, in emission order. The fault thread
+ * allocates nothing and blocks on nothing but that lock; all tables are sized at create.
+ *
+ * Ordering: the engine emits WRITE_PROTECT before any SEND/STORE/STASH of LOCAL data and UNMAP after it; we
+ * execute in that order and UFFDIO_WRITEPROTECT returns only once no CPU can still write the page, so the bytes
+ * we copy out are final and the zap loses nothing. ic_send (tcp) copies whatever it could not write at once, so
+ * after it returns the mapping may change.
+ *
+ * Leaving: a node that destroys its region while others still use it would take its homed pages and Modified
+ * copies with it. dsm_region_destroy() therefore first sends LEAVE (frame type DSM_REGION_T_LEAVE) to every peer
+ * and keeps serving until every peer's LEAVE arrived (or it went down): only then has everyone stopped touching
+ * the region. A peer that went down after its LEAVE is not a failure.
+ */
+#include "dsm/region.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "dsm/protocol.h"
+#include "dsm/uffd.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+#define DSM_REGION_T_LEAVE 0x30u    /* region control: "I no longer touch the region" (empty payload) */
+#define FAULT_BATCH 16
+#define STASH_POOL 64               /* preallocated stash buffers; more are malloc'ed (counted) */
+#define LEAVE_TIMEOUT_NS (10 * NSEC_PER_SEC)
+
+static_assert(DSM_PAGE_SIZE == DSM_UFFD_PAGE_SIZE, "one page size");
+
+struct dsm_region {
+	struct dsm_uffd *uffd;
+	struct dsm_engine *eng;
+	struct ic_transport *ic;
+	uint8_t *base;
+	size_t size;
+	uint64_t n_pages;
+	uint32_t self, n_nodes;
+	dsm_fatal_fn on_fatal;
+	void *opaque;
+
+	/* r->lock: the engine, everything it names, and the fields below down to `stats`. */
+	pthread_mutex_t lock;
+	struct dsm_action *acts;
+	uint32_t acts_cap;
+	uint8_t *home_store;            /* n_homed slots of DSM_PAGE_SIZE */
+	uint8_t **stash;                /* per page: stashed bytes or NULL */
+	uint8_t *stash_pool;            /* STASH_POOL buffers */
+	uint8_t *stash_free[STASH_POOL];
+	uint32_t n_stash_free;
+	uint64_t *fault_t0;             /* per page: when the first still-unanswered fault was reported, 0 = none */
+	uint64_t cur_fault_page;        /* page of the fault input being executed, UINT64_MAX otherwise */
+	bool fatal_pending;
+	struct dsm_region_stats stats;
+	uint64_t stash_mallocs, local_not_present;
+
+	/* Timer: r->lock too; the timer thread sleeps on timer_cond. */
+	pthread_cond_t timer_cond;
+	uint64_t timer_when;
+
+	/* Peers and failure: r->st_lock (never held while taking r->lock). */
+	pthread_mutex_t st_lock;
+	pthread_cond_t st_cond;
+	bool *peer_up, *peer_ever_up, *peer_left;
+	uint32_t n_up, n_left;
+	bool leaving;
+	atomic_bool failed;
+	uint32_t dead_node;
+	char reason[DSM_REASON_MAX];
+	atomic_bool fatal_reported;
+
+	atomic_bool stop;
+	int stop_efd;
+	pthread_t fault_th, io_th, timer_th;
+	bool fault_started, io_started, timer_started;
+};
+
+static uint8_t *region_page(struct dsm_region *r, uint64_t page)
+{
+	return r->base + page * DSM_PAGE_SIZE;
+}
+
+static uint8_t *region_home_slot(struct dsm_region *r, uint64_t page)
+{
+	int64_t slot = dsm_engine_home_slot(r->eng, page);
+
+	return slot < 0 ? NULL : r->home_store + (uint64_t)slot * DSM_PAGE_SIZE;
+}
+
+/* Bytes of this node's mapping about to be read by one of our own threads. A missing page would fault into our
+ * own fault thread while we hold the lock — a deadlock — so check first (one mincore, far below a network hop). */
+static const uint8_t *region_local_bytes(struct dsm_region *r, uint64_t page)
+{
+	unsigned char vec = 0;
+
+	if (mincore(region_page(r, page), DSM_PAGE_SIZE, &vec) < 0 || !(vec & 1)) {
+		r->local_not_present++;
+		pr_err("page %llu is not present but the engine asked for its local bytes",
+		       (unsigned long long)page);
+		return NULL;
+	}
+	return region_page(r, page);
+}
+
+/* ---- failure -------------------------------------------------------------------------------------------- */
+
+static void region_record_failure(struct dsm_region *r, uint32_t node, const char *reason)
+{
+	pthread_mutex_lock(&r->st_lock);
+	if (!atomic_load(&r->failed)) {
+		r->dead_node = node;
+		snprintf(r->reason, sizeof(r->reason), "%s", reason);
+		atomic_store(&r->failed, true);
+	}
+	pthread_cond_broadcast(&r->st_cond);
+	pthread_mutex_unlock(&r->st_lock);
+}
+
+/* Called by the thread that executed a FATAL, after dropping r->lock. */
+static void region_report_failure(struct dsm_region *r)
+{
+	if (atomic_exchange(&r->fatal_reported, true))
+		return;
+	pr_err("region failed: node %u: %s", r->dead_node, r->reason);
+	if (r->on_fatal)
+		r->on_fatal(r->opaque, r->dead_node, r->reason);
+	/* Waiters must not hang and must not see wrong bytes: every access to the region now raises SIGSEGV. */
+	dsm_uffd_fail_all(r->uffd);
+}
+
+/* ---- action execution (r->lock held) ---------------------------------------------------------------------- */
+
+static void region_fault_answered(struct dsm_region *r, uint64_t page, uint64_t now)
+{
+	uint64_t t0 = r->fault_t0[page];
+
+	if (!t0)
+		return;
+	r->fault_t0[page] = 0;
+	if (page == r->cur_fault_page) {
+		r->stats.faults_local++;
+	} else {
+		r->stats.faults_remote++;
+		hist_record(&r->stats.remote_fault_ns, now > t0 ? now - t0 : 0);
+	}
+}
+
+static int region_map(struct dsm_region *r, const struct dsm_action *a)
+{
+	bool wp = a->mode == DSM_MODE_RO;
+	const void *src = NULL;
+	int err = 0;
+
+	switch (a->data) {
+	case DSM_DATA_KEEP:
+		return dsm_uffd_protect(r->uffd, a->page, wp) ?: (wp ? dsm_uffd_wake(r->uffd, a->page) : 0);
+	case DSM_DATA_ZERO:
+		err = dsm_uffd_zero(r->uffd, a->page, wp);
+		break;
+	case DSM_DATA_MSG:
+		src = a->payload;
+		break;
+	case DSM_DATA_HOME:
+		src = region_home_slot(r, a->page);
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (a->data != DSM_DATA_ZERO) {
+		if (!src)
+			return -EINVAL;
+		err = dsm_uffd_copy(r->uffd, a->page, src, wp);
+	}
+	if (err == -EEXIST) {
+		/* The engine thinks the page is absent; its bytes are what the engine just chose, so replace. */
+		r->stats.copy_eexist++;
+		pr_warn("page %llu already present at MAP; replacing", (unsigned long long)a->page);
+		dsm_uffd_zap(r->uffd, a->page);
+		err = src ? dsm_uffd_copy(r->uffd, a->page, src, wp) : dsm_uffd_zero(r->uffd, a->page, wp);
+	}
+	return err;
+}
+
+static uint8_t *region_stash_get(struct dsm_region *r)
+{
+	uint8_t *buf;
+
+	if (r->n_stash_free)
+		return r->stash_free[--r->n_stash_free];
+	buf = aligned_alloc(64, DSM_PAGE_SIZE);
+	if (buf)
+		r->stash_mallocs++;
+	return buf;
+}
+
+static void region_stash_put(struct dsm_region *r, uint8_t *buf)
+{
+	if (buf >= r->stash_pool && buf < r->stash_pool + (size_t)STASH_POOL * DSM_PAGE_SIZE)
+		r->stash_free[r->n_stash_free++] = buf;
+	else
+		free(buf);
+}
+
+static int region_send(struct dsm_region *r, const struct dsm_action *a)
+{
+	struct iovec iov[2] = { { (void *)&a->msg, sizeof(a->msg) } };
+	const void *data = NULL;
+	int iovcnt = 1, err;
+
+	switch (a->data) {
+	case DSM_DATA_NONE:
+		break;
+	case DSM_DATA_LOCAL:
+		data = region_local_bytes(r, a->page);
+		break;
+	case DSM_DATA_HOME:
+		data = region_home_slot(r, a->page);
+		break;
+	case DSM_DATA_STASH:
+		data = r->stash[a->page];
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (a->data != DSM_DATA_NONE) {
+		if (!data)
+			return -EINVAL;
+		iov[1].iov_base = (void *)data;
+		iov[1].iov_len = DSM_PAGE_SIZE;
+		iovcnt = 2;
+		r->stats.bytes_out += DSM_PAGE_SIZE;
+	}
+	err = ic_send(r->ic, a->peer, a->msg.type, 0, iov, iovcnt);
+	if (err) {
+		/* Not fatal: the engine retransmits after retry_ns; a peer that is really gone comes as PEER_DOWN. */
+		r->stats.send_errors++;
+		pr_debug("send %s to node %u: %s", dsm_msg_type_name(a->msg.type), a->peer, strerror(-err));
+		return 0;
+	}
+	r->stats.msgs_out++;
+	return 0;
+}
+
+static int region_exec_one(struct dsm_region *r, const struct dsm_action *a, uint64_t now)
+{
+	uint8_t *slot;
+	const void *src;
+
+	switch (a->type) {
+	case DSM_ACT_SEND:
+		return region_send(r, a);
+	case DSM_ACT_MAP:
+		r->stats.maps++;
+		region_fault_answered(r, a->page, now);
+		return region_map(r, a);
+	case DSM_ACT_WRITE_PROTECT:
+		r->stats.write_protects++;
+		return dsm_uffd_protect(r->uffd, a->page, true);
+	case DSM_ACT_UNMAP:
+		r->stats.unmaps++;
+		return dsm_uffd_zap(r->uffd, a->page);
+	case DSM_ACT_STORE:
+		r->stats.stores++;
+		slot = region_home_slot(r, a->page);
+		src = a->data == DSM_DATA_MSG ? a->payload
+		      : a->data == DSM_DATA_LOCAL ? (const void *)region_local_bytes(r, a->page) : NULL;
+		if (!slot || !src)
+			return -EINVAL;
+		memcpy(slot, src, DSM_PAGE_SIZE);
+		return 0;
+	case DSM_ACT_WAKE:
+		r->stats.wakes++;
+		region_fault_answered(r, a->page, now);
+		return dsm_uffd_wake(r->uffd, a->page);
+	case DSM_ACT_STASH:
+		src = region_local_bytes(r, a->page);
+		if (!src)
+			return -EINVAL;
+		if (!r->stash[a->page])
+			r->stash[a->page] = region_stash_get(r);
+		if (!r->stash[a->page])
+			return -ENOMEM;
+		memcpy(r->stash[a->page], src, DSM_PAGE_SIZE);
+		return 0;
+	case DSM_ACT_DROP_STASH:
+		if (r->stash[a->page]) {
+			region_stash_put(r, r->stash[a->page]);
+			r->stash[a->page] = NULL;
+		}
+		return 0;
+	case DSM_ACT_TIMER:
+		r->stats.timers++;
+		r->timer_when = a->when;
+		pthread_cond_signal(&r->timer_cond);
+		return 0;
+	case DSM_ACT_FATAL:
+		region_record_failure(r, a->peer, a->reason);
+		r->fatal_pending = true;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+/* Execute r->acts in order. An action that fails means the backend cannot do what the engine decided: continuing
+ * could expose wrong bytes, so the region fails (FATAL blaming this node). */
+static void region_exec(struct dsm_region *r, const struct dsm_actions *out, uint64_t now)
+{
+	if (out->overflow) {
+		region_record_failure(r, r->self, "engine action list overflow (backend bug)");
+		r->fatal_pending = true;
+		return;
+	}
+	for (uint32_t i = 0; i < out->n; i++) {
+		const struct dsm_action *a = &out->v[i];
+		int err = region_exec_one(r, a, now);
+
+		if (err) {
+			char why[DSM_REASON_MAX];
+
+			snprintf(why, sizeof(why), "backend could not execute %s on page %llu: %s",
+				 dsm_action_type_name(a->type), (unsigned long long)a->page, strerror(-err));
+			pr_err("%s", why);
+			region_record_failure(r, r->self, why);
+			r->fatal_pending = true;
+			return;
+		}
+	}
+}
+
+/* ---- inputs ------------------------------------------------------------------------------------------------ */
+
+static void region_after_input(struct dsm_region *r)
+{
+	bool fatal = r->fatal_pending;
+
+	r->fatal_pending = false;
+	pthread_mutex_unlock(&r->lock);
+	if (fatal)
+		region_report_failure(r);
+}
+
+static void region_on_frame(void *opaque, uint32_t src, const struct ic_frame *f)
+{
+	struct dsm_region *r = opaque;
+	struct dsm_actions out;
+	uint64_t now;
+
+	if (f->type == DSM_REGION_T_LEAVE) {
+		pthread_mutex_lock(&r->st_lock);
+		if (src < r->n_nodes && !r->peer_left[src]) {
+			r->peer_left[src] = true;
+			r->n_left++;
+			pthread_cond_broadcast(&r->st_cond);
+		}
+		pthread_mutex_unlock(&r->st_lock);
+		return;
+	}
+	if (f->type < DSM_MSG_TYPE_MIN || f->type > DSM_MSG_TYPE_MAX || atomic_load(&r->failed))
+		return;
+	pthread_mutex_lock(&r->lock);
+	now = clock_now_ns();
+	dsm_actions_init(&out, r->acts, r->acts_cap);
+	r->stats.msgs_in++;
+	if (f->len == dsm_msg_len(DSM_MF_DATA))
+		r->stats.bytes_in += DSM_PAGE_SIZE;
+	if (dsm_engine_recv(r->eng, src, f->payload, f->len, now, &out) == 0)
+		region_exec(r, &out, now);
+	region_after_input(r);
+}
+
+static void region_on_peer(void *opaque, uint32_t peer, enum ic_peer_event ev, const char *why)
+{
+	struct dsm_region *r = opaque;
+	struct dsm_actions out;
+	bool tell_engine = false;
+	uint64_t now;
+
+	if (peer >= r->n_nodes)
+		return;
+	pthread_mutex_lock(&r->st_lock);
+	if (ev == IC_PEER_UP) {
+		if (!r->peer_up[peer]) {
+			r->peer_up[peer] = true;
+			r->n_up++;
+		}
+		if (r->peer_ever_up[peer] && !r->peer_left[peer])
+			pr_warn("node %u reconnected: it may have lost its state", peer);
+		r->peer_ever_up[peer] = true;
+	} else {
+		if (r->peer_up[peer]) {
+			r->peer_up[peer] = false;
+			r->n_up--;
+		}
+		/* A peer that left on purpose is no loss; one that never came up holds nothing yet. */
+		tell_engine = r->peer_ever_up[peer] && !r->peer_left[peer];
+		if (tell_engine)
+			pr_warn("node %u is down: %s", peer, why ? why : "?");
+	}
+	pthread_cond_broadcast(&r->st_cond);
+	pthread_mutex_unlock(&r->st_lock);
+	if (!tell_engine || atomic_load(&r->failed))
+		return;
+	pthread_mutex_lock(&r->lock);
+	now = clock_now_ns();
+	dsm_actions_init(&out, r->acts, r->acts_cap);
+	dsm_engine_peer_down(r->eng, peer, now, &out);
+	region_exec(r, &out, now);
+	region_after_input(r);
+}
+
+static void *region_fault_main(void *arg)
+{
+	struct dsm_region *r = arg;
+	struct dsm_uffd_fault f[FAULT_BATCH];
+	struct pollfd p[2] = { { .fd = dsm_uffd_fd(r->uffd), .events = POLLIN },
+			       { .fd = r->stop_efd, .events = POLLIN } };
+
+	while (!atomic_load(&r->stop)) {
+		int n;
+
+		if (poll(p, 2, -1) < 0 && errno != EINTR) {
+			pr_err("poll: %s", strerror(errno));
+			break;
+		}
+		if (p[1].revents)
+			break;
+		n = dsm_uffd_read_faults(r->uffd, f, FAULT_BATCH);
+		if (n < 0) {
+			pr_err("reading userfaultfd: %s", strerror(-n));
+			break;
+		}
+		if (n == 0 || atomic_load(&r->failed))
+			continue;
+		pthread_mutex_lock(&r->lock);
+		for (int i = 0; i < n && !r->fatal_pending; i++) {
+			struct dsm_actions out;
+			uint64_t now = clock_now_ns();
+
+			if (f[i].wp)
+				r->stats.faults_wp++;
+			else if (f[i].write)
+				r->stats.faults_write++;
+			else
+				r->stats.faults_read++;
+			if (!r->fault_t0[f[i].page])
+				r->fault_t0[f[i].page] = now;
+			r->cur_fault_page = f[i].page;
+			dsm_actions_init(&out, r->acts, r->acts_cap);
+			dsm_engine_fault(r->eng, f[i].page, f[i].write, now, &out);
+			region_exec(r, &out, now);
+			r->cur_fault_page = UINT64_MAX;
+		}
+		region_after_input(r);
+	}
+	return NULL;
+}
+
+static void *region_io_main(void *arg)
+{
+	struct dsm_region *r = arg;
+
+	while (!atomic_load(&r->stop)) {
+		int n = ic_poll(r->ic, 1000);
+
+		if (n < 0 && n != -EINTR) {
+			pr_err("ic_poll: %s", strerror(-n));
+			region_record_failure(r, r->self, "transport I/O loop failed");
+			region_report_failure(r);
+			break;
+		}
+	}
+	return NULL;
+}
+
+static void *region_timer_main(void *arg)
+{
+	struct dsm_region *r = arg;
+
+	pthread_mutex_lock(&r->lock);
+	while (!atomic_load(&r->stop)) {
+		uint64_t now = clock_now_ns();
+		struct dsm_actions out;
+
+		if (!r->timer_when) {
+			pthread_cond_wait(&r->timer_cond, &r->lock);
+			continue;
+		}
+		if (now < r->timer_when) {
+			struct timespec ts = { .tv_sec = (time_t)(r->timer_when / NSEC_PER_SEC),
+					       .tv_nsec = (long)(r->timer_when % NSEC_PER_SEC) };
+
+			pthread_cond_timedwait(&r->timer_cond, &r->lock, &ts);
+			continue;
+		}
+		if (atomic_load(&r->failed)) {
+			r->timer_when = 0;
+			continue;
+		}
+		r->timer_when = 0;
+		dsm_actions_init(&out, r->acts, r->acts_cap);
+		dsm_engine_timer(r->eng, now, &out);
+		region_exec(r, &out, now);
+		if (r->fatal_pending) {
+			region_after_input(r);
+			pthread_mutex_lock(&r->lock);
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
+	return NULL;
+}
+
+/* ---- create / destroy ----------------------------------------------------------------------------------- */
+
+static int region_check_members(const struct dsm_region_config *cfg)
+{
+	bool seen[DSM_MAX_NODES] = { false };
+	bool self_seen = false;
+
+	if (cfg->n_members < 1 || cfg->n_members > DSM_MAX_NODES)
+		return -EINVAL;
+	for (size_t i = 0; i < cfg->n_members; i++) {
+		uint32_t id = cfg->members[i].id;
+
+		/* The engine numbers nodes 0..n-1: member ids must be exactly that set. */
+		if (id >= cfg->n_members || seen[id]) {
+			pr_err("member ids must be 0..%zu, each once (got %u)", cfg->n_members - 1, id);
+			return -EINVAL;
+		}
+		seen[id] = true;
+		self_seen |= id == cfg->self;
+	}
+	if (!self_seen) {
+		pr_err("self %u is not a member", cfg->self);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int region_transport_create(struct dsm_region *r, const struct dsm_region_config *cfg)
+{
+	struct ic_peer_addr *peers;
+	struct ic_config ic;
+	size_t np = 0;
+	int err;
+
+	peers = calloc(cfg->n_members, sizeof(*peers));
+	if (!peers)
+		return -ENOMEM;
+	memset(&ic, 0, sizeof(ic));
+	for (size_t i = 0; i < cfg->n_members; i++) {
+		if (cfg->members[i].id == cfg->self)
+			ic.listen = cfg->members[i].addr;
+		else
+			peers[np++] = cfg->members[i];
+	}
+	ic.self = cfg->self;
+	ic.peers = peers;
+	ic.n_peers = np;
+	ic.key = cfg->key;
+	ic.key_len = cfg->key_len;
+	ic.epoch = cfg->epoch ? cfg->epoch : 1;
+	ic.max_frame = (uint32_t)dsm_msg_len(DSM_MF_DATA);
+	ic.heartbeat_ms = cfg->heartbeat_ms;
+	ic.dead_ms = cfg->dead_ms;
+	for (unsigned t = DSM_MSG_TYPE_MIN; t <= DSM_MSG_TYPE_MAX; t++)
+		ic_accept_type(&ic, (uint8_t)t);
+	ic_accept_type(&ic, DSM_REGION_T_LEAVE);
+	ic.on_frame = region_on_frame;
+	ic.on_peer = region_on_peer;
+	ic.opaque = r;
+	ic.inner = cfg->fabric_inner;
+	err = ic_create(cfg->transport, &ic, &r->ic);
+	free(peers);
+	return err;
+}
+
+int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **out)
+{
+	struct dsm_config ec;
+	pthread_condattr_t ca;
+	struct dsm_region *r;
+	uint64_t n_homed;
+	int err;
+
+	if (!cfg->transport || !cfg->members || cfg->size == 0 || cfg->size % DSM_PAGE_SIZE)
+		return -EINVAL;
+	err = region_check_members(cfg);
+	if (err)
+		return err;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->self = cfg->self;
+	r->n_nodes = (uint32_t)cfg->n_members;
+	r->size = cfg->size;
+	r->n_pages = cfg->size / DSM_PAGE_SIZE;
+	r->on_fatal = cfg->on_fatal;
+	r->opaque = cfg->opaque;
+	r->cur_fault_page = UINT64_MAX;
+	r->stop_efd = -1;
+	hist_init(&r->stats.remote_fault_ns);
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_mutex_init(&r->st_lock, NULL);
+	pthread_cond_init(&r->st_cond, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->timer_cond, &ca);
+	pthread_condattr_destroy(&ca);
+
+	dsm_config_init(&ec);
+	ec.self = cfg->self;
+	ec.n_nodes = r->n_nodes;
+	ec.n_pages = r->n_pages;
+	ec.home = cfg->home_map;
+	if (cfg->epoch)
+		ec.epoch = cfg->epoch;
+	if (cfg->lease_ns)
+		ec.lease_ns = cfg->lease_ns;
+	if (cfg->retry_ns)
+		ec.retry_ns = cfg->retry_ns;
+	err = dsm_engine_create(&ec, &r->eng);
+	if (err)
+		goto out_free;
+
+	err = -ENOMEM;
+	r->acts_cap = dsm_engine_max_actions(r->eng);
+	r->acts = calloc(r->acts_cap, sizeof(*r->acts));
+	n_homed = dsm_engine_n_homed(r->eng);
+	r->home_store = n_homed ? mmap(NULL, n_homed * DSM_PAGE_SIZE, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0) : NULL;
+	if (r->home_store == MAP_FAILED)
+		r->home_store = NULL;
+	r->stash = calloc(r->n_pages, sizeof(*r->stash));
+	r->fault_t0 = calloc(r->n_pages, sizeof(*r->fault_t0));
+	r->stash_pool = aligned_alloc(DSM_PAGE_SIZE, (size_t)STASH_POOL * DSM_PAGE_SIZE);
+	r->peer_up = calloc(r->n_nodes, sizeof(bool));
+	r->peer_ever_up = calloc(r->n_nodes, sizeof(bool));
+	r->peer_left = calloc(r->n_nodes, sizeof(bool));
+	if (!r->acts || (n_homed && !r->home_store) || !r->stash || !r->fault_t0 || !r->stash_pool || !r->peer_up ||
+	    !r->peer_ever_up || !r->peer_left)
+		goto out_tables;
+	for (uint32_t i = 0; i < STASH_POOL; i++)
+		r->stash_free[i] = r->stash_pool + (size_t)i * DSM_PAGE_SIZE;
+	r->n_stash_free = STASH_POOL;
+
+	err = dsm_uffd_create(cfg->size, &r->uffd);
+	if (err)
+		goto out_tables;
+	r->base = dsm_uffd_base(r->uffd);
+	r->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (r->stop_efd < 0) {
+		err = -errno;
+		goto out_uffd;
+	}
+	err = region_transport_create(r, cfg);
+	if (err) {
+		pr_err("transport %s: %s", cfg->transport, strerror(-err));
+		goto out_efd;
+	}
+	err = -pthread_create(&r->timer_th, NULL, region_timer_main, r);
+	if (err)
+		goto out_threads;
+	r->timer_started = true;
+	err = -pthread_create(&r->fault_th, NULL, region_fault_main, r);
+	if (err)
+		goto out_threads;
+	r->fault_started = true;
+	err = -pthread_create(&r->io_th, NULL, region_io_main, r);
+	if (err)
+		goto out_threads;
+	r->io_started = true;
+	*out = r;
+	return 0;
+
+out_threads:
+	/* Undoes the threads, the transport and everything above through destroy's own path. */
+	dsm_region_destroy(r);
+	return err;
+out_efd:
+	close(r->stop_efd);
+out_uffd:
+	dsm_uffd_destroy(r->uffd);
+out_tables:
+	free(r->acts);
+	if (r->home_store)
+		munmap(r->home_store, n_homed * DSM_PAGE_SIZE);
+	free(r->stash);
+	free(r->fault_t0);
+	free(r->stash_pool);
+	free(r->peer_up);
+	free(r->peer_ever_up);
+	free(r->peer_left);
+	dsm_engine_destroy(r->eng);
+out_free:
+	pthread_cond_destroy(&r->timer_cond);
+	pthread_cond_destroy(&r->st_cond);
+	pthread_mutex_destroy(&r->st_lock);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+	return err;
+}
+
+/* Tell every peer we no longer touch the region, then keep serving until each of them said the same (or is
+ * down), so nobody loses the pages this node homes or owns. */
+static void region_leave(struct dsm_region *r)
+{
+	uint64_t deadline = clock_now_ns() + LEAVE_TIMEOUT_NS;
+	struct iovec iov = { NULL, 0 };
+
+	pthread_mutex_lock(&r->st_lock);
+	r->leaving = true;
+	pthread_mutex_unlock(&r->st_lock);
+	for (uint32_t p = 0; p < r->n_nodes; p++)
+		if (p != r->self)
+			(void)ic_send(r->ic, p, DSM_REGION_T_LEAVE, 0, &iov, 0);
+	pthread_mutex_lock(&r->st_lock);
+	for (;;) {
+		uint32_t waiting = 0;
+		struct timespec ts;
+		uint64_t now = clock_now_ns();
+
+		for (uint32_t p = 0; p < r->n_nodes; p++)
+			if (p != r->self && !r->peer_left[p] && (r->peer_up[p] || !r->peer_ever_up[p]))
+				waiting++;
+		if (!waiting || atomic_load(&r->failed))
+			break;
+		if (now >= deadline) {
+			pr_warn("leaving: %u peer(s) did not leave within %llu s", waiting,
+				(unsigned long long)(LEAVE_TIMEOUT_NS / NSEC_PER_SEC));
+			break;
+		}
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 50 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&r->st_cond, &r->st_lock, &ts);
+	}
+	pthread_mutex_unlock(&r->st_lock);
+}
+
+void dsm_region_destroy(struct dsm_region *r)
+{
+	uint64_t one = 1;
+	uint64_t n_homed;
+
+	if (!r)
+		return;
+	if (r->io_started && !atomic_load(&r->failed))
+		region_leave(r);
+	atomic_store(&r->stop, true);
+	if (r->fault_started) {
+		(void)!write(r->stop_efd, &one, sizeof(one));
+		pthread_join(r->fault_th, NULL);
+	}
+	if (r->io_started) {
+		ic_wake(r->ic);
+		pthread_join(r->io_th, NULL);
+	}
+	if (r->timer_started) {
+		pthread_mutex_lock(&r->lock);
+		pthread_cond_signal(&r->timer_cond);
+		pthread_mutex_unlock(&r->lock);
+		pthread_join(r->timer_th, NULL);
+	}
+	ic_destroy(r->ic);
+	close(r->stop_efd);
+	dsm_uffd_destroy(r->uffd);
+	for (uint64_t p = 0; p < r->n_pages; p++)
+		if (r->stash[p])
+			region_stash_put(r, r->stash[p]);
+	n_homed = dsm_engine_n_homed(r->eng);
+	if (r->home_store)
+		munmap(r->home_store, n_homed * DSM_PAGE_SIZE);
+	free(r->acts);
+	free(r->stash);
+	free(r->fault_t0);
+	free(r->stash_pool);
+	free(r->peer_up);
+	free(r->peer_ever_up);
+	free(r->peer_left);
+	dsm_engine_destroy(r->eng);
+	pthread_cond_destroy(&r->timer_cond);
+	pthread_cond_destroy(&r->st_cond);
+	pthread_mutex_destroy(&r->st_lock);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
+
+void *dsm_region_base(const struct dsm_region *r)
+{
+	return r->base;
+}
+
+size_t dsm_region_size(const struct dsm_region *r)
+{
+	return r->size;
+}
+
+uint32_t dsm_region_home_of(const struct dsm_region *r, uint64_t page)
+{
+	return dsm_engine_home_of(r->eng, page);
+}
+
+int dsm_region_wait_peers(struct dsm_region *r, uint64_t timeout_ns)
+{
+	uint64_t deadline = clock_now_ns() + timeout_ns;
+	int err = 0;
+
+	pthread_mutex_lock(&r->st_lock);
+	while (r->n_up < r->n_nodes - 1) {
+		struct timespec ts;
+
+		if (atomic_load(&r->failed)) {
+			err = -EIO;
+			break;
+		}
+		if (clock_now_ns() >= deadline) {
+			err = -ETIMEDOUT;
+			break;
+		}
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 20 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&r->st_cond, &r->st_lock, &ts);
+	}
+	if (!err && atomic_load(&r->failed))
+		err = -EIO;
+	pthread_mutex_unlock(&r->st_lock);
+	return err;
+}
+
+bool dsm_region_failed(struct dsm_region *r, uint32_t *node, char *reason, size_t reason_len)
+{
+	if (!atomic_load(&r->failed))
+		return false;
+	pthread_mutex_lock(&r->st_lock);
+	if (node)
+		*node = r->dead_node;
+	if (reason && reason_len)
+		snprintf(reason, reason_len, "%s", r->reason);
+	pthread_mutex_unlock(&r->st_lock);
+	return true;
+}
+
+void dsm_region_get_stats(struct dsm_region *r, struct dsm_region_stats *out)
+{
+	pthread_mutex_lock(&r->lock);
+	*out = r->stats;
+	pthread_mutex_unlock(&r->lock);
+}

@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * DSM region: a range of memory kept coherent across the nodes of a membership. Each node creates the region with
+ * the same size, membership and home map; every node's base pointer then shows the same bytes (sequentially
+ * consistent), page by page on demand. This is what the hypervisor hands to KVM as guest RAM; without KVM ("host
+ * thread mode") ordinary threads of the node process use the pointer directly.
+ *
+ * Threads (see docs/dsm-backend.md): a fault thread (reads userfaultfd, feeds the engine), an I/O thread (runs the
+ * transport's ic_poll loop, feeds received DSM frames and the engine timer). The engine runs under one lock; the
+ * actions it emits are executed in order by whichever of the two threads called it, under that lock.
+ *
+ * Failure: when a peer the region needs dies, the region enters the failed state: it records which node and why,
+ * calls on_fatal (once, from one of its threads, outside the engine lock), then makes the whole mapping
+ * inaccessible and wakes every waiter, so a thread blocked in a fault or touching the region afterwards takes
+ * SIGSEGV — never a hang, never stale or zero data. Programs that want a clean message and exit code report from
+ * on_fatal (or poll dsm_region_failed()) and exit.
+ */
+#ifndef RACKVM_DSM_REGION_H
+#define RACKVM_DSM_REGION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "interconnect/ic.h"
+#include "util/hist.h"
+
+struct dsm_region;
+
+typedef void (*dsm_fatal_fn)(void *opaque, uint32_t node, const char *reason);
+
+struct dsm_region_config {
+	uint32_t self;                       /* this node's id; must appear in members */
+	const struct ic_peer_addr *members;  /* every node, self included; self's addr is where it listens */
+	size_t n_members;
+	const char *transport;               /* "tcp", "loop", "fabric" ... */
+	const char *fabric_inner;            /* fabric only: wrapped transport */
+	const uint8_t *key;                  /* cluster key */
+	size_t key_len;
+	size_t size;                         /* bytes, a multiple of 4 KiB */
+	const uint32_t *home_map;            /* page -> node id (size/4096 entries); NULL = contiguous blocks */
+	uint64_t lease_ns;                   /* 0 = engine default */
+	uint64_t retry_ns;                   /* 0 = engine default */
+	uint32_t epoch;                      /* membership epoch; 0 = 1 */
+	uint32_t heartbeat_ms, dead_ms;      /* transport liveness; 0 = transport defaults */
+	dsm_fatal_fn on_fatal;               /* may be NULL */
+	void *opaque;
+};
+
+struct dsm_region_stats {
+	uint64_t faults_read;         /* MISSING faults on a read */
+	uint64_t faults_write;        /* MISSING faults on a write */
+	uint64_t faults_wp;           /* writes to a Shared page */
+	uint64_t faults_local;        /* resolved inside the fault's own engine step (no message waited for) */
+	uint64_t faults_remote;       /* resolved later by a received message */
+	uint64_t msgs_out, msgs_in;   /* DSM messages */
+	uint64_t bytes_out, bytes_in; /* page payload bytes */
+	uint64_t maps, unmaps, write_protects, stores, wakes, timers;
+	uint64_t send_errors;         /* ic_send refused (peer down, queue full): the engine retransmits */
+	uint64_t copy_eexist;         /* MAP of a page the kernel already had (engine/backend disagreement) */
+	struct hist remote_fault_ns;  /* fault reported -> page mapped, for faults resolved remotely */
+};
+
+int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **out);
+/* Stop the threads, close the transport, unregister and unmap. Safe in the failed state. */
+void dsm_region_destroy(struct dsm_region *r);
+
+void *dsm_region_base(const struct dsm_region *r);
+size_t dsm_region_size(const struct dsm_region *r);
+uint32_t dsm_region_home_of(const struct dsm_region *r, uint64_t page);
+
+/* Wait until every other member's connection is up. 0, -ETIMEDOUT, or -EIO when the region failed. */
+int dsm_region_wait_peers(struct dsm_region *r, uint64_t timeout_ns);
+/* True once the region failed; node/reason (if not NULL) say why. */
+bool dsm_region_failed(struct dsm_region *r, uint32_t *node, char *reason, size_t reason_len);
+void dsm_region_get_stats(struct dsm_region *r, struct dsm_region_stats *out);
+
+#endif
