@@ -738,7 +738,7 @@ static void region_leave(struct dsm_region *r)
 		uint64_t now = clock_now_ns();
 
 		for (uint32_t p = 0; p < r->n_nodes; p++)
-			if (p != r->self && !r->peer_left[p] && (r->peer_up[p] || !r->peer_ever_up[p]))
+			if (p != r->self && !r->peer_left[p] && r->peer_up[p])
 				waiting++;
 		if (!waiting || atomic_load(&r->failed))
 			break;

@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dsm/region in one process: 2-3 regions (nodes) joined by the in-process "loop" transport, touched by ordinary
+ * threads (host-thread mode). The multi-process proof over tcp is tests/integration/test_dsm_cluster.c.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "dsm/region.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+#define PG 4096u
+#define MAXN 3
+
+static const uint8_t key[32] = "test_region cluster key 0123456";
+static unsigned hub_seq;
+
+struct cluster {
+	unsigned n;
+	struct dsm_region *r[MAXN];
+	uint8_t *base[MAXN];
+};
+
+static bool uffd_missing;
+
+static int cluster_start(struct cluster *c, unsigned n, size_t pages, uint64_t lease_ns)
+{
+	struct ic_peer_addr m[MAXN];
+	char hub[32];
+
+	memset(c, 0, sizeof(*c));
+	c->n = n;
+	snprintf(hub, sizeof(hub), "region%u-%d", hub_seq++, (int)getpid());
+	for (unsigned i = 0; i < n; i++) {
+		m[i].id = i;
+		snprintf(m[i].addr, sizeof(m[i].addr), "%s/%u", hub, i);
+	}
+	for (unsigned i = 0; i < n; i++) {
+		struct dsm_region_config cfg = {
+			.self = i, .members = m, .n_members = n, .transport = "loop",
+			.key = key, .key_len = sizeof(key), .size = pages * PG, .lease_ns = lease_ns,
+		};
+		int err = dsm_region_create(&cfg, &c->r[i]);
+
+		if (err) {
+			if (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP)
+				uffd_missing = true;
+			while (i--)
+				dsm_region_destroy(c->r[i]);
+			return err;
+		}
+		c->base[i] = dsm_region_base(c->r[i]);
+	}
+	for (unsigned i = 0; i < n; i++)
+		if (dsm_region_wait_peers(c->r[i], 5 * NSEC_PER_SEC))
+			return -ETIMEDOUT;
+	return 0;
+}
+
+static void *destroy_fn(void *arg)
+{
+	dsm_region_destroy(arg);
+	return NULL;
+}
+
+static void cluster_stop(struct cluster *c)
+{
+	/* Leave in parallel: each destroy waits for every peer's LEAVE. */
+	pthread_t th[MAXN];
+
+	for (unsigned i = 0; i < c->n; i++)
+		pthread_create(&th[i], NULL, destroy_fn, c->r[i]);
+	for (unsigned i = 0; i < c->n; i++)
+		pthread_join(th[i], NULL);
+}
+
+#define START(c, n, pages, lease) \
+	do { \
+		int err_ = cluster_start(c, n, pages, lease); \
+		if (err_ && uffd_missing) { \
+			printf("SKIP: userfaultfd with write-protect unavailable\n"); \
+			skip(); \
+		} \
+		assert_int_equal(err_, 0); \
+	} while (0)
+
+static void test_write_remote_home_then_read_everywhere(void **state)
+{
+	struct cluster c;
+	struct dsm_region_stats st;
+
+	START(&c, 2, 8, 0);
+	/* Contiguous homes: node 0 homes pages 0-3, node 1 pages 4-7. Node 0 writes a page homed on node 1. */
+	assert_int_equal(dsm_region_home_of(c.r[0], 5), 1);
+	memset(c.base[0] + 5 * PG, 0xab, PG);
+	/* Node 1 (the home) reads it: the owner is asked for the bytes. */
+	for (unsigned i = 0; i < PG; i++)
+		if (c.base[1][5 * PG + i] != 0xab)
+			fail_msg("byte %u is 0x%02x", i, c.base[1][5 * PG + i]);
+	/* Node 1 writes it back; node 0's copy must be invalidated and refetched. */
+	c.base[1][5 * PG + 17] = 0x01;
+	assert_int_equal(c.base[0][5 * PG + 17], 0x01);
+	assert_int_equal(c.base[0][5 * PG + 18], 0xab);
+	/* A never-written page reads as zeros. */
+	assert_int_equal(c.base[0][6 * PG + 100], 0);
+	dsm_region_get_stats(c.r[0], &st);
+	assert_true(st.faults_read + st.faults_write + st.faults_wp >= 3);
+	assert_true(st.faults_remote >= 2);
+	assert_true(st.remote_fault_ns.count == st.faults_remote);
+	assert_true(st.msgs_out > 0 && st.msgs_in > 0);
+	assert_true(st.bytes_in >= PG);
+	printf("node0: faults r=%llu w=%llu wp=%llu local=%llu remote=%llu p50=%lluns\n",
+	       (unsigned long long)st.faults_read, (unsigned long long)st.faults_write,
+	       (unsigned long long)st.faults_wp, (unsigned long long)st.faults_local,
+	       (unsigned long long)st.faults_remote, (unsigned long long)hist_quantile(&st.remote_fault_ns, 0.5));
+	cluster_stop(&c);
+}
+
+struct inc_arg {
+	uint64_t *ctr;
+	unsigned n;
+	pthread_t th;
+};
+
+static void *inc_fn(void *arg)
+{
+	struct inc_arg *a = arg;
+
+	for (unsigned i = 0; i < a->n; i++)
+		__atomic_fetch_add(a->ctr, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+static void test_atomic_counter_exact_across_nodes(void **state)
+{
+	struct cluster c;
+	struct inc_arg a[MAXN * 2];
+	const unsigned per = 3000;
+	uint64_t total = 0;
+
+	START(&c, 3, 6, 0);
+	for (unsigned i = 0; i < 6; i++) {
+		a[i].ctr = (uint64_t *)(c.base[i % 3] + 1 * PG + 64);   /* page 1: homed on node 0 */
+		a[i].n = per;
+		pthread_create(&a[i].th, NULL, inc_fn, &a[i]);
+	}
+	for (unsigned i = 0; i < 6; i++)
+		pthread_join(a[i].th, NULL);
+	for (unsigned i = 0; i < 3; i++) {
+		total = __atomic_load_n((uint64_t *)(c.base[i] + PG + 64), __ATOMIC_SEQ_CST);
+		assert_int_equal(total, 6ull * per);
+	}
+	cluster_stop(&c);
+}
+
+/* Every node writes its own tagged pattern into pages homed on other nodes, then every node checks every byte. */
+static void test_memtest_patterns_verify_from_every_node(void **state)
+{
+	struct cluster c;
+	const unsigned pages = 12;
+
+	START(&c, 3, pages, 0);
+	for (unsigned p = 0; p < pages; p++) {
+		unsigned writer = (dsm_region_home_of(c.r[0], p) + 1) % 3;
+		uint32_t *w = (uint32_t *)(c.base[writer] + (size_t)p * PG);
+
+		for (unsigned k = 0; k < PG / 4; k++)
+			w[k] = (p << 20) ^ (k << 4) ^ writer;
+	}
+	for (unsigned n = 0; n < 3; n++)
+		for (unsigned p = 0; p < pages; p++) {
+			unsigned writer = (dsm_region_home_of(c.r[0], p) + 1) % 3;
+			const uint32_t *w = (const uint32_t *)(c.base[n] + (size_t)p * PG);
+
+			for (unsigned k = 0; k < PG / 4; k++)
+				if (w[k] != ((p << 20) ^ (k << 4) ^ writer))
+					fail_msg("node %u page %u word %u: 0x%x", n, p, k, w[k]);
+		}
+	cluster_stop(&c);
+}
+
+static void test_wait_peers_times_out_without_peers(void **state)
+{
+	struct ic_peer_addr m[2] = { { 0, "lonely/0" }, { 1, "lonely/1" } };
+	struct dsm_region_config cfg = {
+		.self = 0, .members = m, .n_members = 2, .transport = "loop",
+		.key = key, .key_len = sizeof(key), .size = 4 * PG,
+	};
+	struct dsm_region *r;
+	uint64_t t0 = clock_now_ns();
+	int err = dsm_region_create(&cfg, &r);
+
+	if (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP) {
+		printf("SKIP: userfaultfd with write-protect unavailable\n");
+		skip();
+	}
+	assert_int_equal(err, 0);
+	assert_int_equal(dsm_region_wait_peers(r, 100 * NSEC_PER_MSEC), -ETIMEDOUT);
+	assert_true(clock_now_ns() - t0 >= 100 * NSEC_PER_MSEC);
+	assert_false(dsm_region_failed(r, NULL, NULL, 0));
+	dsm_region_destroy(r);   /* leaving with a peer that never came up must not wait for it */
+	assert_true(clock_now_ns() - t0 < 5 * NSEC_PER_SEC);
+}
+
+static void test_bad_membership_refused(void **state)
+{
+	struct ic_peer_addr m[2] = { { 0, "bad/0" }, { 5, "bad/5" } };
+	struct dsm_region_config cfg = {
+		.self = 0, .members = m, .n_members = 2, .transport = "loop",
+		.key = key, .key_len = sizeof(key), .size = 4 * PG,
+	};
+	struct dsm_region *r;
+
+	log_set_quiet(true);
+	assert_int_equal(dsm_region_create(&cfg, &r), -EINVAL);
+	m[1].id = 1;
+	cfg.size = PG + 1;
+	assert_int_equal(dsm_region_create(&cfg, &r), -EINVAL);
+	log_set_quiet(false);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_write_remote_home_then_read_everywhere),
+		cmocka_unit_test(test_atomic_counter_exact_across_nodes),
+		cmocka_unit_test(test_memtest_patterns_verify_from_every_node),
+		cmocka_unit_test(test_wait_peers_times_out_without_peers),
+		cmocka_unit_test(test_bad_membership_refused),
+	};
+
+	log_set_tag("test_region");
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
