@@ -85,6 +85,7 @@ void cpu_load_tables(unsigned index, uint64_t kstack_top)
 		"1:"
 		: : "r"(KERNEL_DS), "r"((uint64_t)KERNEL_CS) : "rax", "memory");
 	__asm__ volatile("ltr %w0" : : "r"(TSS_SEL0 + 16 * index));
+	g_percpu[index].self = &g_percpu[index];
 	g_percpu[index].index = index;
 	wrmsr(MSR_GS_BASE, (uint64_t)(uintptr_t)&g_percpu[index]);
 }

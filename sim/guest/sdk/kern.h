@@ -77,8 +77,9 @@ static inline void *phys_ptr(uint64_t addr)
 
 #define MSR_GS_BASE 0xC0000101
 
-/* Per-CPU kernel state; %gs base points at it. */
+/* Per-CPU kernel state; %gs base points at it and its first field points at itself. */
 struct percpu {
+	struct percpu *self;
 	unsigned index;
 	uint32_t apic_id;
 	uint64_t kstack_top, ustack_top;
