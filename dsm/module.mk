@@ -2,7 +2,7 @@
 LIBS_ALL += dsm
 
 # --- protocol engine (pure: no I/O, threads or clock)
-dsm_SRCS := $(wildcard dsm/protocol.c)
+dsm_SRCS := $(wildcard dsm/protocol.c dsm/protocol_cache.c dsm/protocol_home.c)
 
 # --- userfaultfd backend and region API
 # A library of its own (libdsmrt: uffd + region, needs ic and threads) so the pure engine in libdsm links into
@@ -15,6 +15,36 @@ test_uffd_PATH := tests/test_uffd
 test_uffd_SRCS := tests/unit/test_uffd.c dsm/uffd.c
 test_uffd_DEPLIBS := util
 test_uffd_LDLIBS := $(CMOCKA_LIBS)
+
+# Region programs exist once the engine does.
+ifneq ($(wildcard dsm/protocol.c),)
+TESTS += test_region
+test_region_PATH := tests/test_region
+test_region_SRCS := tests/unit/test_region.c
+test_region_DEPLIBS := dsmrt dsm ic util
+test_region_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
+
+TESTS += $(if $(wildcard tests/integration/test_dsm_cluster.c),test_dsm_cluster)
+test_dsm_cluster_PATH := tests/test_dsm_cluster
+test_dsm_cluster_SRCS := tests/integration/test_dsm_cluster.c dsm/uffd.c
+test_dsm_cluster_DEPLIBS := util
+test_dsm_cluster_LDLIBS := $(CMOCKA_LIBS)
+# The node process the cluster test launches: built with the tests, not installed (so not in PROGRAMS, and the
+# generic template is not defined yet here: an explicit rule).
+DSM_NODE_LIBS = $(patsubst %,$(BUILD)/lib%.a,dsmrt dsm ic util)
+$(BUILD)/tests/dsm_node: $(BUILD)/tests/integration/dsm_node.o $(DSM_NODE_LIBS)
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< -Wl,--whole-archive $(DSM_NODE_LIBS) -Wl,--no-whole-archive $(IC_LDLIBS)
+$(BUILD)/tests/test_dsm_cluster: $(BUILD)/tests/dsm_node
+-include $(BUILD)/tests/integration/dsm_node.d
+
+BENCHES += $(if $(wildcard tests/bench/bench_dsm.c),bench_dsm)
+bench_dsm_PATH := bench/bench_dsm
+bench_dsm_SRCS := tests/bench/bench_dsm.c
+bench_dsm_DEPLIBS := dsmrt dsm ic util
+bench_dsm_LDLIBS := $(IC_LDLIBS)
+endif
 
 DSM_LDLIBS := $(IC_LDLIBS)
 
