@@ -51,3 +51,12 @@ test_fabric_SRCS := tests/unit/test_fabric.c
 test_fabric_DEPLIBS := ic util
 test_fabric_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
 endif
+ifneq ($(wildcard tests/unit/test_rdma.c),)
+TESTS += test_rdma
+test_rdma_PATH := tests/test_rdma
+test_rdma_SRCS := tests/unit/test_rdma.c
+test_rdma_DEPLIBS := ic util
+test_rdma_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
+# the test includes rdma.c (to drive its input checks) when RDMA is built, else checks the stub
+$(BUILD)/tests/unit/test_rdma.o: CPPFLAGS += -DRACKVM_HAVE_RDMA=$(HAVE_RDMA)
+endif
