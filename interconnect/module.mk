@@ -60,3 +60,10 @@ test_rdma_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
 # the test includes rdma.c (to drive its input checks) when RDMA is built, else checks the stub
 $(BUILD)/tests/unit/test_rdma.o: CPPFLAGS += -DRACKVM_HAVE_RDMA=$(HAVE_RDMA)
 endif
+ifneq ($(wildcard tests/bench/bench_ic.c),)
+BENCHES += bench_ic
+bench_ic_PATH := tests/bench_ic
+bench_ic_SRCS := tests/bench/bench_ic.c
+bench_ic_DEPLIBS := ic util
+bench_ic_LDLIBS := $(IC_LDLIBS)
+endif

@@ -1,0 +1,359 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_ic — round-trip latency of the interconnect against a raw socket baseline measured in the same run.
+ *
+ * For 64 B and 4 KiB payloads, p50 and p99 round trips of:
+ *   raw   a TCP_NODELAY socket ping-pong of the same payload size between two processes (the baseline);
+ *   tcp   the tcp transport between the same two processes (echo by the child's I/O thread);
+ *   loop  the loop transport between two threads of this process (in-process, for reference).
+ * raw and tcp run in alternating blocks, back to back, so both see the same machine load; the ratio tcp/raw is
+ * printed per size (target <= 1.15). Each side's I/O thread blocks in ic_poll/read (no busy polling), as in use.
+ * Run time is bounded by BENCH_IC_ROUNDS (default 8000 round trips per block, 5 blocks per size and kind).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "interconnect/ic.h"
+#include "util/clock.h"
+#include "util/hist.h"
+#include "util/log.h"
+
+#define T_PING 0x20
+#define BLOCKS 5
+#define WARMUP 500
+
+static const uint8_t key[32] = "bench-key-0123456789abcdefghijkl";
+static const size_t sizes[] = { 64, 4096 };
+
+static void die_errno(const char *what)
+{
+	die("%s: %s", what, strerror(errno));
+}
+
+static int free_port(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+
+	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) || getsockname(fd, (struct sockaddr *)&a, &len))
+		die_errno("free port");
+	port = ntohs(a.sin_port);
+	close(fd);
+	return port;
+}
+
+static void set_nodelay(int fd)
+{
+	int one = 1;
+
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+static int read_full(int fd, void *buf, size_t len)
+{
+	size_t off = 0;
+
+	while (off < len) {
+		ssize_t n = read(fd, (char *)buf + off, len - off);
+
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			return -1;
+		}
+		off += (size_t)n;
+	}
+	return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+	size_t off = 0;
+
+	while (off < len) {
+		ssize_t n = write(fd, (const char *)buf + off, len - off);
+
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			return -1;
+		}
+		off += (size_t)n;
+	}
+	return 0;
+}
+
+/* ---- an endpoint that echoes every frame back (child process for tcp, thread for loop) ---- */
+
+struct echo {
+	struct ic_transport *t;
+	_Atomic bool stop;
+};
+
+static void echo_on_frame(void *opaque, uint32_t src, const struct ic_frame *f)
+{
+	struct echo *e = opaque;
+	struct iovec iov = { (void *)f->payload, f->len };
+
+	while (ic_send(e->t, src, f->type, 0, &iov, 1) == -ENOBUFS)
+		;
+}
+
+static struct ic_config node_cfg(uint32_t self, const char *listen, struct ic_peer_addr *peer, ic_frame_fn fn,
+				 void *opaque)
+{
+	struct ic_config cfg = { 0 };
+
+	cfg.self = self;
+	cfg.listen = listen;
+	cfg.peers = peer;
+	cfg.n_peers = 1;
+	cfg.key = key;
+	cfg.key_len = sizeof(key);
+	cfg.dead_ms = 5000;
+	ic_accept_type(&cfg, T_PING);
+	cfg.on_frame = fn;
+	cfg.opaque = opaque;
+	return cfg;
+}
+
+static void *echo_thread(void *arg)
+{
+	struct echo *e = arg;
+
+	while (!atomic_load(&e->stop))
+		ic_poll(e->t, 50);
+	return NULL;
+}
+
+struct raw_echo_arg {
+	int lfd;
+};
+
+static void *raw_echo_thread(void *arg)
+{
+	struct raw_echo_arg *a = arg;
+	static uint8_t buf[65536];
+	uint32_t len;
+	int fd = accept(a->lfd, NULL, NULL);
+
+	if (fd < 0)
+		return NULL;
+	set_nodelay(fd);
+	/* each ping: 4-byte length prefix chosen by the parent once per block, then payloads of that length */
+	while (!read_full(fd, &len, 4) && len <= sizeof(buf)) {
+		for (;;) {
+			if (read_full(fd, buf, len))
+				goto out;
+			if (write_full(fd, buf, len))
+				goto out;
+			if (len >= 4 && !memcmp(buf, "STOP", 4))
+				break;
+		}
+	}
+out:
+	close(fd);
+	return NULL;
+}
+
+static noreturn void child_main(int raw_lfd, int tcp_port_child, int tcp_port_parent)
+{
+	struct ic_peer_addr peer = { .id = 0 };
+	char listen[64];
+	struct echo e = { 0 };
+	struct raw_echo_arg ra = { raw_lfd };
+	pthread_t th;
+	struct ic_config cfg;
+
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	log_set_tag("bench_ic-echo");
+	snprintf(listen, sizeof(listen), "127.0.0.1:%d", tcp_port_child);
+	snprintf(peer.addr, sizeof(peer.addr), "127.0.0.1:%d", tcp_port_parent);
+	cfg = node_cfg(1, listen, &peer, echo_on_frame, &e);
+	if (ic_create("tcp", &cfg, &e.t))
+		_exit(2);
+	pthread_create(&th, NULL, raw_echo_thread, &ra);
+	for (;;)
+		ic_poll(e.t, -1);
+}
+
+/* ---- the measuring side ---- */
+
+struct pinger {
+	struct ic_transport *t;
+	bool got;
+};
+
+static void ping_on_frame(void *opaque, uint32_t src, const struct ic_frame *f)
+{
+	((struct pinger *)opaque)->got = true;
+}
+
+static void wait_up(struct ic_transport *t, uint32_t peer)
+{
+	uint64_t end = clock_now_ns() + 10 * NSEC_PER_SEC;
+
+	while (!ic_peer_is_up(t, peer)) {
+		if (clock_now_ns() > end)
+			die("peer %u did not come up", peer);
+		ic_poll(t, 10);
+	}
+}
+
+static void ic_rounds(struct pinger *p, uint32_t dst, size_t size, int rounds, struct hist *h)
+{
+	static uint8_t buf[4096];
+	struct iovec iov = { buf, size };
+
+	for (int i = 0; i < rounds; i++) {
+		uint64_t t0 = clock_now_ns();
+
+		p->got = false;
+		while (ic_send(p->t, dst, T_PING, 0, &iov, 1) == -ENOBUFS)
+			ic_poll(p->t, 0);
+		while (!p->got)
+			if (ic_poll(p->t, 1000) < 0)
+				die("ic_poll failed");
+		if (h)
+			hist_record(h, clock_now_ns() - t0);
+	}
+}
+
+static void raw_rounds(int fd, size_t size, int rounds, struct hist *h)
+{
+	static uint8_t buf[4096];
+	uint32_t len = (uint32_t)size;
+
+	memset(buf, 0xab, sizeof(buf));
+	if (write_full(fd, &len, 4))
+		die_errno("raw write");
+	for (int i = 0; i < rounds; i++) {
+		uint64_t t0 = clock_now_ns();
+
+		if (write_full(fd, buf, size) || read_full(fd, buf, size))
+			die_errno("raw ping");
+		if (h)
+			hist_record(h, clock_now_ns() - t0);
+	}
+	memcpy(buf, "STOP", 4);
+	if (write_full(fd, buf, size) || read_full(fd, buf, size))
+		die_errno("raw stop");
+}
+
+static void print_row(size_t size, const char *kind, const struct hist *h)
+{
+	printf("  %5zu B  %-5s  p50 %7.1f us  p99 %7.1f us  (%llu round trips)\n", size, kind,
+	       (double)hist_quantile(h, 0.5) / 1e3, (double)hist_quantile(h, 0.99) / 1e3,
+	       (unsigned long long)h->count);
+}
+
+int main(void)
+{
+	int rounds = getenv("BENCH_IC_ROUNDS") ? atoi(getenv("BENCH_IC_ROUNDS")) : 8000;
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t alen = sizeof(a);
+	int lfd, fd, port_child, port_parent, status;
+	struct ic_peer_addr peer = { .id = 1 };
+	struct pinger p = { 0 };
+	struct ic_config cfg;
+	char listen_addr[64];
+	uint64_t start = clock_now_ns();
+	pid_t pid;
+
+	log_set_tag("bench_ic");
+	if (rounds < 100)
+		rounds = 100;
+	lfd = socket(AF_INET, SOCK_STREAM, 0);
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof(a)) || listen(lfd, 1) ||
+	    getsockname(lfd, (struct sockaddr *)&a, &alen))
+		die_errno("raw listen");
+	port_child = free_port();
+	port_parent = free_port();
+	pid = fork();
+	if (pid < 0)
+		die_errno("fork");
+	if (pid == 0)
+		child_main(lfd, port_child, port_parent);
+	close(lfd);
+
+	/* raw connection */
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)))
+		die_errno("raw connect");
+	set_nodelay(fd);
+
+	/* tcp transport, node 0 dials node 1 (the child) */
+	snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", port_parent);
+	snprintf(peer.addr, sizeof(peer.addr), "127.0.0.1:%d", port_child);
+	cfg = node_cfg(0, listen_addr, &peer, ping_on_frame, &p);
+	if (ic_create("tcp", &cfg, &p.t))
+		die("cannot create the tcp transport");
+	wait_up(p.t, 1);
+
+	printf("bench_ic: round trips; raw socket and tcp transport between 2 processes (alternating blocks of %d), "
+	       "loop transport between 2 threads\n", rounds);
+	for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+		struct hist raw, tcp;
+
+		hist_init(&raw);
+		hist_init(&tcp);
+		raw_rounds(fd, sizes[s], WARMUP, NULL);
+		ic_rounds(&p, 1, sizes[s], WARMUP, NULL);
+		for (int b = 0; b < BLOCKS; b++) {
+			raw_rounds(fd, sizes[s], rounds, &raw);
+			ic_rounds(&p, 1, sizes[s], rounds, &tcp);
+		}
+		print_row(sizes[s], "raw", &raw);
+		print_row(sizes[s], "tcp", &tcp);
+		printf("  %5zu B  ratio tcp/raw: p50 %.2f  p99 %.2f  (target <= 1.15)\n", sizes[s],
+		       (double)hist_quantile(&tcp, 0.5) / (double)hist_quantile(&raw, 0.5),
+		       (double)hist_quantile(&tcp, 0.99) / (double)hist_quantile(&raw, 0.99));
+	}
+	ic_destroy(p.t);
+	close(fd);
+	kill(pid, SIGTERM);
+	waitpid(pid, &status, 0);
+
+	/* loop transport: two threads */
+	{
+		struct ic_peer_addr lp0 = { .id = 1, .addr = "bench/1" }, lp1 = { .id = 0, .addr = "bench/0" };
+		struct echo e = { 0 };
+		struct pinger lp = { 0 };
+		struct ic_config c0 = node_cfg(0, "bench/0", &lp0, ping_on_frame, &lp);
+		struct ic_config c1 = node_cfg(1, "bench/1", &lp1, echo_on_frame, &e);
+		pthread_t th;
+
+		if (ic_create("loop", &c0, &lp.t) || ic_create("loop", &c1, &e.t))
+			die("cannot create the loop transport");
+		pthread_create(&th, NULL, echo_thread, &e);
+		wait_up(lp.t, 1);
+		for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+			struct hist h;
+
+			hist_init(&h);
+			ic_rounds(&lp, 1, sizes[s], WARMUP, NULL);
+			ic_rounds(&lp, 1, sizes[s], rounds * BLOCKS, &h);
+			print_row(sizes[s], "loop", &h);
+		}
+		atomic_store(&e.stop, true);
+		ic_wake(e.t);
+		pthread_join(th, NULL);
+		ic_destroy(lp.t);
+		ic_destroy(e.t);
+	}
+	printf("bench_ic: done in %.1f s\n", (double)(clock_now_ns() - start) / 1e9);
+	return 0;
+}
