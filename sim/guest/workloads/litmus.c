@@ -8,7 +8,9 @@
  *   2+2W (2)  T0: x=1; y=2         T1: y=1; x=2           forbidden final x=1 y=1
  *   WRC  (3)  T0: x=1   T1: r0=x; y=1   T2: r1=y; r2=x    forbidden r0=1 r1=1 r2=0
  *   IRIW (4)  T0: x=1   T1: y=1   T2: r0=x; r1=y   T3: r2=y; r3=x   forbidden r0=1 r1=0 r2=1 r3=0
- * Option iters=<n> instances per test (default 1000, run in rounds of 32 between barriers). Output:
+ * Options: iters=<n> instances per test (default 1000, run in rounds of 32 between barriers); skew=<ticks>
+ * (default 200000): every round starts at a common TSC deadline this far after CPU 0 set it; inject=<test>
+ * adds one synthetic forbidden outcome to that test's tally (negative test of the checker). Output:
  *   litmus: <test> outcome <name>=<v>,... count <c>[ relaxed| FORBIDDEN]
  *   litmus: <test> iters <n> forbidden <f> relaxed <r>
  *   litmus: <test> skipped (needs <k> cpus, have <n>)
@@ -31,6 +33,7 @@ struct instance {
 };
 
 static struct instance inst[BATCH];
+static volatile uint64_t go_tsc;
 
 struct litmus_test {
 	const char *name;
@@ -113,7 +116,7 @@ static unsigned outcome_of(const struct litmus_test *t, const struct instance *s
 static uint64_t tally[16];
 
 /* Returns the number of forbidden outcomes seen (cpu 0 only). */
-static uint64_t litmus_one(const struct litmus_test *t, unsigned cpu, uint64_t iters)
+static uint64_t litmus_one(const struct litmus_test *t, unsigned cpu, uint64_t iters, uint64_t start_skew)
 {
 	unsigned n = guest_info()->ncpus;
 	if (cpu == 0)
@@ -122,6 +125,7 @@ static uint64_t litmus_one(const struct litmus_test *t, unsigned cpu, uint64_t i
 	for (uint64_t round = 0; round < rounds; round++) {
 		unsigned batch = (unsigned)(iters - round * BATCH < BATCH ? iters - round * BATCH : BATCH);
 		if (cpu == 0) {
+			go_tsc = u_rdtsc() + start_skew;
 			for (unsigned b = 0; b < batch; b++) {
 				inst[b].x = 0;
 				inst[b].y = 0;
@@ -132,6 +136,9 @@ static uint64_t litmus_one(const struct litmus_test *t, unsigned cpu, uint64_t i
 		u_barrier();
 		/* Roles rotate over the CPUs from round to round when there are more CPUs than threads. */
 		unsigned t_index = (cpu + n - (unsigned)(round % n)) % n;
+		/* Leave the barrier at different times, start the round at the same TSC deadline. */
+		while ((int64_t)(u_rdtsc() - go_tsc) < 0)
+			u_pause();
 		if (t_index < t->threads)
 			for (unsigned b = 0; b < batch; b++)
 				t->run(&inst[b], t_index);
@@ -142,6 +149,17 @@ static uint64_t litmus_one(const struct litmus_test *t, unsigned cpu, uint64_t i
 	}
 	if (cpu != 0)
 		return 0;
+	/* inject=<test>: count one synthetic forbidden outcome, to check that the run then fails */
+	char inject[8];
+	if (u_opt_str("inject", inject, sizeof(inject)) && !strncmp(inject, t->name, sizeof(inject))) {
+		for (unsigned o = 0; o < (1u << t->nregs); o++) {
+			if (t->forbidden(o)) {
+				u_printf("litmus: %s injecting one forbidden outcome\n", t->name);
+				tally[o]++;
+				break;
+			}
+		}
+	}
 	uint64_t forbidden = 0, relaxed = 0;
 	for (unsigned o = 0; o < (1u << t->nregs); o++) {
 		if (!tally[o])
@@ -167,6 +185,7 @@ int workload_main(unsigned cpu)
 {
 	unsigned n = guest_info()->ncpus;
 	uint64_t iters = u_opt_u64("iters", 1000);
+	uint64_t skew = u_opt_u64("skew", 200000);
 	uint64_t forbidden = 0;
 	unsigned run = 0, skipped = 0;
 	for (unsigned i = 0; i < NTESTS; i++) {
@@ -177,7 +196,7 @@ int workload_main(unsigned cpu)
 			skipped++;
 			continue;
 		}
-		forbidden += litmus_one(t, cpu, iters);
+		forbidden += litmus_one(t, cpu, iters, skew);
 		run++;
 	}
 	if (cpu != 0)
