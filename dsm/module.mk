@@ -37,6 +37,7 @@ $(BUILD)/tests/dsm_node: $(BUILD)/tests/integration/dsm_node.o $(DSM_NODE_LIBS)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) -o $@ $< -Wl,--whole-archive $(DSM_NODE_LIBS) -Wl,--no-whole-archive $(IC_LDLIBS)
 $(BUILD)/tests/test_dsm_cluster: $(BUILD)/tests/dsm_node
+SOAK_SCRIPTS += tests/integration/dsm_soak.sh
 -include $(BUILD)/tests/integration/dsm_node.d
 
 BENCHES += $(if $(wildcard tests/bench/bench_dsm.c),bench_dsm)

@@ -23,6 +23,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,7 @@ struct opts {
 	const char *transport;
 	char tests[128];
 	unsigned iters, counter_incs, threads, memtest_pages, spin_ms;
+	unsigned start_delay_us, jitter_us;
 	uint64_t lease_ns;
 	bool homes_rr;
 };
@@ -70,6 +72,8 @@ static struct opts o = {
 	.threads = 2,
 	.memtest_pages = 48,
 	.spin_ms = 30000,
+	.start_delay_us = 1500,
+	.jitter_us = 60,
 	.homes_rr = true,
 };
 
@@ -85,6 +89,7 @@ static volatile void *pg(unsigned page)
 struct sbar {
 	uint32_t count;
 	uint32_t gen;
+	uint64_t start_ns;     /* set by the last arriver of a timed barrier */
 };
 
 static void sbar_wait(unsigned page, uint32_t n)
@@ -99,6 +104,31 @@ static void sbar_wait(unsigned page, uint32_t n)
 	}
 	while (__atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) == g)
 		sched_yield();   /* 2 cores, several nodes: give the fault and I/O threads the CPU */
+}
+
+/*
+ * Barrier whose threads then leave together: the last arriver publishes a start time a little in the future and
+ * everyone spins until it (plus a small per-thread jitter). Without this the threads of a litmus test leave the
+ * barrier ~100 us apart (the time to refetch the barrier page) and the test bodies never overlap. It relies on
+ * CLOCK_MONOTONIC being one clock for all node processes, which holds because they share this host.
+ */
+static void sbar_wait_timed(unsigned page, uint32_t n, uint64_t delay_ns, uint64_t jitter_ns)
+{
+	struct sbar *b = (struct sbar *)pg(page);
+	uint32_t g = __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE);
+	uint64_t start;
+
+	if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == n) {
+		__atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&b->start_ns, clock_now_ns() + delay_ns, __ATOMIC_RELAXED);
+		__atomic_store_n(&b->gen, g + 1, __ATOMIC_RELEASE);
+	} else {
+		while (__atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) == g)
+			sched_yield();
+	}
+	start = __atomic_load_n(&b->start_ns, __ATOMIC_RELAXED) + jitter_ns;
+	while (clock_now_ns() < start)
+		__builtin_ia32_pause();
 }
 
 /* ---- litmus tests ---- */
@@ -219,19 +249,28 @@ static void *litmus_thread(void *arg)
 	struct lt_arg *a = arg;
 	const struct litmus *lt = a->lt;
 	uint8_t *res = (uint8_t *)pg(P_RES + a->t * RES_PAGES);
+	uint64_t jitter = 0x9e3779b97f4a7c15ULL * (a->t + 1) + o.id;
 
 	for (unsigned i = 0; i < o.iters; i++) {
 		uint8_t r[MAX_REGS] = { 0 };
 
-		if (a->t == 0) {
+		/* Who resets (and so holds Modified at the start) rotates, so each thread sometimes starts with
+		 * the variables local and sometimes has to fetch them: different interleavings each iteration. */
+		if ((i + 0) % lt->nthreads == a->t)
 			X = 0;
+		if ((i + 1 + i / lt->nthreads) % lt->nthreads == a->t)
 			Y = 0;
-		}
-		sbar_wait(P_BAR_LT, lt->nthreads);
+		jitter = jitter * 6364136223846793005ULL + 1442695040888963407ULL;
+		sbar_wait_timed(P_BAR_LT, lt->nthreads, o.start_delay_us * NSEC_PER_USEC,
+				(jitter >> 33) % (o.jitter_us * NSEC_PER_USEC + 1));
 		lt->body(a->t, r);
 		sbar_wait(P_BAR_LT, lt->nthreads);
-		if (a->t == 0 && lt->after)
-			lt->after(r);
+		if (lt->after) {
+			/* Final values: read before anyone starts the next iteration's reset. */
+			if (a->t == 0)
+				lt->after(r);
+			sbar_wait(P_BAR_LT, lt->nthreads);
+		}
 		/* Results go to this thread's own result pages (one remote-homed write per page, later). */
 		memcpy(res + (size_t)i * MAX_REGS, r, MAX_REGS);
 	}
@@ -426,6 +465,9 @@ static void on_fatal(void *opaque, uint32_t node, const char *reason)
 {
 	printf("FATAL: node %u died (%s); node %u exits\n", node, reason, o.id);
 	fflush(stdout);
+	/* Linger a moment: our own exit is a node death to the other survivors, and they should get to see and
+	 * name the original one first (their transports may notice our reset before the dead node's close). */
+	usleep(1000 * 1000);
 	_exit(2);
 }
 
@@ -512,6 +554,7 @@ int main(int argc, char **argv)
 	int rc = 0, err;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	signal(SIGPIPE, SIG_IGN);   /* a peer closing first must not kill us through a socket write */
 	opts_parse(argc, argv);
 	snprintf(tag, sizeof(tag), "node%u", o.id);
 	log_set_tag(tag);

@@ -213,8 +213,8 @@ static void run_cluster(unsigned n, const char *name, unsigned deadline_s)
 	bool ok = true;
 
 	port_base += 16;
-	snprintf(iters, sizeof(iters), "%u", 100 * scale);
-	snprintf(incs, sizeof(incs), "%u", 1500 * scale);
+	snprintf(iters, sizeof(iters), "%u", 300 * scale > 4096 ? 4096 : 300 * scale);
+	snprintf(incs, sizeof(incs), "%u", 3000 * scale);
 	snprintf(pages, sizeof(pages), "%u", 12 * n * scale);
 	for (unsigned i = 0; i < n; i++)
 		node_spawn(&nd[i], name, i, n, port, extra);
