@@ -3,8 +3,10 @@
 #include <endian.h>
 #include <string.h>
 
+#include "interconnect/auth.h"
 #include "interconnect/frame_codec.h"
 #include "interconnect/ic.h"
+#include "util/log.h"
 
 void ic_frame_rules_init(struct ic_frame_rules *r, uint32_t max_frame, const uint64_t *accept_types)
 {
@@ -183,4 +185,40 @@ const char *ic_frame_strerror(enum ic_frame_status st)
 		return "bad MAC";
 	}
 	return "unknown frame error";
+}
+
+enum ic_frame_status ic_frame_receive(const char *conn, const void *buf, size_t avail, bool whole_message,
+				      struct ic_frame_rules *r, struct ic_mac *rx_mac, struct ic_frame_hdr *hdr,
+				      size_t *total)
+{
+	const uint8_t *p = buf;
+	enum ic_frame_status st;
+
+	*total = 0;
+	memset(hdr, 0, sizeof(*hdr));
+	st = ic_frame_decode(buf, avail, r, hdr, total);
+	if (st == IC_FRAME_NEED_MORE && whole_message)
+		st = IC_FRAME_ERR_TRUNCATED;
+	if (st == IC_FRAME_OK && whole_message && *total != avail)
+		st = IC_FRAME_ERR_TRAILING;
+	if (st == IC_FRAME_NEED_MORE)
+		return st;
+	if (st == IC_FRAME_OK && r->established &&
+	    (!rx_mac || ic_mac_verify(rx_mac, p, p + IC_HDR_LEN, hdr->length, p + IC_HDR_LEN + hdr->length)))
+		st = IC_FRAME_ERR_MAC;
+	switch (st) {
+	case IC_FRAME_OK:
+		ic_frame_rules_advance(r);
+		return st;
+	case IC_FRAME_ERR_MAGIC:
+	case IC_FRAME_ERR_VERSION:
+		/* the rest of the header may be garbage or not there yet */
+		pr_err("%s: %s", conn, ic_frame_strerror(st));
+		return st;
+	default:
+		pr_err("%s: %s (type %#x, flags %#x, length %u (max %u), seq %llu (expected %llu), %zu bytes)", conn,
+		       ic_frame_strerror(st), hdr->type, hdr->flags, hdr->length, r->max_frame,
+		       (unsigned long long)hdr->seq, (unsigned long long)r->expect_seq, avail);
+		return st;
+	}
 }

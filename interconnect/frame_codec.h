@@ -76,6 +76,18 @@ enum ic_frame_status ic_frame_decode(const void *buf, size_t avail, const struct
 enum ic_frame_status ic_frame_decode_msg(const void *buf, size_t len, const struct ic_frame_rules *r,
 					 struct ic_frame_hdr *hdr);
 
+struct ic_mac;
+
+/*
+ * The whole receive check for one connection, shared by the transports: decode (stream: NEED_MORE is returned
+ * quietly; whole_message: buf/avail is exactly one message and a short one is TRUNCATED), then, once
+ * established, verify the tag with rx_mac, then advance the expected seq. Every error is logged with pr_err
+ * naming `conn` (the caller counts it in its stats and closes the connection). *total: wire bytes of the frame.
+ */
+enum ic_frame_status ic_frame_receive(const char *conn, const void *buf, size_t avail, bool whole_message,
+				      struct ic_frame_rules *r, struct ic_mac *rx_mac, struct ic_frame_hdr *hdr,
+				      size_t *total);
+
 /* Human-readable description of a status ("wrong magic", ...). Never NULL. */
 const char *ic_frame_strerror(enum ic_frame_status st);
 

@@ -665,7 +665,7 @@ static void conn_parse(struct tcp_conn *c)
 		enum ic_frame_status st;
 		size_t total = 0;
 
-		st = ic_frame_decode(p, c->rlen - off, &c->rules, &hdr, &total);
+		st = ic_frame_receive(c->name, p, c->rlen - off, false, &c->rules, c->rx_mac, &hdr, &total);
 		if (st == IC_FRAME_NEED_MORE) {
 			if (total > c->rcap) {
 				/* length already checked against max_frame: safe to grow to one frame */
@@ -684,21 +684,11 @@ static void conn_parse(struct tcp_conn *c)
 			break;
 		}
 		if (st != IC_FRAME_OK) {
-			char what[160];
-
-			snprintf(what, sizeof(what), "%s (type %#x, length %u, seq %llu, expected seq %llu)",
-				 ic_frame_strerror(st), hdr.type, hdr.length, (unsigned long long)hdr.seq,
-				 (unsigned long long)c->rules.expect_seq);
-			conn_proto_error(c, st == IC_FRAME_ERR_MAGIC || st == IC_FRAME_ERR_VERSION ?
-					 ic_frame_strerror(st) : what);
+			/* ic_frame_receive logged the details */
+			stat_add(&c->t->proto_errors, 1);
+			conn_close(c, ic_frame_strerror(st));
 			return;
 		}
-		if (c->rules.established &&
-		    ic_mac_verify(c->rx_mac, p, p + IC_HDR_LEN, hdr.length, p + IC_HDR_LEN + hdr.length)) {
-			conn_proto_error(c, ic_frame_strerror(IC_FRAME_ERR_MAC));
-			return;
-		}
-		ic_frame_rules_advance(&c->rules);
 		c->last_rx_ns = clock_now_ns();
 		off += total;
 		conn_on_frame(c, &hdr, p + IC_HDR_LEN);
