@@ -4,6 +4,19 @@ LIBS_ALL += dsm
 # --- protocol engine (pure: no I/O, threads or clock)
 dsm_SRCS := $(wildcard dsm/protocol.c dsm/protocol_cache.c dsm/protocol_home.c)
 
+# engine tests: exact actions of hand-driven engines; randomized multi-engine run with invariant checks
+TESTS += $(if $(wildcard tests/unit/test_dsm_engine.c),test_dsm_engine)
+test_dsm_engine_PATH := tests/test_dsm_engine
+test_dsm_engine_SRCS := tests/unit/test_dsm_engine.c
+test_dsm_engine_DEPLIBS := dsm util
+test_dsm_engine_LDLIBS := $(CMOCKA_LIBS)
+TESTS += $(if $(wildcard tests/unit/test_dsm_random.c),test_dsm_random)
+test_dsm_random_PATH := tests/test_dsm_random
+test_dsm_random_SRCS := tests/unit/test_dsm_random.c
+test_dsm_random_DEPLIBS := dsm util
+test_dsm_random_LDLIBS := $(CMOCKA_LIBS)
+SOAK_SCRIPTS += $(wildcard tests/soak/dsm_random.sh)
+
 # --- userfaultfd backend and region API
 # A library of its own (libdsmrt: uffd + region, needs ic and threads) so the pure engine in libdsm links into
 # the model, simulator and engine tests without any I/O. Programs using regions link: dsmrt dsm ic util.

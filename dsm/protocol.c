@@ -562,7 +562,8 @@ int dsm_engine_timer(struct dsm_engine *e, uint64_t now, struct dsm_actions *out
 		home_kick(e, (uint32_t)e->kick_cursor++, now, out);
 	}
 	finish_input(e, now, out);
-	if (more && !e->failed && e->armed != now) {
+	if (more && !e->failed) {
+		/* expired work left over: "call again now", whatever was armed before */
 		e->armed = now;
 		eng_emit(e, out, DSM_ACT_TIMER, 0)->when = now;
 	}
