@@ -42,6 +42,16 @@
 #include "interconnect/ic_internal.h"
 #include "util/log.h"
 
+/* liburcu's queue is not instrumented for ThreadSanitizer: tell it that enqueue publishes the message. */
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define loop_tsan_release(p) __tsan_release(p)
+#define loop_tsan_acquire(p) __tsan_acquire(p)
+#else
+#define loop_tsan_release(p) ((void)(p))
+#define loop_tsan_acquire(p) ((void)(p))
+#endif
+
 #define LOOP_NONCE_LEN 32
 #define LOOP_PROOF_LEN 32
 #define LOOP_POLL_BATCH 256   /* messages handled per ic_poll, so one busy peer cannot starve the caller */
@@ -190,6 +200,7 @@ static void loop_signal(struct loop_ep *ep)
 static void loop_post(struct loop_ep *to, struct loop_msg *m)
 {
 	cds_wfcq_node_init(&m->node);
+	loop_tsan_release(m);
 	if (!cds_wfcq_enqueue(&to->inbox_head, &to->inbox_tail, &m->node))
 		loop_signal(to);
 }
@@ -320,8 +331,10 @@ static void loop_free_msgs(struct loop_ep *ep)
 {
 	struct cds_wfcq_node *n;
 
-	while ((n = __cds_wfcq_dequeue_blocking(&ep->inbox_head, &ep->inbox_tail)))
+	while ((n = __cds_wfcq_dequeue_blocking(&ep->inbox_head, &ep->inbox_tail))) {
+		loop_tsan_acquire(caa_container_of(n, struct loop_msg, node));
 		free(caa_container_of(n, struct loop_msg, node));
+	}
 }
 
 static int loop_create(const struct ic_config *cfg, struct ic_transport **out)
@@ -538,6 +551,7 @@ static int loop_drain(struct loop_ep *ep)
 		if (!n)
 			break;
 		m = caa_container_of(n, struct loop_msg, node);
+		loop_tsan_acquire(m);
 		delivered += loop_handle(ep, m);
 		free(m);
 	}
