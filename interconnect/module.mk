@@ -36,6 +36,31 @@ IC_LDLIBS := $(PROTOBUF_LIBS) $(CRYPTO_LIBS) $(URCU_LIBS) $(RDMA_LIBS)
 #   test_frame_DEPLIBS := ic util
 #   test_frame_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
 
+# --- core and tcp: tests, MAC benchmark, frame fuzzer
+TESTS += test_frame
+test_frame_PATH := tests/test_frame
+test_frame_SRCS := tests/unit/test_frame.c
+test_frame_DEPLIBS := ic util
+test_frame_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
+ifneq ($(wildcard tests/unit/test_tcp.c),)
+TESTS += test_tcp
+test_tcp_PATH := tests/test_tcp
+test_tcp_SRCS := tests/unit/test_tcp.c
+test_tcp_DEPLIBS := ic util
+test_tcp_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
+endif
+BENCHES += bench_mac
+bench_mac_PATH := tests/bench_mac
+bench_mac_SRCS := tests/bench/bench_mac.c
+bench_mac_DEPLIBS := ic util
+bench_mac_LDLIBS := $(IC_LDLIBS)
+ifneq ($(wildcard tests/fuzz/fuzz_frame.c),)
+FUZZERS += fuzz_frame
+fuzz_frame_FUZZ_SRCS := tests/fuzz/fuzz_frame.c interconnect/frame.c interconnect/auth.c util/log.c \
+	$(BUILD)/gen/interconnect/ic.pb-c.c
+fuzz_frame_FUZZ_LDLIBS := $(PROTOBUF_LIBS) $(CRYPTO_LIBS)
+endif
+
 # --- loop, fabric, rdma: tests and benchmark
 ifneq ($(wildcard tests/unit/test_loop.c),)
 TESTS += test_loop
