@@ -47,7 +47,7 @@ $(GUEST_OUT)/compute-ref: $(GUEST_DIR)/workloads/compute_ref.c $(GUEST_DIR)/work
 guest: $(GUEST_ELFS) $(GUEST_OUT)/compute-ref
 all: guest
 
-CHECK_SCRIPTS += tests/guest/run-qemu.sh
+CHECK_SCRIPTS += tests/guest/insn-scan.sh tests/guest/run-qemu.sh
 SOAK_SCRIPTS += tests/guest/soak-qemu.sh
 
 -include $(GUEST_SDK_OBJS:.o=.d) $(patsubst %,$(GUEST_OUT)/obj/wl-%.d,$(GUEST_WORKLOADS))

@@ -1,6 +1,7 @@
 /*
  * topology: CPUs, APIC ids, NUMA nodes (SRAT) and the multiboot memory map, as the guest sees them.
- * Every CPU checks in ring 3 that CPUID reports the APIC id the MADT gave it. Output (one line each):
+ * Every CPU checks in ring 3 that CPUID reports the APIC id the MADT gave it and that the cpu-id syscall
+ * returns its index; all meet once in the ring-0 barrier syscall. Output (one line each):
  *   topology: cpu <i> apic <id> node <n> cpuid_apic <id> [MISMATCH]
  *   topology: mmap <base>-<end> type <t>
  *   topology: numa node <n> mem <base>-<end>        (or: topology: no SRAT, 1 node)
@@ -12,6 +13,7 @@
 const char workload_name[] = "topology";
 
 static uint32_t seen_apic[GUEST_MAX_CPUS];
+static unsigned seen_cpu[GUEST_MAX_CPUS];
 
 static uint32_t cpuid_apic_id(void)
 {
@@ -30,13 +32,14 @@ int workload_main(unsigned cpu)
 {
 	const struct guest_info *gi = guest_info();
 	seen_apic[cpu] = cpuid_apic_id();
-	u_barrier();
+	seen_cpu[cpu] = sys_cpu();
+	sys_barrier();      /* the ring-0 barrier, once, so that it is exercised */
 	if (cpu != 0)
 		return 0;
 
 	int bad = 0;
 	for (unsigned i = 0; i < gi->ncpus; i++) {
-		bool mismatch = seen_apic[i] != gi->cpu[i].apic_id;
+		bool mismatch = seen_apic[i] != gi->cpu[i].apic_id || seen_cpu[i] != i;
 		u_printf("topology: cpu %u apic %u node %u cpuid_apic %u%s\n", i, gi->cpu[i].apic_id,
 			 gi->cpu[i].node, seen_apic[i], mismatch ? " MISMATCH" : "");
 		bad |= mismatch || !gi->cpu[i].up;
