@@ -75,6 +75,7 @@ struct dsm_region {
 	/* Timer: r->lock too; the timer thread sleeps on timer_cond. */
 	pthread_cond_t timer_cond;
 	uint64_t timer_when;
+	uint64_t timer_sleep_until;     /* deadline the timer thread sleeps to; UINT64_MAX = indefinitely */
 
 	/* Peers and failure: r->st_lock (never held while taking r->lock). */
 	pthread_mutex_t st_lock;
@@ -309,7 +310,11 @@ static int region_exec_one(struct dsm_region *r, const struct dsm_action *a, uin
 	case DSM_ACT_TIMER:
 		r->stats.timers++;
 		r->timer_when = a->when;
-		pthread_cond_signal(&r->timer_cond);
+		/* Wake the timer thread only when it would sleep past the new time: the engine re-arms on most
+		 * requests, and a futex wake + context switch per fault is a measurable cost on a small machine.
+		 * A later or cancelled time is noticed when the thread wakes at its old deadline. */
+		if (a->when && a->when < r->timer_sleep_until)
+			pthread_cond_signal(&r->timer_cond);
 		return 0;
 	case DSM_ACT_FATAL:
 		region_record_failure(r, a->peer, a->reason);
@@ -330,7 +335,12 @@ static void region_exec(struct dsm_region *r, const struct dsm_actions *out, uin
 	}
 	for (uint32_t i = 0; i < out->n; i++) {
 		const struct dsm_action *a = &out->v[i];
-		int err = region_exec_one(r, a, now);
+		int err;
+
+		pr_debug("%s page %llu data %s peer %u msg %s", dsm_action_type_name(a->type),
+			 (unsigned long long)a->page, dsm_data_name(a->data), a->peer,
+			 a->type == DSM_ACT_SEND ? dsm_msg_type_name(a->msg.type) : "-");
+		err = region_exec_one(r, a, now);
 
 		if (err) {
 			char why[DSM_REASON_MAX];
@@ -500,6 +510,7 @@ static void *region_timer_main(void *arg)
 		struct dsm_actions out;
 
 		if (!r->timer_when) {
+			r->timer_sleep_until = UINT64_MAX;
 			pthread_cond_wait(&r->timer_cond, &r->lock);
 			continue;
 		}
@@ -507,9 +518,11 @@ static void *region_timer_main(void *arg)
 			struct timespec ts = { .tv_sec = (time_t)(r->timer_when / NSEC_PER_SEC),
 					       .tv_nsec = (long)(r->timer_when % NSEC_PER_SEC) };
 
+			r->timer_sleep_until = r->timer_when;
 			pthread_cond_timedwait(&r->timer_cond, &r->lock, &ts);
 			continue;
 		}
+		r->timer_sleep_until = 0;   /* running: a TIMER action now needs no signal */
 		if (atomic_load(&r->failed)) {
 			r->timer_when = 0;
 			continue;

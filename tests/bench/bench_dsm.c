@@ -1,0 +1,660 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_dsm: the DSM region over tcp on loopback, each number next to a raw floor measured in the same run.
+ *
+ * Floor = the least any userfaultfd DSM can do per remote fault, with the same processes and threads as ours:
+ * a worker thread faults, a fault thread reads the userfaultfd and writes a 16-byte request on a TCP socket, the
+ * other process's I/O thread answers with a 16-byte header + 4 KiB, our I/O thread UFFDIO_COPYs it (waking the
+ * worker). No protocol, no MAC, no engine, no locks.
+ *
+ * Ours = dsm_node-like child processes (one per node, forked) driven through pipes by this process:
+ *   read      remote read fault: page current in the home store (the floor's work), page Modified at its home
+ *             (the home write-protects its own copy first), never-written page (granted without data)
+ *   scan      sequential read of remote pages, pages/s
+ *   upgrade   write to a Shared page with k other sharers (k = 0, 1, 3; 5 nodes, home not a sharer)
+ *   pingpong  two nodes alternately increment a word on one page (read then write), handoffs/s, per lease
+ *   counter   2 nodes x 2 threads lock-add one word for 300 ms, increments/s and page moves/s, per lease
+ *
+ *   bench_dsm [--pages N] [--rounds R] [--busy] [--only read|upgrade|lease]
+ * --busy runs a spinning process for the whole benchmark (the "other core busy" case).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <linux/userfaultfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "dsm/region.h"
+#include "dsm/uffd.h"
+#include "util/clock.h"
+#include "util/hist.h"
+#include "util/log.h"
+
+#define PG 4096u
+#define MAXN 5
+
+static unsigned n_pages_bench = 1000;
+static unsigned rounds = 2;
+static unsigned port_next;
+
+/* ---- helpers ---- */
+static int full_read(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = read(fd, p, len);
+
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int full_write(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = write(fd, p, len);
+
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static double us(uint64_t ns)
+{
+	return (double)ns / 1e3;
+}
+
+/* ---- floor ---- */
+struct floor_hdr {
+	uint64_t page;
+	uint64_t len;
+};
+
+struct floor_client {
+	struct dsm_uffd *u;
+	int sock;
+	int stop_efd[2];
+	atomic_bool stop;
+};
+
+static void *floor_fault_main(void *arg)
+{
+	struct floor_client *c = arg;
+	struct dsm_uffd_fault f[16];
+	struct pollfd p[2] = { { .fd = dsm_uffd_fd(c->u), .events = POLLIN }, { .fd = c->stop_efd[0], .events = POLLIN } };
+
+	for (;;) {
+		int n;
+
+		poll(p, 2, -1);
+		if (p[1].revents)
+			return NULL;
+		n = dsm_uffd_read_faults(c->u, f, 16);
+		for (int i = 0; i < n; i++) {
+			struct floor_hdr req = { f[i].page, 0 };
+
+			if (full_write(c->sock, &req, sizeof(req)))
+				return NULL;
+		}
+	}
+}
+
+static void *floor_io_main(void *arg)
+{
+	struct floor_client *c = arg;
+	static uint8_t buf[PG];
+
+	for (;;) {
+		struct floor_hdr h;
+
+		if (full_read(c->sock, &h, sizeof(h)) || h.page == UINT64_MAX)
+			return NULL;
+		if (h.len && full_read(c->sock, buf, h.len))
+			return NULL;
+		if (h.len)
+			dsm_uffd_copy(c->u, h.page, buf, true);
+		else
+			dsm_uffd_zero(c->u, h.page, true);
+	}
+}
+
+static void floor_server(int sock, uint64_t reply_len)
+{
+	static uint8_t page[PG];
+	struct floor_hdr req;
+
+	memset(page, 0x5a, sizeof(page));
+	while (!full_read(sock, &req, sizeof(req))) {
+		struct floor_hdr h = { req.page, reply_len };
+		struct iovec iov[2] = { { &h, sizeof(h) }, { page, reply_len } };
+
+		if (req.page == UINT64_MAX) {
+			(void)!write(sock, &req, sizeof(req));
+			break;
+		}
+		if (writev(sock, iov, reply_len ? 2 : 1) < 0)
+			break;
+	}
+	_exit(0);
+}
+
+static int tcp_pair(int *client, pid_t *server_pid, uint64_t reply_len)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t alen = sizeof(a);
+	int one = 1, l = socket(AF_INET, SOCK_STREAM, 0), s;
+	pid_t pid;
+
+	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 1) ||
+	    getsockname(l, (struct sockaddr *)&a, &alen))
+		return -1;
+	pid = fork();
+	if (pid == 0) {
+		s = accept(l, NULL, NULL);
+		setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		floor_server(s, reply_len);
+	}
+	close(l);
+	s = socket(AF_INET, SOCK_STREAM, 0);
+	if (connect(s, (struct sockaddr *)&a, sizeof(a)))
+		return -1;
+	setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	*client = s;
+	*server_pid = pid;
+	return 0;
+}
+
+/* Fault n pages one after the other; per-fault latency into h, total time returned. */
+static uint64_t floor_run(unsigned n, uint64_t reply_len, struct hist *h)
+{
+	struct floor_client c = { 0 };
+	pthread_t fth, ioth;
+	pid_t srv;
+	uint64_t t_start, total;
+	struct floor_hdr bye = { UINT64_MAX, 0 };
+
+	hist_init(h);
+	if (dsm_uffd_create((size_t)n * PG, &c.u) || tcp_pair(&c.sock, &srv, reply_len) || pipe(c.stop_efd))
+		die("floor setup failed");
+	pthread_create(&fth, NULL, floor_fault_main, &c);
+	pthread_create(&ioth, NULL, floor_io_main, &c);
+	t_start = clock_now_ns();
+	for (unsigned p = 0; p < n; p++) {
+		volatile uint8_t *b = (volatile uint8_t *)dsm_uffd_base(c.u) + (size_t)p * PG;
+		uint64_t t0 = clock_now_ns();
+
+		(void)*b;
+		hist_record(h, clock_now_ns() - t0);
+	}
+	total = clock_now_ns() - t_start;
+	(void)!write(c.stop_efd[1], "x", 1);
+	pthread_join(fth, NULL);
+	full_write(c.sock, &bye, sizeof(bye));
+	pthread_join(ioth, NULL);
+	close(c.sock);
+	waitpid(srv, NULL, 0);
+	close(c.stop_efd[0]);
+	close(c.stop_efd[1]);
+	dsm_uffd_destroy(c.u);
+	return total;
+}
+
+/* ---- DSM nodes driven through pipes ---- */
+enum op { OP_QUIT, OP_WRITE, OP_READ, OP_READ_TIMED, OP_WRITE_TIMED, OP_SCAN, OP_PINGPONG, OP_COUNTER };
+
+struct cmd {
+	enum op op;
+	uint64_t a, b, arg;
+};
+
+struct reply {
+	int err;
+	uint64_t ns, count;
+	struct hist h;
+	struct dsm_region_stats st;
+};
+
+struct node_proc {
+	pid_t pid;
+	int cmd_w, rep_r;
+};
+
+struct cluster {
+	unsigned n;
+	struct node_proc nd[MAXN];
+};
+
+static const uint8_t bench_key[32] = "bench_dsm loopback cluster key!";
+static uint8_t *nbase;
+
+/* Counter threads of all nodes start at one CLOCK_MONOTONIC instant (one host) and stop after a fixed time. */
+struct ctr_arg {
+	uint64_t *w;
+	uint64_t start, end;
+	uint64_t done;
+};
+
+static void *ctr_main(void *arg)
+{
+	struct ctr_arg *a = arg;
+	uint64_t n = 0;
+
+	while (clock_now_ns() < a->start)
+		sched_yield();
+	while (clock_now_ns() < a->end) {
+		for (int i = 0; i < 64; i++)
+			__atomic_fetch_add(a->w, 1, __ATOMIC_SEQ_CST);
+		n += 64;
+	}
+	__atomic_fetch_add(&a->done, n, __ATOMIC_RELAXED);
+	return NULL;
+}
+
+static void node_exec(struct dsm_region *r, const struct cmd *c, struct reply *rep)
+{
+	uint64_t t0 = clock_now_ns();
+
+	hist_init(&rep->h);
+	rep->count = 0;
+	switch (c->op) {
+	case OP_WRITE:
+		for (uint64_t p = c->a; p < c->b; p++)
+			memset(nbase + p * PG, (int)(p | 1), PG);
+		break;
+	case OP_READ:
+	case OP_SCAN:
+		for (uint64_t p = c->a; p < c->b; p++)
+			(void)*(volatile uint8_t *)(nbase + p * PG);
+		break;
+	case OP_READ_TIMED:
+	case OP_WRITE_TIMED:
+		for (uint64_t p = c->a; p < c->b; p++) {
+			volatile uint8_t *b = nbase + p * PG;
+			uint64_t t = clock_now_ns();
+
+			if (c->op == OP_READ_TIMED)
+				(void)*b;
+			else
+				*b = 7;
+			hist_record(&rep->h, clock_now_ns() - t);
+		}
+		break;
+	case OP_PINGPONG: {
+		uint64_t *w = (uint64_t *)(nbase + c->a * PG);
+		uint64_t parity = c->arg & 1, end = 2 * c->b;
+
+		for (;;) {
+			uint64_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
+
+			if (v >= end)
+				break;
+			if ((v & 1) == parity) {
+				__atomic_store_n(w, v + 1, __ATOMIC_RELEASE);
+				rep->count++;
+			} else {
+				sched_yield();   /* 2 cores: leave the CPU to the fault and I/O threads */
+			}
+		}
+		break;
+	}
+	case OP_COUNTER: {   /* a: page, b: start time, arg: duration ns; 2 threads */
+		pthread_t th[2];
+		struct ctr_arg a = { (uint64_t *)(nbase + c->a * PG), c->b, c->b + c->arg, 0 };
+
+		for (unsigned i = 0; i < 2; i++)
+			pthread_create(&th[i], NULL, ctr_main, &a);
+		for (unsigned i = 0; i < 2; i++)
+			pthread_join(th[i], NULL);
+		rep->count = a.done;
+		break;
+	}
+	case OP_QUIT:
+		break;
+	}
+	rep->ns = clock_now_ns() - t0;
+	dsm_region_get_stats(r, &rep->st);
+}
+
+static void node_child(unsigned id, unsigned n, unsigned port, uint64_t lease_ns, int cmd_r, int rep_w)
+{
+	struct ic_peer_addr m[MAXN];
+	size_t np = (size_t)n_pages_bench * 4 + 16;
+	uint32_t *homes = calloc(np, sizeof(*homes));   /* every page homed on node 0 */
+	struct dsm_region_config cfg = {
+		.self = id, .members = m, .n_members = n, .transport = "tcp", .key = bench_key,
+		.key_len = sizeof(bench_key), .size = np * PG, .home_map = homes, .lease_ns = lease_ns,
+	};
+	struct dsm_region *r;
+	static struct reply rep;
+	struct cmd c;
+	char tag[16];
+
+	snprintf(tag, sizeof(tag), "bench%u", id);
+	log_set_tag(tag);
+	for (unsigned i = 0; i < n; i++) {
+		m[i].id = i;
+		snprintf(m[i].addr, sizeof(m[i].addr), "127.0.0.1:%u", port + i);
+	}
+	memset(&rep, 0, sizeof(rep));
+	rep.err = homes ? dsm_region_create(&cfg, &r) : -ENOMEM;
+	if (!rep.err)
+		rep.err = dsm_region_wait_peers(r, 20 * NSEC_PER_SEC);
+	full_write(rep_w, &rep, sizeof(rep));
+	if (rep.err)
+		_exit(3);
+	nbase = dsm_region_base(r);
+	while (!full_read(cmd_r, &c, sizeof(c))) {
+		node_exec(r, &c, &rep);
+		if (c.op == OP_QUIT)
+			break;
+		full_write(rep_w, &rep, sizeof(rep));
+	}
+	dsm_region_destroy(r);
+	full_write(rep_w, &rep, sizeof(rep));
+	free(homes);
+	_exit(0);
+}
+
+static void cluster_start(struct cluster *cl, unsigned n, uint64_t lease_ns)
+{
+	unsigned port = port_next;
+
+	port_next += 8;
+	cl->n = n;
+	for (unsigned i = 0; i < n; i++) {
+		int cp[2], rp[2];
+		pid_t pid;
+
+		if (pipe(cp) || pipe(rp))
+			die("pipe");
+		pid = fork();
+		if (pid == 0) {
+			close(cp[1]);
+			close(rp[0]);
+			node_child(i, n, port, lease_ns, cp[0], rp[1]);
+		}
+		close(cp[0]);
+		close(rp[1]);
+		cl->nd[i] = (struct node_proc){ pid, cp[1], rp[0] };
+	}
+	for (unsigned i = 0; i < n; i++) {
+		static struct reply rep;
+
+		if (full_read(cl->nd[i].rep_r, &rep, sizeof(rep)) || rep.err)
+			die("bench node %u did not start (%s)", i, strerror(-rep.err));
+	}
+}
+
+static void node_send(struct cluster *cl, unsigned i, enum op op, uint64_t a, uint64_t b, uint64_t arg)
+{
+	struct cmd c = { op, a, b, arg };
+
+	if (full_write(cl->nd[i].cmd_w, &c, sizeof(c)))
+		die("node %u gone", i);
+}
+
+static void node_wait(struct cluster *cl, unsigned i, struct reply *rep)
+{
+	if (full_read(cl->nd[i].rep_r, rep, sizeof(*rep)))
+		die("node %u gone", i);
+}
+
+static void node_do(struct cluster *cl, unsigned i, enum op op, uint64_t a, uint64_t b, uint64_t arg,
+		    struct reply *rep)
+{
+	node_send(cl, i, op, a, b, arg);
+	node_wait(cl, i, rep);
+}
+
+static void cluster_stop(struct cluster *cl)
+{
+	static struct reply rep;
+
+	for (unsigned i = 0; i < cl->n; i++)
+		node_send(cl, i, OP_QUIT, 0, 0, 0);
+	for (unsigned i = 0; i < cl->n; i++) {
+		node_wait(cl, i, &rep);
+		waitpid(cl->nd[i].pid, NULL, 0);
+		close(cl->nd[i].cmd_w);
+		close(cl->nd[i].rep_r);
+	}
+}
+
+/* ---- machine load ---- */
+static void cpu_sample(uint64_t *busy, uint64_t *total)
+{
+	unsigned long long v[10] = { 0 };
+	FILE *f = fopen("/proc/stat", "r");
+
+	*busy = *total = 0;
+	if (!f)
+		return;
+	if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+		   &v[7]) == 8) {
+		for (int i = 0; i < 8; i++)
+			*total += v[i];
+		*busy = *total - v[3] - v[4];
+	}
+	fclose(f);
+}
+
+/* ---- benchmarks ---- */
+static void print_vs(unsigned r, const char *name, const struct hist *h, const struct hist *floor_h,
+		     const char *floor_name)
+{
+	printf("%-6u %-34s %9.1f %9.1f %12s   %.2fx (%.2fx) vs %s\n", r, name, us(hist_quantile(h, 0.5)),
+	       us(hist_quantile(h, 0.99)), "", (double)hist_quantile(h, 0.5) / (double)hist_quantile(floor_h, 0.5),
+	       (double)hist_quantile(h, 0.99) / (double)hist_quantile(floor_h, 0.99), floor_name);
+}
+
+/*
+ * 3 nodes, all pages homed on node 0, node 1 measures. Page sets (n pages each):
+ *   A [0,n)    written by node 0, then read by node 2: Shared at 0 and 2, home store current. Node 1's read is
+ *              one round trip with 4 KiB from the home store — the same work as the floor.
+ *   B [n,2n)   written by node 0 and still Modified there: the home must downgrade its own copy first
+ *              (UFFDIO_WRITEPROTECT + copy to the home store) — extra page-table work on the home.
+ *   C [2n,3n)  never written: granted without data (compare with the no-data floor).
+ *   D [3n,4n)  like A, scanned by node 1 (pages/s).
+ */
+static void bench_read(void)
+{
+	static struct reply ra, rb, rc, rd, tmp;
+	struct cluster cl;
+	struct hist fh, fh0;
+	uint64_t n = n_pages_bench;
+
+	printf("\n-- remote read fault (3 nodes; pages homed on node 0; node 1 faults one page at a time)\n");
+	printf("%-6s %-34s %9s %9s %12s   %s\n", "round", "case", "p50 us", "p99 us", "pages/s",
+	       "ratio p50 (p99)");
+	for (unsigned r = 0; r < rounds; r++) {
+		uint64_t fns, fns0;
+
+		fns = floor_run((unsigned)n, PG, &fh);
+		cluster_start(&cl, 3, 0);
+		node_do(&cl, 0, OP_WRITE, 0, 2 * n, 0, &tmp);
+		node_do(&cl, 0, OP_WRITE, 3 * n, 4 * n, 0, &tmp);
+		node_do(&cl, 2, OP_READ, 0, n, 0, &tmp);
+		node_do(&cl, 2, OP_READ, 3 * n, 4 * n, 0, &tmp);
+		node_do(&cl, 1, OP_READ_TIMED, 0, n, 0, &ra);
+		node_do(&cl, 1, OP_SCAN, 3 * n, 4 * n, 0, &rd);
+		node_do(&cl, 1, OP_READ_TIMED, n, 2 * n, 0, &rb);
+		node_do(&cl, 1, OP_READ_TIMED, 2 * n, 3 * n, 0, &rc);
+		cluster_stop(&cl);
+		fns0 = floor_run((unsigned)n, 0, &fh0);
+
+		printf("%-6u %-34s %9.1f %9.1f %12.0f\n", r, "floor: 4 KiB reply", us(hist_quantile(&fh, 0.5)),
+		       us(hist_quantile(&fh, 0.99)), (double)n / ((double)fns / 1e9));
+		print_vs(r, "dsm read, home store current", &ra.h, &fh, "floor");
+		printf("%-6u %-34s %9s %9s %12.0f   %.2fx of floor pages/s\n", r, "dsm scan, home store current", "",
+		       "", (double)n / ((double)rd.ns / 1e9), (double)fns / (double)rd.ns);
+		print_vs(r, "dsm read, home held it M", &rb.h, &fh, "floor");
+		printf("%-6u %-34s %9.1f %9.1f %12.0f\n", r, "floor: no-data reply", us(hist_quantile(&fh0, 0.5)),
+		       us(hist_quantile(&fh0, 0.99)), (double)n / ((double)fns0 / 1e9));
+		print_vs(r, "dsm read, never written", &rc.h, &fh0, "no-data floor");
+	}
+}
+
+static void bench_upgrade(void)
+{
+	static struct reply rep;
+	struct cluster cl;
+	struct hist fh0;
+	uint64_t n = n_pages_bench / 2;
+	/* k other sharers: nodes 2.. (node 0 is the home and never touches the pages; node 1 writes) */
+	const unsigned ks[] = { 0, 1, 3 };
+
+	printf("\n-- write upgrade S->M (5 nodes; home node 0 holds no copy; node 1 + k sharers read, node 1 writes)\n");
+	floor_run((unsigned)n, 0, &fh0);
+	printf("floor no-data round trip: p50 %.1f us p99 %.1f us\n", us(hist_quantile(&fh0, 0.5)),
+	       us(hist_quantile(&fh0, 0.99)));
+	cluster_start(&cl, 5, 0);
+	for (unsigned i = 0; i < 3; i++) {
+		uint64_t a = i * n, b = a + n;
+		unsigned k = ks[i];
+		double hops = k ? 2.0 : 1.0;
+
+		node_do(&cl, 1, OP_READ, a, b, 0, &rep);
+		for (unsigned s = 0; s < k; s++)
+			node_do(&cl, 2 + s, OP_READ, a, b, 0, &rep);
+		node_do(&cl, 1, OP_WRITE_TIMED, a, b, 0, &rep);
+		printf("upgrade k=%u sharers: p50 %.1f us p99 %.1f us   = %.2fx (%.2fx) of %.0f floor round trip(s)\n", k,
+		       us(hist_quantile(&rep.h, 0.5)), us(hist_quantile(&rep.h, 0.99)),
+		       (double)hist_quantile(&rep.h, 0.5) / (hops * (double)hist_quantile(&fh0, 0.5)),
+		       (double)hist_quantile(&rep.h, 0.99) / (hops * (double)hist_quantile(&fh0, 0.99)), hops);
+	}
+	cluster_stop(&cl);
+}
+
+static void bench_lease(void)
+{
+	static struct reply ra, rb;
+	const uint64_t leases[] = { 1, 20 * NSEC_PER_USEC, 100 * NSEC_PER_USEC, 500 * NSEC_PER_USEC };
+	const uint64_t handoffs = 1000, ctr_ns = 300 * NSEC_PER_MSEC;
+	struct hist fh;
+	struct cluster cl;
+
+	floor_run(n_pages_bench / 2, PG, &fh);
+	printf("\n-- lease: two-node write ping-pong (read then write one word; page homed on node 0) and a contended\n"
+	       "   counter (2 nodes x 2 threads lock-adding one word for %.0f ms). Floor 4 KiB round trip p50 %.1f us\n"
+	       "   = %.0f transfers/s.\n",
+	       (double)ctr_ns / 1e6, us(hist_quantile(&fh, 0.5)), 1e9 / (double)hist_quantile(&fh, 0.5));
+	printf("%-10s %12s %10s %16s %16s\n", "lease", "handoffs/s", "vs floor", "counter incs/s", "page maps/s");
+	for (unsigned i = 0; i < sizeof(leases) / sizeof(leases[0]); i++) {
+		double hps, cps, xfer;
+		uint64_t start, maps0;
+
+		cluster_start(&cl, 2, leases[i]);
+		node_send(&cl, 0, OP_PINGPONG, 1, handoffs, 0);
+		node_send(&cl, 1, OP_PINGPONG, 1, handoffs, 1);
+		node_wait(&cl, 0, &ra);
+		node_wait(&cl, 1, &rb);
+		hps = (double)(ra.count + rb.count) / ((double)(ra.ns > rb.ns ? ra.ns : rb.ns) / 1e9);
+		maps0 = ra.st.maps + rb.st.maps;
+		start = clock_now_ns() + 20 * NSEC_PER_MSEC;
+		node_send(&cl, 0, OP_COUNTER, 2, start, ctr_ns);
+		node_send(&cl, 1, OP_COUNTER, 2, start, ctr_ns);
+		node_wait(&cl, 0, &ra);
+		node_wait(&cl, 1, &rb);
+		cps = (double)(ra.count + rb.count) / ((double)ctr_ns / 1e9);
+		xfer = (double)(ra.st.maps + rb.st.maps - maps0) / ((double)ctr_ns / 1e9);
+		cluster_stop(&cl);
+		printf("%-7.0f us %12.0f %9.2fx %16.0f %16.0f\n", (double)leases[i] / 1e3, hps,
+		       hps / (1e9 / (double)hist_quantile(&fh, 0.5)), cps, xfer);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option lo[] = { { "pages", required_argument, NULL, 'p' },
+					    { "rounds", required_argument, NULL, 'r' },
+					    { "busy", no_argument, NULL, 'b' },
+					    { "only", required_argument, NULL, 'o' },
+					    { NULL, 0, NULL, 0 } };
+	uint64_t b0, t0, b1, t1;
+	pid_t spinner = 0;
+	bool busy = false;
+	const char *only = NULL;
+	uint16_t rnd;
+	double la[3] = { 0 };
+	int c;
+
+	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (c) {
+		case 'p': n_pages_bench = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'r': rounds = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'b': busy = true; break;
+		case 'o': only = optarg; break;
+		default: die("usage: bench_dsm [--pages N] [--rounds R] [--busy] [--only read|upgrade|lease]");
+		}
+	}
+	signal(SIGPIPE, SIG_IGN);
+	log_set_tag("bench_dsm");
+	if (log_get_level() > LOG_WARN && !getenv("RACKVM_LOG"))
+		log_set_level(LOG_WARN);
+	if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+		rnd = (uint16_t)getpid();
+	port_next = 20000 + rnd % 30000;
+	{
+		struct dsm_uffd *probe;
+
+		if (dsm_uffd_create(PG, &probe)) {
+			printf("SKIP: userfaultfd with write-protect unavailable\n");
+			return 0;
+		}
+		dsm_uffd_destroy(probe);
+	}
+	if (busy) {
+		spinner = fork();
+		if (spinner == 0)
+			for (;;)
+				__asm__ __volatile__("" ::: "memory");
+	}
+	getloadavg(la, 3);
+	cpu_sample(&b0, &t0);
+	printf("bench_dsm: %u pages per case, %u rounds, %ld CPUs, loadavg %.2f %.2f %.2f, other core: %s\n",
+	       n_pages_bench, rounds, sysconf(_SC_NPROCESSORS_ONLN), la[0], la[1], la[2],
+	       busy ? "BUSY (spinner running)" : "not loaded by us (see machine busy % below)");
+	if (!only || !strcmp(only, "read"))
+		bench_read();
+	if (!only || !strcmp(only, "upgrade"))
+		bench_upgrade();
+	if (!only || !strcmp(only, "lease"))
+		bench_lease();
+	cpu_sample(&b1, &t1);
+	if (spinner) {
+		kill(spinner, SIGKILL);
+		waitpid(spinner, NULL, 0);
+	}
+	printf("\nmachine CPU busy during the run: %.0f%% of all cores (ours included)\n",
+	       t1 > t0 ? 100.0 * (double)(b1 - b0) / (double)(t1 - t0) : 0.0);
+	return 0;
+}
