@@ -51,3 +51,14 @@ CHECK_SCRIPTS += tests/guest/insn-scan.sh tests/guest/run-qemu.sh
 SOAK_SCRIPTS += tests/guest/soak-qemu.sh
 
 -include $(GUEST_SDK_OBJS:.o=.d) $(patsubst %,$(GUEST_OUT)/obj/wl-%.d,$(GUEST_WORKLOADS))
+
+# Host unit tests of SDK parts qemu 7.2 TCG cannot exercise (XSDT, x2APIC): the .c is included by the test.
+TESTS += test_guest_acpi test_guest_apic
+test_guest_acpi_PATH := tests/test_guest_acpi
+test_guest_acpi_SRCS := tests/guest/test_guest_acpi.c
+test_guest_acpi_LDLIBS := $(CMOCKA_LIBS)
+test_guest_apic_PATH := tests/test_guest_apic
+test_guest_apic_SRCS := tests/guest/test_guest_apic.c
+test_guest_apic_LDLIBS := $(CMOCKA_LIBS)
+$(BUILD)/tests/guest/test_guest_acpi.o $(BUILD)/tests/guest/test_guest_apic.o: \
+	CPPFLAGS += -Isim/guest/include -DGUEST_HOST_TEST

@@ -24,6 +24,17 @@ struct rsdp {
 	uint8_t ext_checksum, reserved[3];
 } __attribute__((packed));
 
+/* Table fields are unaligned: read them bytewise. */
+static uint32_t rd32(const uint8_t *p)
+{
+	return p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static uint64_t rd64(const uint8_t *p)
+{
+	return rd32(p) | ((uint64_t)rd32(p + 4) << 32);
+}
+
 static bool checksum_ok(const void *p, size_t len)
 {
 	const uint8_t *b = p;
@@ -87,20 +98,20 @@ static void madt_parse(struct guest_info *gi, const struct sdt_header *h, uint64
 	const uint8_t *p = (const uint8_t *)h;
 	if (h->length < 44)
 		return;
-	*lapic = *(const uint32_t *)(p + 36);
-	*pcat = *(const uint32_t *)(p + 40) & 1;
+	*lapic = rd32(p + 36);
+	*pcat = rd32(p + 40) & 1;
 	for (uint32_t off = 44; off + 2 <= h->length;) {
 		uint8_t type = p[off], len = p[off + 1];
 		if (len < 2 || off + len > h->length)
 			break;
 		const uint8_t *e = p + off;
 		if (type == 0 && len >= 8)
-			madt_add_cpu(gi, e[3], e[2], *(const uint32_t *)(e + 4));
+			madt_add_cpu(gi, e[3], e[2], rd32(e + 4));
 		else if (type == 9 && len >= 16)
-			madt_add_cpu(gi, *(const uint32_t *)(e + 4), *(const uint32_t *)(e + 12),
-				     *(const uint32_t *)(e + 8));
+			madt_add_cpu(gi, rd32(e + 4), rd32(e + 12),
+				     rd32(e + 8));
 		else if (type == 5 && len >= 12)
-			*lapic = *(const uint64_t *)(e + 4);
+			*lapic = rd64(e + 4);
 		off += len;
 	}
 }
@@ -121,31 +132,27 @@ static void srat_parse(struct guest_info *gi, const struct sdt_header *h)
 		if (len < 2 || off + len > h->length)
 			break;
 		const uint8_t *e = p + off;
-		if (type == 0 && len >= 16 && (*(const uint32_t *)(e + 4) & 1)) {
+		if (type == 0 && len >= 16 && (rd32(e + 4) & 1)) {
 			uint32_t node = e[2] | ((uint32_t)e[9] << 8) | ((uint32_t)e[10] << 16) |
 				((uint32_t)e[11] << 24);
 			srat_cpu_node(gi, e[3], node);
-		} else if (type == 2 && len >= 24 && (*(const uint32_t *)(e + 12) & 1)) {
-			srat_cpu_node(gi, *(const uint32_t *)(e + 8), *(const uint32_t *)(e + 4));
-		} else if (type == 1 && len >= 40 && (*(const uint32_t *)(e + 28) & 1) &&
+		} else if (type == 2 && len >= 24 && (rd32(e + 12) & 1)) {
+			srat_cpu_node(gi, rd32(e + 8), rd32(e + 4));
+		} else if (type == 1 && len >= 40 && (rd32(e + 28) & 1) &&
 			   gi->nnuma_mem < GUEST_MAX_NUMA_MEM) {
 			struct guest_numa_mem *m = &gi->numa_mem[gi->nnuma_mem++];
-			m->node = *(const uint32_t *)(e + 2);
-			m->base = *(const uint32_t *)(e + 8) | ((uint64_t)*(const uint32_t *)(e + 12) << 32);
-			m->len = *(const uint32_t *)(e + 16) | ((uint64_t)*(const uint32_t *)(e + 20) << 32);
+			m->node = rd32(e + 2);
+			m->base = rd32(e + 8) | ((uint64_t)rd32(e + 12) << 32);
+			m->len = rd32(e + 16) | ((uint64_t)rd32(e + 20) << 32);
 		}
 		off += len;
 	}
 }
 
-int acpi_parse(struct guest_info *gi, uint64_t *lapic_addr, bool *pcat_compat)
+static int acpi_parse_rsdp(struct guest_info *gi, const struct rsdp *r, uint64_t *lapic_addr, bool *pcat_compat)
 {
-	const struct rsdp *r = rsdp_find();
-	if (!r) {
-		k_printf("acpi: no RSDP found\n");
-		return -1;
-	}
-	bool xsdt = r->revision >= 2 && r->xsdt && checksum_ok(r, r->length < 36 ? 36 : r->length);
+	/* ACPI 2.0+: the extended checksum covers the 36-byte structure */
+	bool xsdt = r->revision >= 2 && r->xsdt && checksum_ok(r, sizeof(*r));
 	const struct sdt_header *root = sdt_map(xsdt ? r->xsdt : r->rsdt);
 	if (!root) {
 		k_printf("acpi: no valid %s\n", xsdt ? "XSDT" : "RSDT");
@@ -158,7 +165,7 @@ int acpi_parse(struct guest_info *gi, uint64_t *lapic_addr, bool *pcat_compat)
 	k_printf("acpi: RSDP at %p rev %u, %s with %u tables\n", (const void *)r, r->revision,
 		 xsdt ? "XSDT" : "RSDT", n);
 	for (unsigned i = 0; i < n; i++) {
-		uint64_t a = esz == 8 ? *(const uint64_t *)(ents + 8 * i) : *(const uint32_t *)(ents + 4 * i);
+		uint64_t a = esz == 8 ? rd64(ents + 8 * i) : rd32(ents + 4 * i);
 		const struct sdt_header *h = sdt_map(a);
 		if (!h)
 			continue;
@@ -169,7 +176,7 @@ int acpi_parse(struct guest_info *gi, uint64_t *lapic_addr, bool *pcat_compat)
 	}
 	/* SRAT after MADT: its processor entries refer to APIC ids the MADT listed. */
 	for (unsigned i = 0; i < n; i++) {
-		uint64_t a = esz == 8 ? *(const uint64_t *)(ents + 8 * i) : *(const uint32_t *)(ents + 4 * i);
+		uint64_t a = esz == 8 ? rd64(ents + 8 * i) : rd32(ents + 4 * i);
 		const struct sdt_header *h = sdt_map(a);
 		if (h && memcmp(h->sig, "SRAT", 4) == 0 && h->length >= 48) {
 			srat_parse(gi, h);
@@ -181,4 +188,14 @@ int acpi_parse(struct guest_info *gi, uint64_t *lapic_addr, bool *pcat_compat)
 		return -1;
 	}
 	return 0;
+}
+
+int acpi_parse(struct guest_info *gi, uint64_t *lapic_addr, bool *pcat_compat)
+{
+	const struct rsdp *r = rsdp_find();
+	if (!r) {
+		k_printf("acpi: no RSDP found\n");
+		return -1;
+	}
+	return acpi_parse_rsdp(gi, r, lapic_addr, pcat_compat);
 }

@@ -42,6 +42,12 @@ static inline uint8_t inb(uint16_t port)
 	return v;
 }
 
+#ifdef GUEST_HOST_TEST
+/* Host unit tests (tests/guest/test_guest_*.c) provide fakes for the privileged operations. */
+uint64_t rdmsr(uint32_t msr);
+void wrmsr(uint32_t msr, uint64_t v);
+void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]);
+#else
 static inline uint64_t rdmsr(uint32_t msr)
 {
 	uint32_t lo, hi;
@@ -58,6 +64,7 @@ static inline void cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4])
 {
 	__asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
 }
+#endif
 
 static inline uint64_t read_cr2(void)
 {
