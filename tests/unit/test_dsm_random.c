@@ -49,6 +49,7 @@ struct snode {
 	uint8_t want[MAXP];
 	bool woken[MAXP];
 	uint64_t timer_at;
+	uint32_t epoch;
 };
 
 struct smsg {
@@ -71,7 +72,8 @@ struct sim {
 	uint64_t next_value;
 	struct smsg *net;
 	uint32_t net_n;
-	uint64_t accesses, faults, delivered, lost, duplicated;
+	uint32_t epoch;                 /* membership epoch the nodes are moving to (lossy runs bump it) */
+	uint64_t accesses, faults, delivered, lost, duplicated, epochs;
 };
 
 static struct sim S;
@@ -303,6 +305,22 @@ static void try_access(uint32_t n, uint32_t p, uint8_t want)
 	do_fault(n, p, want == W_WRITE);
 }
 
+/* Membership changes: the target epoch moves on and the nodes learn it one by one, so messages of the old epoch
+ * (and of the new one, at nodes still behind) are dropped and recovered by retransmission. */
+static void epochs_advance(bool all)
+{
+	if (S.lossy && rng_double(&S.rng) < 0.0003) {
+		S.epoch++;
+		S.epochs++;
+	}
+	for (uint32_t n = 0; n < S.n; n++) {
+		if (S.node[n].epoch != S.epoch && (all || rng_double(&S.rng) < 0.05)) {
+			S.node[n].epoch = S.epoch;
+			dsm_engine_set_epoch(S.node[n].e, S.epoch);
+		}
+	}
+}
+
 /* Threads woken by MAP or WAKE run again: they access, or fault again (a writer woken by a read-only MAP). */
 static void run_woken(void)
 {
@@ -374,6 +392,7 @@ static void sim_setup(uint64_t seed, uint32_t n, uint32_t pages, bool lossy)
 	S.lease_ns = rng_below(&S.rng, 2) ? 0 : 2000 + rng_below(&S.rng, 20000);
 	S.retry_ns = 20000 + rng_below(&S.rng, 60000);
 	S.now = 1000;
+	S.epoch = 1;
 	S.net = calloc(NET_CAP, sizeof(*S.net));
 	assert_non_null(S.net);
 
@@ -392,6 +411,7 @@ static void sim_setup(uint64_t seed, uint32_t n, uint32_t pages, bool lossy)
 		cfg.home = custom ? home : NULL;
 		cfg.lease_ns = S.lease_ns;
 		cfg.retry_ns = S.retry_ns;
+		S.node[i].epoch = cfg.epoch;
 		assert_int_equal(dsm_engine_create(&cfg, &S.node[i].e), 0);
 		S.node[i].cap = dsm_engine_max_actions(S.node[i].e);
 		S.node[i].acts = calloc(S.node[i].cap, sizeof(struct dsm_action));
@@ -427,9 +447,12 @@ static void sim_run(uint64_t steps)
 
 				deliver_one((uint32_t)rng_below(&S.rng, S.net_n), dup);
 			}
-		} else {
-			S.now += rng_below(&S.rng, S.retry_ns);     /* let retransmissions and leases fire */
+		} else if (S.net_n < 4 * S.n) {
+			/* let retransmissions and leases fire (not while much is in flight: a real network delivers
+			 * far faster than retry_ns, and resends would pile up without bound) */
+			S.now += rng_below(&S.rng, S.retry_ns);
 		}
+		epochs_advance(false);
 		fire_timers();
 		run_woken();
 		check_invariants();
@@ -437,6 +460,7 @@ static void sim_run(uint64_t steps)
 
 	/* drain: the fabric heals, no new accesses; every waiting access must complete */
 	S.lossy = false;
+	epochs_advance(true);
 	for (uint64_t i = 0;; i++) {
 		bool waiting = false;
 
@@ -487,7 +511,8 @@ static uint64_t env_u64(const char *name, uint64_t dflt)
 }
 
 struct totals {
-	uint64_t steps, accesses, faults, delivered, lost, duplicated, retrans, lease, stashes, queued;
+	uint64_t steps, accesses, faults, delivered, lost, duplicated, retrans, lease, stashes, queued, epochs;
+	uint64_t epoch_drops;
 };
 
 static void run_many(uint64_t base_seed, bool lossy, uint64_t runs, uint64_t steps)
@@ -515,6 +540,7 @@ static void run_many(uint64_t base_seed, bool lossy, uint64_t runs, uint64_t ste
 		t.delivered += S.delivered;
 		t.lost += S.lost;
 		t.duplicated += S.duplicated;
+		t.epochs += S.epochs;
 		for (uint32_t k = 0; k < S.n; k++) {
 			struct dsm_stats st;
 
@@ -523,19 +549,21 @@ static void run_many(uint64_t base_seed, bool lossy, uint64_t runs, uint64_t ste
 			t.lease += st.lease_deferrals;
 			t.stashes += st.stashes;
 			t.queued += st.queued;
+			t.epoch_drops += st.drops[DSM_DROP_OLD_EPOCH] + st.drops[DSM_DROP_NEW_EPOCH];
 		}
 		sim_teardown();
 	}
 	printf("%s: %" PRIu64 " runs, %" PRIu64 " steps, %" PRIu64 " accesses, %" PRIu64 " faults, %" PRIu64
 	       " messages delivered (%" PRIu64 " lost, %" PRIu64 " duplicated), %" PRIu64 " retransmissions, %" PRIu64
-	       " lease deferrals, %" PRIu64 " stashes, %" PRIu64 " queued\n", lossy ? "lossy" : "reliable", runs,
+	       " lease deferrals, %" PRIu64 " stashes, %" PRIu64 " queued, %" PRIu64 " epoch changes (%" PRIu64
+	       " messages dropped for their epoch)\n", fixed ? "replay" : lossy ? "lossy" : "reliable", runs,
 	       t.steps, t.accesses, t.faults, t.delivered, t.lost, t.duplicated, t.retrans, t.lease, t.stashes,
-	       t.queued);
+	       t.queued, t.epochs, t.epoch_drops);
 	/* the run must have exercised the machinery, or it proves nothing */
 	assert_true(t.accesses > t.steps / 20);
 	assert_true(t.faults > t.steps / 100);
 	if (lossy && !fixed)
-		assert_true(t.lost > 0 && t.duplicated > 0 && t.retrans > 0 && t.stashes > 0);
+		assert_true(t.lost > 0 && t.duplicated > 0 && t.retrans > 0 && t.stashes > 0 && t.epoch_drops > 0);
 	if (!fixed)
 		assert_true(t.queued > 0 && t.lease > 0);
 }
