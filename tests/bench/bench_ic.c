@@ -4,9 +4,11 @@
  *
  * For 64 B and 4 KiB payloads, p50 and p99 round trips of:
  *   raw   a TCP_NODELAY socket ping-pong of the same payload size between two processes (the baseline);
+ *   raw+ep the same, but each end waits in epoll_wait before every read, as any event loop does: the share of
+ *          the gap that comes from having an event loop at all, rather than from the transport's own work;
  *   tcp   the tcp transport between the same two processes (echo by the child's I/O thread);
  *   loop  the loop transport between two threads of this process (in-process, for reference).
- * raw and tcp run in alternating blocks, back to back, so both see the same machine load; the ratio tcp/raw is
+ * raw, tcp and raw+ep run in alternating blocks, back to back, so both see the same machine load; the ratio tcp/raw is
  * printed per size (target <= 1.15). Each side's I/O thread blocks in ic_poll/read (no busy polling), as in use.
  * Run time is bounded by BENCH_IC_ROUNDS (default 8000 round trips per block, 5 blocks per size and kind).
  */
@@ -20,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -96,6 +99,27 @@ static int write_full(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+#define RAW_EPOLL 0x80000000u   /* in the block prefix: wait in epoll_wait before every read */
+
+/* Block in epoll_wait until fd is readable, as an event loop does before each read. */
+static void epoll_wait_readable(int epfd)
+{
+	struct epoll_event ev;
+
+	while (epoll_wait(epfd, &ev, 1, -1) < 0 && errno == EINTR)
+		;
+}
+
+static int epoll_for(int fd)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+	int epfd = epoll_create1(0);
+
+	if (epfd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev))
+		die_errno("epoll");
+	return epfd;
+}
+
 /* ---- an endpoint that echoes every frame back (child process for tcp, thread for loop) ---- */
 
 struct echo {
@@ -148,14 +172,22 @@ static void *raw_echo_thread(void *arg)
 	struct raw_echo_arg *a = arg;
 	static uint8_t buf[65536];
 	uint32_t len;
-	int fd = accept(a->lfd, NULL, NULL);
+	int fd = accept(a->lfd, NULL, NULL), epfd;
+	bool ep;
 
 	if (fd < 0)
 		return NULL;
 	set_nodelay(fd);
-	/* each ping: 4-byte length prefix chosen by the parent once per block, then payloads of that length */
-	while (!read_full(fd, &len, 4) && len <= sizeof(buf)) {
+	epfd = epoll_for(fd);
+	/* each block: a 4-byte prefix (payload length, RAW_EPOLL flag) from the parent, then payloads of that length */
+	while (!read_full(fd, &len, 4)) {
+		ep = len & RAW_EPOLL;
+		len &= ~RAW_EPOLL;
+		if (len > sizeof(buf))
+			break;
 		for (;;) {
+			if (ep)
+				epoll_wait_readable(epfd);
 			if (read_full(fd, buf, len))
 				goto out;
 			if (write_full(fd, buf, len))
@@ -165,6 +197,7 @@ static void *raw_echo_thread(void *arg)
 		}
 	}
 out:
+	close(epfd);
 	close(fd);
 	return NULL;
 }
@@ -232,10 +265,11 @@ static void ic_rounds(struct pinger *p, uint32_t dst, size_t size, int rounds, s
 	}
 }
 
-static void raw_rounds(int fd, size_t size, int rounds, struct hist *h)
+/* epfd >= 0: both ends wait in epoll_wait before each read (the "raw+ep" baseline) */
+static void raw_rounds(int fd, int epfd, size_t size, int rounds, struct hist *h)
 {
 	static uint8_t buf[4096];
-	uint32_t len = (uint32_t)size;
+	uint32_t len = (uint32_t)size | (epfd >= 0 ? RAW_EPOLL : 0);
 
 	memset(buf, 0xab, sizeof(buf));
 	if (write_full(fd, &len, 4))
@@ -243,19 +277,27 @@ static void raw_rounds(int fd, size_t size, int rounds, struct hist *h)
 	for (int i = 0; i < rounds; i++) {
 		uint64_t t0 = clock_now_ns();
 
-		if (write_full(fd, buf, size) || read_full(fd, buf, size))
+		if (write_full(fd, buf, size))
+			die_errno("raw ping");
+		if (epfd >= 0)
+			epoll_wait_readable(epfd);
+		if (read_full(fd, buf, size))
 			die_errno("raw ping");
 		if (h)
 			hist_record(h, clock_now_ns() - t0);
 	}
 	memcpy(buf, "STOP", 4);
-	if (write_full(fd, buf, size) || read_full(fd, buf, size))
+	if (write_full(fd, buf, size))
+		die_errno("raw stop");
+	if (epfd >= 0)
+		epoll_wait_readable(epfd);
+	if (read_full(fd, buf, size))
 		die_errno("raw stop");
 }
 
 static void print_row(size_t size, const char *kind, const struct hist *h)
 {
-	printf("  %5zu B  %-5s  p50 %7.1f us  p99 %7.1f us  (%llu round trips)\n", size, kind,
+	printf("  %5zu B  %-6s  p50 %7.1f us  p99 %7.1f us  (%llu round trips)\n", size, kind,
 	       (double)hist_quantile(h, 0.5) / 1e3, (double)hist_quantile(h, 0.99) / 1e3,
 	       (unsigned long long)h->count);
 }
@@ -265,7 +307,7 @@ int main(void)
 	int rounds = getenv("BENCH_IC_ROUNDS") ? atoi(getenv("BENCH_IC_ROUNDS")) : 8000;
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t alen = sizeof(a);
-	int lfd, fd, port_child, port_parent, status;
+	int lfd, fd, epfd, port_child, port_parent, status;
 	struct ic_peer_addr peer = { .id = 1 };
 	struct pinger p = { 0 };
 	struct ic_config cfg;
@@ -294,6 +336,7 @@ int main(void)
 	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)))
 		die_errno("raw connect");
 	set_nodelay(fd);
+	epfd = epoll_for(fd);
 
 	/* tcp transport, node 0 dials node 1 (the child) */
 	snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", port_parent);
@@ -303,26 +346,35 @@ int main(void)
 		die("cannot create the tcp transport");
 	wait_up(p.t, 1);
 
-	printf("bench_ic: round trips; raw socket and tcp transport between 2 processes (alternating blocks of %d), "
+	printf("bench_ic: round trips; raw socket (blocking, and with epoll) and tcp transport between 2 processes "
+	       "(alternating blocks of %d), "
 	       "loop transport between 2 threads\n", rounds);
 	for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
-		struct hist raw, tcp;
+		struct hist raw, rawep, tcp;
 
 		hist_init(&raw);
+		hist_init(&rawep);
 		hist_init(&tcp);
-		raw_rounds(fd, sizes[s], WARMUP, NULL);
+		raw_rounds(fd, -1, sizes[s], WARMUP, NULL);
+		raw_rounds(fd, epfd, sizes[s], WARMUP, NULL);
 		ic_rounds(&p, 1, sizes[s], WARMUP, NULL);
 		for (int b = 0; b < BLOCKS; b++) {
-			raw_rounds(fd, sizes[s], rounds, &raw);
+			raw_rounds(fd, -1, sizes[s], rounds, &raw);
 			ic_rounds(&p, 1, sizes[s], rounds, &tcp);
+			raw_rounds(fd, epfd, sizes[s], rounds, &rawep);
 		}
 		print_row(sizes[s], "raw", &raw);
+		print_row(sizes[s], "raw+ep", &rawep);
 		print_row(sizes[s], "tcp", &tcp);
 		printf("  %5zu B  ratio tcp/raw: p50 %.2f  p99 %.2f  (target <= 1.15)\n", sizes[s],
 		       (double)hist_quantile(&tcp, 0.5) / (double)hist_quantile(&raw, 0.5),
 		       (double)hist_quantile(&tcp, 0.99) / (double)hist_quantile(&raw, 0.99));
+		printf("  %5zu B  ratio tcp/raw+ep: p50 %.2f  p99 %.2f  (what the transport adds beyond an event loop)\n",
+		       sizes[s], (double)hist_quantile(&tcp, 0.5) / (double)hist_quantile(&rawep, 0.5),
+		       (double)hist_quantile(&tcp, 0.99) / (double)hist_quantile(&rawep, 0.99));
 	}
 	ic_destroy(p.t);
+	close(epfd);
 	close(fd);
 	kill(pid, SIGTERM);
 	waitpid(pid, &status, 0);
