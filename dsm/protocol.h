@@ -228,7 +228,8 @@ struct dsm_stats {
 	uint64_t faults_coalesced;      /* fault on a page with a request already outstanding */
 	uint64_t faults_spurious;       /* fault on a page already accessible (answered by WAKE) */
 	uint64_t msgs_tx[DSM_MSG_NTYPES];   /* by type - DSM_MSG_TYPE_MIN; remote sends only */
-	uint64_t msgs_rx[DSM_MSG_NTYPES];   /* accepted (not dropped) remote messages */
+	uint64_t msgs_rx[DSM_MSG_NTYPES];   /* remote messages that passed validation (duplicates and stale ones
+	                                     * among them are counted in drops as well) */
 	uint64_t msgs_local;            /* messages delivered inside the engine (node to its own home) */
 	uint64_t drops[DSM_DROP_NREASONS];
 	uint64_t invalidations;         /* copies this node dropped on INV */
