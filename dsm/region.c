@@ -94,6 +94,15 @@ struct dsm_region {
 	bool fault_started, io_started, timer_started;
 };
 
+/* Take the engine lock, counting how often another thread had it (the case for sharding it). */
+static void region_lock(struct dsm_region *r)
+{
+	if (pthread_mutex_trylock(&r->lock) == 0)
+		return;
+	pthread_mutex_lock(&r->lock);
+	r->stats.lock_contended++;
+}
+
 static uint8_t *region_page(struct dsm_region *r, uint64_t page)
 {
 	return r->base + page * DSM_PAGE_SIZE;
@@ -385,7 +394,7 @@ static void region_on_frame(void *opaque, uint32_t src, const struct ic_frame *f
 	}
 	if (f->type < DSM_MSG_TYPE_MIN || f->type > DSM_MSG_TYPE_MAX || atomic_load(&r->failed))
 		return;
-	pthread_mutex_lock(&r->lock);
+	region_lock(r);
 	now = clock_now_ns();
 	dsm_actions_init(&out, r->acts, r->acts_cap);
 	r->stats.msgs_in++;
@@ -428,7 +437,7 @@ static void region_on_peer(void *opaque, uint32_t peer, enum ic_peer_event ev, c
 	pthread_mutex_unlock(&r->st_lock);
 	if (!tell_engine || atomic_load(&r->failed))
 		return;
-	pthread_mutex_lock(&r->lock);
+	region_lock(r);
 	now = clock_now_ns();
 	dsm_actions_init(&out, r->acts, r->acts_cap);
 	dsm_engine_peer_down(r->eng, peer, now, &out);
@@ -459,7 +468,7 @@ static void *region_fault_main(void *arg)
 		}
 		if (n == 0 || atomic_load(&r->failed))
 			continue;
-		pthread_mutex_lock(&r->lock);
+		region_lock(r);
 		for (int i = 0; i < n && !r->fatal_pending; i++) {
 			struct dsm_actions out;
 			uint64_t now = clock_now_ns();

@@ -611,12 +611,12 @@ int main(int argc, char **argv)
 
 	dsm_region_get_stats(region, &st);
 	printf("STATS node=%u faults read=%llu write=%llu wp=%llu local=%llu remote=%llu msgs out=%llu in=%llu "
-	       "bytes out=%llu in=%llu remote-fault p50=%.1fus p99=%.1fus\n",
+	       "bytes out=%llu in=%llu lock-contended=%llu remote-fault p50=%.1fus p99=%.1fus\n",
 	       o.id, (unsigned long long)st.faults_read, (unsigned long long)st.faults_write,
 	       (unsigned long long)st.faults_wp, (unsigned long long)st.faults_local,
 	       (unsigned long long)st.faults_remote, (unsigned long long)st.msgs_out, (unsigned long long)st.msgs_in,
 	       (unsigned long long)st.bytes_out, (unsigned long long)st.bytes_in,
-	       (double)hist_quantile(&st.remote_fault_ns, 0.5) / 1e3,
+	       (unsigned long long)st.lock_contended, (double)hist_quantile(&st.remote_fault_ns, 0.5) / 1e3,
 	       (double)hist_quantile(&st.remote_fault_ns, 0.99) / 1e3);
 	/* Everyone finished reading before anyone tears down (a departing node is a dead peer to the others). */
 	sbar_wait(P_BAR_ALL, o.nodes);
