@@ -460,6 +460,7 @@ static int msg_validate(struct dsm_engine *e, uint32_t src, const struct dsm_msg
 int dsm_engine_recv(struct dsm_engine *e, uint32_t src, const void *buf, size_t len, uint64_t now,
 		    struct dsm_actions *out)
 {
+	uint32_t n_before = out->n;
 	struct dsm_msg m;
 	int ret;
 
@@ -508,6 +509,10 @@ int dsm_engine_recv(struct dsm_engine *e, uint32_t src, const void *buf, size_t 
 out_finish:
 	if (!e->failed)
 		finish_input(e, now, out);
+	/* a duplicate that was answered again had an effect (a mere timer re-arm does not count) */
+	for (uint32_t i = n_before; ret && i < out->n; i++)
+		if (out->v[i].type != DSM_ACT_TIMER)
+			ret = 0;
 	return ret;
 }
 

@@ -274,8 +274,9 @@ uint32_t dsm_engine_max_actions(const struct dsm_engine *e);
 int dsm_engine_fault(struct dsm_engine *e, uint64_t page, bool write, uint64_t now, struct dsm_actions *out);
 
 /* A DSM frame of len bytes arrived from node src (transport framing and MAC already checked). The engine
- * validates everything else. Returns 0 if the message was acted on, -EPROTO if it was dropped (already counted
- * and logged: the caller does nothing more). */
+ * validates everything else. Returns 0 if the message had an effect (actions appended: a duplicate answered
+ * again counts), -EPROTO if it was dropped without any (already counted and logged). Execute `out` in every
+ * case: it is simply empty after a silent drop. */
 int dsm_engine_recv(struct dsm_engine *e, uint32_t src, const void *buf, size_t len, uint64_t now,
 		    struct dsm_actions *out);
 

@@ -411,7 +411,8 @@ static void test_read_miss_paths(void **state)
 	o = deliver(0, &fetch, 8);
 	assert_int_equal(o->n, 1);
 	expect_send(&o->v[0], 0, DSM_MSG_FETCH_ACK, 0, DSM_DATA_LOCAL);
-	assert_int_equal(recv_ret, -EPROTO);
+	assert_int_equal(recv_ret, 0);                   /* answered: an effect, though counted a duplicate */
+	assert_int_equal(stats(1).drops[DSM_DROP_DUPLICATE], 1);
 	/* ...and the home drops that late ack */
 	deliver(1, &o->v[0], 9);
 	assert_int_equal(recv_ret, -EPROTO);
@@ -658,7 +659,7 @@ static void test_duplicate_request_and_grant(void **state)
 	grant = deliver(1, &req, 2)->v[0];
 
 	o = deliver(1, &req, 3);                        /* duplicate while the grant is unacknowledged: resend */
-	assert_int_equal(recv_ret, -EPROTO);
+	assert_int_equal(recv_ret, 0);
 	assert_int_equal(o->n, 1);
 	expect_send(&o->v[0], 1, DSM_MSG_GRANT, 0, DSM_DATA_NONE);
 	assert_int_equal(o->v[0].msg.req_id, grant.msg.req_id);
@@ -668,7 +669,7 @@ static void test_duplicate_request_and_grant(void **state)
 	assert_int_equal(o->n, 2);
 	gack = o->v[1];
 	o = deliver(0, &grant, 5);                      /* duplicate grant: re-ack, no MAP */
-	assert_int_equal(recv_ret, -EPROTO);
+	assert_int_equal(recv_ret, 0);
 	assert_int_equal(o->n, 1);
 	expect_send(&o->v[0], 0, DSM_MSG_GRANT_ACK, 0, DSM_DATA_NONE);
 	assert_int_equal(stats(1).drops[DSM_DROP_DUPLICATE], 1);
