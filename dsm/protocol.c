@@ -208,6 +208,12 @@ void eng_send(struct dsm_engine *e, struct dsm_actions *out, uint32_t dst, uint8
 int eng_drop(struct dsm_engine *e, enum dsm_drop_reason why, uint32_t src, const struct dsm_msg *m, uint64_t now)
 {
 	e->st.drops[why]++;
+	if (why == DSM_DROP_DUPLICATE || why == DSM_DROP_STALE) {
+		/* the normal echo of retransmission: counted, not worth a line */
+		pr_debug("dsm node %u: dropped %s from node %u (page %" PRIu64 "): %s", e->self,
+			 m ? dsm_msg_type_name(m->type) : "message", src, m ? m->page : 0, dsm_drop_reason_name(why));
+		return -EPROTO;
+	}
 	if (e->last_log_ns == 0 || now - e->last_log_ns >= LOG_INTERVAL_NS || now < e->last_log_ns) {
 		pr_warn("dsm node %u: dropped %s from node %u (page %" PRIu64 ", version %" PRIu64 ", req %u): %s"
 			" (+%" PRIu64 " drops not logged)", e->self, m ? dsm_msg_type_name(m->type) : "message", src,
