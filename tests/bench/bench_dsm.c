@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -86,6 +87,20 @@ static int full_write(int fd, const void *buf, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+static uint64_t rusage_ns(const struct rusage *ru)
+{
+	return (uint64_t)(ru->ru_utime.tv_sec + ru->ru_stime.tv_sec) * NSEC_PER_SEC +
+	       (uint64_t)(ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) * NSEC_PER_USEC;
+}
+
+static uint64_t cpu_self_ns(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return rusage_ns(&ru);
 }
 
 static double us(uint64_t ns)
@@ -194,8 +209,12 @@ static int tcp_pair(int *client, pid_t *server_pid, uint64_t reply_len)
 }
 
 /* Fault n pages one after the other; per-fault latency into h, total time returned. */
+static uint64_t floor_cpu_ns;   /* CPU time (both processes) of the last floor_run */
+
 static uint64_t floor_run(unsigned n, uint64_t reply_len, struct hist *h)
 {
+	struct rusage srv_ru;
+	uint64_t cpu0 = cpu_self_ns();
 	struct floor_client c = { 0 };
 	pthread_t fth, ioth;
 	pid_t srv;
@@ -221,7 +240,8 @@ static uint64_t floor_run(unsigned n, uint64_t reply_len, struct hist *h)
 	full_write(c.sock, &bye, sizeof(bye));
 	pthread_join(ioth, NULL);
 	close(c.sock);
-	waitpid(srv, NULL, 0);
+	wait4(srv, NULL, 0, &srv_ru);
+	floor_cpu_ns = cpu_self_ns() - cpu0 + rusage_ns(&srv_ru);
 	close(c.stop_efd[0]);
 	close(c.stop_efd[1]);
 	dsm_uffd_destroy(c.u);
@@ -229,7 +249,7 @@ static uint64_t floor_run(unsigned n, uint64_t reply_len, struct hist *h)
 }
 
 /* ---- DSM nodes driven through pipes ---- */
-enum op { OP_QUIT, OP_WRITE, OP_READ, OP_READ_TIMED, OP_WRITE_TIMED, OP_SCAN, OP_PINGPONG, OP_COUNTER };
+enum op { OP_QUIT, OP_WRITE, OP_READ, OP_READ_TIMED, OP_WRITE_TIMED, OP_SCAN, OP_PINGPONG, OP_COUNTER, OP_NOP };
 
 struct cmd {
 	enum op op;
@@ -239,6 +259,7 @@ struct cmd {
 struct reply {
 	int err;
 	uint64_t ns, count;
+	uint64_t cpu_ns;        /* this node process's CPU time (user + system, all threads) so far */
 	struct hist h;
 	struct dsm_region_stats st;
 };
@@ -338,9 +359,11 @@ static void node_exec(struct dsm_region *r, const struct cmd *c, struct reply *r
 		break;
 	}
 	case OP_QUIT:
+	case OP_NOP:
 		break;
 	}
 	rep->ns = clock_now_ns() - t0;
+	rep->cpu_ns = cpu_self_ns();
 	dsm_region_get_stats(r, &rep->st);
 }
 
@@ -496,15 +519,22 @@ static void bench_read(void)
 	printf("%-6s %-34s %9s %9s %12s   %s\n", "round", "case", "p50 us", "p99 us", "pages/s",
 	       "ratio p50 (p99)");
 	for (unsigned r = 0; r < rounds; r++) {
-		uint64_t fns, fns0;
+		uint64_t fns, fns0, home_cpu0, req_cpu0, dsm_cpu, floor_cpu;
 
 		fns = floor_run((unsigned)n, PG, &fh);
+		floor_cpu = floor_cpu_ns;
 		cluster_start(&cl, 3, 0);
 		node_do(&cl, 0, OP_WRITE, 0, 2 * n, 0, &tmp);
 		node_do(&cl, 0, OP_WRITE, 3 * n, 4 * n, 0, &tmp);
 		node_do(&cl, 2, OP_READ, 0, n, 0, &tmp);
 		node_do(&cl, 2, OP_READ, 3 * n, 4 * n, 0, &tmp);
+		node_do(&cl, 0, OP_NOP, 0, 0, 0, &tmp);
+		home_cpu0 = tmp.cpu_ns;
+		node_do(&cl, 1, OP_NOP, 0, 0, 0, &tmp);
+		req_cpu0 = tmp.cpu_ns;
 		node_do(&cl, 1, OP_READ_TIMED, 0, n, 0, &ra);
+		node_do(&cl, 0, OP_NOP, 0, 0, 0, &tmp);
+		dsm_cpu = tmp.cpu_ns - home_cpu0 + ra.cpu_ns - req_cpu0;
 		node_do(&cl, 1, OP_SCAN, 3 * n, 4 * n, 0, &rd);
 		node_do(&cl, 1, OP_READ_TIMED, n, 2 * n, 0, &rb);
 		node_do(&cl, 1, OP_READ_TIMED, 2 * n, 3 * n, 0, &rc);
@@ -514,6 +544,10 @@ static void bench_read(void)
 		printf("%-6u %-34s %9.1f %9.1f %12.0f\n", r, "floor: 4 KiB reply", us(hist_quantile(&fh, 0.5)),
 		       us(hist_quantile(&fh, 0.99)), (double)n / ((double)fns / 1e9));
 		print_vs(r, "dsm read, home store current", &ra.h, &fh, "floor");
+		printf("%-6u %-34s %9.1f %9s %12s   %.2fx  (CPU us per fault, both sides; load-independent)\n", r,
+		       "  CPU per fault: dsm / floor", (double)dsm_cpu / 1e3 / (double)n, "",
+		       "", (double)dsm_cpu / (double)floor_cpu);
+		printf("%-6u %-34s %9.1f\n", r, "  CPU per fault: floor", (double)floor_cpu / 1e3 / (double)n);
 		printf("%-6u %-34s %9s %9s %12.0f   %.2fx of floor pages/s\n", r, "dsm scan, home store current", "",
 		       "", (double)n / ((double)rd.ns / 1e9), (double)fns / (double)rd.ns);
 		print_vs(r, "dsm read, home held it M", &rb.h, &fh, "floor");
