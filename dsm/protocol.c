@@ -99,7 +99,7 @@ int dsm_engine_create(const struct dsm_config *cfg, struct dsm_engine **out)
 	e->slot_page = calloc(e->n_homed + 1, sizeof(*e->slot_page));
 	e->dir = calloc(e->n_homed + 1, sizeof(*e->dir));
 	e->reqs = calloc((e->n_homed + 1) * e->n_nodes, sizeof(*e->reqs));
-	e->bits = calloc((e->n_homed + 1) * 2 * e->words, sizeof(*e->bits));
+	e->bits = calloc((e->n_homed + 1) * 3 * e->words, sizeof(*e->bits));
 	if (!e->slot_page || !e->dir || !e->reqs || !e->bits)
 		goto out_free_engine;
 	for (uint64_t p = 0; p < cfg->n_pages; p++)
@@ -661,7 +661,7 @@ int dsm_engine_home_info(const struct dsm_engine *e, uint64_t page, struct dsm_h
 		return -ENOENT;
 	h = &e->dir[e->slot[page]];
 	out->stable = (enum dsm_home_state)h->stable;
-	out->state = h->phase == P_IDLE ? out->stable : phase_state[h->phase];
+	out->state = h->phase != P_IDLE ? phase_state[h->phase] : h->n_rgrants ? DSM_H_GRANT_WAIT : out->stable;
 	out->owner = h->owner;
 	out->n_sharers = h->n_sharers;
 	out->version = h->version;
@@ -669,6 +669,7 @@ int dsm_engine_home_info(const struct dsm_engine *e, uint64_t page, struct dsm_h
 	out->serving = h->serving;
 	out->queued = h->n_queued;
 	out->acks_pending = h->n_pending;
+	out->grants_unacked = h->phase == P_GRANT ? 1 : h->n_rgrants;
 	return 0;
 }
 
@@ -676,7 +677,7 @@ bool dsm_engine_home_is_sharer(const struct dsm_engine *e, uint64_t page, uint32
 {
 	if (page >= e->n_pages || e->slot[page] == NONE32 || node >= e->n_nodes)
 		return false;
-	return bit_test(e->bits + (uint64_t)e->slot[page] * 2 * e->words, node);
+	return bit_test(home_sharers(e, e->slot[page]), node);
 }
 
 uint64_t dsm_engine_next_timer(const struct dsm_engine *e)

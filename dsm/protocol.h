@@ -124,7 +124,8 @@ enum dsm_home_state {
 	DSM_H_LEASE_WAIT,   /* request in service must take the page from an owner whose lease runs */
 	DSM_H_INV_WAIT,     /* INVs sent, waiting for every ack (write request) */
 	DSM_H_FETCH_WAIT,   /* FETCH sent to the owner, waiting for its data (read request) */
-	DSM_H_GRANT_WAIT,   /* GRANT sent, waiting for GRANT_ACK (or a newer request from the requester) */
+	DSM_H_GRANT_WAIT,   /* GRANT(s) sent, waiting for GRANT_ACK (or a newer request from the requester);
+	                     * read grants do not block further read grants, only a write (INV/FETCH) */
 	DSM_H_NSTATES,
 };
 
@@ -138,6 +139,7 @@ struct dsm_home_info {
 	uint32_t serving;               /* requester in service, UINT32_MAX if idle */
 	uint32_t queued;                /* requests waiting behind it */
 	uint32_t acks_pending;          /* INV_WAIT/FETCH_WAIT: acks still missing */
+	uint32_t grants_unacked;        /* GRANTs sent and not yet acknowledged (read grants may be several) */
 };
 
 /* ---- actions -------------------------------------------------------------------------------------------- */

@@ -7,7 +7,9 @@
  *  - at most one request per page is in service (serving != NONE32 iff phase != P_IDLE);
  *  - stable MODIFIED <=> owner != NONE32, and then the sharer set is empty;
  *  - pending is a subset of the nodes that hold a copy, and is empty outside P_INV/P_FETCH;
- *  - nothing about a page is sent to anyone between a GRANT and the proof that it was installed.
+ *  - no INV or FETCH for a page leaves while a GRANT for it is unacknowledged: a read-only grant keeps the entry
+ *    idle (further reads are granted at once; the request at the queue head waits if it is a write), a
+ *    read-write grant keeps it busy (P_GRANT) until its acknowledgement.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -107,7 +109,37 @@ static void finish(struct dsm_engine *e, uint32_t slot)
 	h->serving = NONE32;
 	h->phase = P_IDLE;
 	pending_clear_all(e, slot);
-	eng_htimer_del(e, slot);
+	if (h->n_rgrants == 0)
+		eng_htimer_del(e, slot);
+}
+
+/* Unacknowledged read grants: set when sent, cleared by GRANT_ACK, a newer request or peer down. While any is
+ * out the entry's timer resends them (the entry is idle then: nothing else of it needs a timer). */
+static void rgrant_add(struct dsm_engine *e, uint32_t slot, uint32_t node, uint64_t now)
+{
+	struct home_page *h = &e->dir[slot];
+
+	bit_set(home_rgrants(e, slot), node);
+	if (h->n_rgrants++ == 0)
+		eng_htimer_set(e, slot, now + e->retry_ns);
+}
+
+static void rgrant_clear(struct dsm_engine *e, uint32_t slot, uint32_t node)
+{
+	struct home_page *h = &e->dir[slot];
+
+	bit_clear(home_rgrants(e, slot), node);
+	if (--h->n_rgrants == 0 && h->phase == P_IDLE)
+		eng_htimer_del(e, slot);
+}
+
+static void send_rgrant(struct dsm_engine *e, uint32_t slot, uint32_t node, struct dsm_actions *out)
+{
+	struct home_page *h = &e->dir[slot];
+
+	/* never_written, version and the home store cannot change while a read grant is out (no write starts) */
+	eng_send(e, out, node, DSM_MSG_GRANT, h->never_written ? DSM_MF_ZERO : 0, slot_page(e, slot), h->version,
+		 home_rec(e, slot, node)->seen, node, h->never_written ? DSM_DATA_NONE : DSM_DATA_HOME);
 }
 
 static void send_grant(struct dsm_engine *e, uint32_t slot, struct dsm_actions *out)
@@ -139,12 +171,20 @@ static void grant(struct dsm_engine *e, uint32_t slot, bool rw, uint64_t now, st
 		h->never_written = 0;
 		h->lease_until = now + e->lease_ns;
 	} else {
-		flags = h->never_written ? DSM_MF_ZERO : DSM_MF_DATA;
+		/* read-only: the entry stays idle so the next queued reads are granted at once */
 		if (!bit_test(home_sharers(e, slot), r)) {
 			bit_set(home_sharers(e, slot), r);
 			h->n_sharers++;
 		}
 		h->stable = DSM_H_SHARED;
+		if (h->never_written)
+			e->st.grants_zero++;
+		h->serving = NONE32;
+		h->phase = P_IDLE;
+		pending_clear_all(e, slot);
+		rgrant_add(e, slot, r, now);    /* the entry's timer now resends read grants */
+		send_rgrant(e, slot, r, out);
+		return;
 	}
 	if (flags & DSM_MF_ZERO)
 		e->st.grants_zero++;
@@ -219,6 +259,9 @@ void home_kick(struct dsm_engine *e, uint32_t slot, uint64_t now, struct dsm_act
 	struct home_page *h = &e->dir[slot];
 
 	while (h->phase == P_IDLE && h->qhead != NONE32) {
+		/* a write takes copies away: not before every read grant is known installed */
+		if (home_rec(e, slot, h->qhead)->kind == K_WRITE && h->n_rgrants > 0)
+			break;
 		uint32_t r = queue_pop(e, slot);
 
 		h->serving = r;
@@ -242,10 +285,14 @@ int home_request(struct dsm_engine *e, uint32_t src, const struct dsm_msg *m, ui
 		/* a retransmission: if its GRANT was lost, send it again; otherwise it is in hand already */
 		if (h->serving == src && h->serving_req == m->req_id && h->phase == P_GRANT)
 			send_grant(e, slot, out);
+		else if (bit_test(home_rgrants(e, slot), src))
+			send_rgrant(e, slot, src, out);
 		return eng_drop(e, DSM_DROP_DUPLICATE, src, m, now);
 	}
 	if (r->queued)          /* one outstanding request per (node, page): a second one is a peer bug */
 		return eng_drop(e, DSM_DROP_BAD_STATE, src, m, now);
+	if (bit_test(home_rgrants(e, slot), src))
+		rgrant_clear(e, slot, src);     /* a newer request proves the read grant arrived */
 	if (h->serving == src) {
 		if (h->phase != P_GRANT)
 			return eng_drop(e, DSM_DROP_BAD_STATE, src, m, now);
@@ -265,6 +312,11 @@ int home_grant_ack(struct dsm_engine *e, uint32_t src, const struct dsm_msg *m, 
 	uint32_t slot = e->slot[m->page];
 	struct home_page *h = &e->dir[slot];
 
+	if (bit_test(home_rgrants(e, slot), src) && m->req_id == home_rec(e, slot, src)->seen) {
+		rgrant_clear(e, slot, src);
+		home_kick(e, slot, now, out);
+		return 0;
+	}
 	if (h->phase != P_GRANT || h->serving != src || h->serving_req != m->req_id)
 		return eng_drop(e, m->req_id == home_rec(e, slot, src)->seen ? DSM_DROP_DUPLICATE : DSM_DROP_STALE,
 				src, m, now);
@@ -371,7 +423,17 @@ void home_timeout(struct dsm_engine *e, uint32_t slot, uint64_t now, struct dsm_
 		}
 		break;
 	default:
-		eng_htimer_del(e, slot);
+		if (h->n_rgrants == 0) {
+			eng_htimer_del(e, slot);
+			break;
+		}
+		eng_htimer_set(e, slot, now + e->retry_ns);
+		for (uint32_t n = 0; n < e->n_nodes; n++) {
+			if (n == e->self || !bit_test(home_rgrants(e, slot), n))
+				continue;
+			e->st.retransmissions++;
+			send_rgrant(e, slot, n, out);
+		}
 		break;
 	}
 	home_kick(e, slot, now, out);
@@ -398,6 +460,8 @@ int home_peer_down(struct dsm_engine *e, uint32_t peer, uint64_t now, struct dsm
 		struct home_page *h = &e->dir[s];
 
 		sharer_remove(e, s, peer);
+		if (bit_test(home_rgrants(e, s), peer))
+			rgrant_clear(e, s, peer);
 		if (home_rec(e, s, peer)->queued)
 			queue_remove(e, s, peer);
 		if (h->serving == peer && (h->phase == P_GRANT || h->phase == P_LEASE))

@@ -39,6 +39,7 @@ struct home_page {
 	uint32_t serving;       /* requester in service, NONE32 if idle */
 	uint32_t serving_req;
 	uint32_t n_sharers, n_pending;
+	uint32_t n_rgrants;     /* read-only grants sent and not yet acknowledged (only while idle) */
 	uint32_t qhead, qtail;  /* queued requesters (linked through struct req_rec.next) */
 	uint32_t n_queued;
 	uint64_t version;
@@ -70,7 +71,7 @@ struct dsm_engine {
 	struct cache_page *cache;
 	struct home_page *dir;
 	struct req_rec *reqs;   /* n_homed * n_nodes */
-	uint64_t *bits;         /* per slot: sharers then pending, words each */
+	uint64_t *bits;         /* per slot: sharers, pending acks, unacknowledged read grants; words each */
 	uint64_t *dead;         /* nodes reported down */
 	uint32_t words;
 
@@ -112,14 +113,19 @@ static inline bool seq_before(uint32_t a, uint32_t b)
 	return (int32_t)(a - b) < 0;
 }
 
-static inline uint64_t *home_sharers(struct dsm_engine *e, uint32_t slot)
+static inline uint64_t *home_sharers(const struct dsm_engine *e, uint32_t slot)
 {
-	return e->bits + (uint64_t)slot * 2 * e->words;
+	return e->bits + (uint64_t)slot * 3 * e->words;
 }
 
-static inline uint64_t *home_pending(struct dsm_engine *e, uint32_t slot)
+static inline uint64_t *home_pending(const struct dsm_engine *e, uint32_t slot)
 {
-	return e->bits + ((uint64_t)slot * 2 + 1) * e->words;
+	return e->bits + ((uint64_t)slot * 3 + 1) * e->words;
+}
+
+static inline uint64_t *home_rgrants(const struct dsm_engine *e, uint32_t slot)
+{
+	return e->bits + ((uint64_t)slot * 3 + 2) * e->words;
 }
 
 static inline bool bit_test(const uint64_t *b, uint32_t i)

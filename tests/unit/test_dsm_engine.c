@@ -485,6 +485,51 @@ static void test_write_miss_sharers(void **state)
 	assert_int_equal(hinfo(0).n_sharers, 0);
 }
 
+/* Read grants do not wait for each other's GRANT_ACK; a write waits until every read grant is acknowledged. */
+static void test_concurrent_read_grants(void **state)
+{
+	static const uint32_t home[1] = { 3 };
+	struct dsm_actions *o;
+	struct dsm_action r0, r1, w2, g0, g1, ack0, ack1;
+
+	setup_cluster(4, 1, home, 0, 1000);
+	r0 = fault(0, 0, false, 1)->v[0];
+	r1 = fault(1, 0, false, 1)->v[0];
+	w2 = fault(2, 0, true, 1)->v[0];
+	g0 = deliver(0, &r0, 2)->v[0];
+	expect_send(&g0, 0, DSM_MSG_GRANT, 0, DSM_DATA_NONE);
+	o = deliver(1, &r1, 3);                          /* granted at once, node 0 has not acked yet */
+	assert_int_equal(o->n, 1);
+	g1 = o->v[0];
+	expect_send(&g1, 1, DSM_MSG_GRANT, 0, DSM_DATA_NONE);
+	assert_int_equal(g1.msg.flags, DSM_MF_ZERO);
+	assert_int_equal(hinfo(0).state, DSM_H_GRANT_WAIT);
+	assert_int_equal(hinfo(0).grants_unacked, 2);
+
+	o = deliver(2, &w2, 4);                          /* a write waits for both acks */
+	assert_int_equal(o->n, 0);
+	assert_int_equal(hinfo(0).queued, 1);
+
+	/* node 1's grant is lost: the home resends it (same req_id) */
+	o = timer(3, 2 + 1000);
+	assert_int_equal(o->n, 2);
+	expect_send(&o->v[0], 0, DSM_MSG_GRANT, 0, DSM_DATA_NONE);
+	expect_send(&o->v[1], 1, DSM_MSG_GRANT, 0, DSM_DATA_NONE);
+	assert_int_equal(o->v[1].msg.req_id, g1.msg.req_id);
+	g1 = o->v[1];
+
+	ack0 = deliver(3, &g0, 1003)->v[1];
+	ack1 = deliver(3, &g1, 1003)->v[1];
+	o = deliver(0, &ack0, 1004);
+	assert_int_equal(o->n, 0);                       /* node 1's grant still unacknowledged */
+	o = deliver(1, &ack1, 1005);
+	assert_int_equal(o->n, 2);
+	expect_send(&o->v[0], 0, DSM_MSG_INV, 0, DSM_DATA_NONE);
+	expect_send(&o->v[1], 1, DSM_MSG_INV, 0, DSM_DATA_NONE);
+	assert_int_equal(hinfo(0).grants_unacked, 0);
+	assert_int_equal(hinfo(0).state, DSM_H_INV_WAIT);
+}
+
 static void test_upgrade(void **state)
 {
 	struct dsm_actions *o;
@@ -1098,6 +1143,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_local_home_access, teardown),
 		cmocka_unit_test_teardown(test_read_miss_paths, teardown),
 		cmocka_unit_test_teardown(test_write_miss_sharers, teardown),
+		cmocka_unit_test_teardown(test_concurrent_read_grants, teardown),
 		cmocka_unit_test_teardown(test_upgrade, teardown),
 		cmocka_unit_test_teardown(test_upgrade_racing_invalidation, teardown),
 		cmocka_unit_test_teardown(test_request_crossing_invalidation, teardown),

@@ -492,7 +492,8 @@ static void sim_run(uint64_t steps)
 		uint32_t h = dsm_engine_home_of(S.node[0].e, p);
 
 		dsm_engine_home_info(S.node[h].e, p, &hi);
-		CHECK(hi.serving == UINT32_MAX && hi.queued == 0, "page %u: home still busy (%s) after the drain", p,
+		CHECK(hi.serving == UINT32_MAX && hi.queued == 0 && hi.grants_unacked == 0,
+		      "page %u: home still busy (%s) after the drain", p,
 		      dsm_home_state_name(hi.state));
 		for (uint32_t n = 0; n < S.n; n++) {
 			enum dsm_cache_state cs = dsm_engine_cache_state(S.node[n].e, p);
