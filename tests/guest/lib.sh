@@ -7,7 +7,7 @@
 BUILD=${BUILD:-build}
 GUEST_DIR=$BUILD/guest
 QEMU=${QEMU:-qemu-system-x86_64}
-GUEST_TIMEOUT=${GUEST_TIMEOUT:-60}
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-120}
 LOG_DIR=${LOG_DIR:-$BUILD/test-logs/guest}
 mkdir -p "$LOG_DIR"
 

@@ -136,8 +136,10 @@ static uint64_t litmus_one(const struct litmus_test *t, unsigned cpu, uint64_t i
 		u_barrier();
 		/* Roles rotate over the CPUs from round to round when there are more CPUs than threads. */
 		unsigned t_index = (cpu + n - (unsigned)(round % n)) % n;
-		/* Leave the barrier at different times, start the round at the same TSC deadline. */
-		while ((int64_t)(u_rdtsc() - go_tsc) < 0)
+		/* Leave the barrier at different times, start the round at the same TSC deadline. The wait is
+		 * bounded locally so that vCPUs with unsynchronized TSCs only lose overlap, never hang. */
+		uint64_t w0 = u_rdtsc();
+		while ((int64_t)(u_rdtsc() - go_tsc) < 0 && u_rdtsc() - w0 < 2 * start_skew)
 			u_pause();
 		if (t_index < t->threads)
 			for (unsigned b = 0; b < batch; b++)
