@@ -19,7 +19,7 @@
  * Leaving: a node that destroys its region while others still use it would take its homed pages and Modified
  * copies with it. dsm_region_destroy() therefore first sends LEAVE (frame type DSM_REGION_T_LEAVE) to every peer
  * and keeps serving until every peer's LEAVE arrived (or it went down): only then has everyone stopped touching
- * the region. A peer that went down after its LEAVE is not a failure.
+ * the region. A peer that went down after its LEAVE is not a failure once this node is leaving too.
  */
 #include "dsm/region.h"
 
@@ -428,8 +428,9 @@ static void region_on_peer(void *opaque, uint32_t peer, enum ic_peer_event ev, c
 			r->peer_up[peer] = false;
 			r->n_up--;
 		}
-		/* A peer that left on purpose is no loss; one that never came up holds nothing yet. */
-		tell_engine = r->peer_ever_up[peer] && !r->peer_left[peer];
+		/* A peer that never came up holds nothing yet. One that sent LEAVE no longer touches the region but
+		 * may still home pages we need, so its death only goes unreported once we are leaving too. */
+		tell_engine = r->peer_ever_up[peer] && !(r->peer_left[peer] && r->leaving);
 		if (tell_engine)
 			pr_warn("node %u is down: %s", peer, why ? why : "?");
 	}

@@ -15,7 +15,7 @@
  *   pingpong  two nodes alternately increment a word on one page (read then write), handoffs/s, per lease
  *   counter   2 nodes x 2 threads lock-add one word for 300 ms, increments/s and page moves/s, per lease
  *
- *   bench_dsm [--pages N] [--rounds R] [--busy] [--only read|upgrade|lease]
+ *   bench_dsm [--pages N] [--rounds R] [--busy] [--only primitives|read|upgrade|lease]
  * --busy runs a spinning process for the whole benchmark (the "other core busy" case).
  */
 #include <errno.h>
@@ -626,6 +626,37 @@ static void bench_lease(void)
 	}
 }
 
+/* What the kernel charges for each primitive on this machine: these bound every protocol path that uses them. */
+static void bench_primitives(void)
+{
+	const unsigned n = n_pages_bench;
+	static uint8_t src[PG];
+	struct dsm_uffd *u;
+	uint64_t t[5];
+
+	if (dsm_uffd_create((size_t)n * PG, &u))
+		die("uffd");
+	t[0] = clock_now_ns();
+	for (unsigned i = 0; i < n; i++)
+		dsm_uffd_copy(u, i, src, true);
+	t[1] = clock_now_ns();
+	for (unsigned i = 0; i < n; i++)
+		dsm_uffd_protect(u, i, false);
+	for (unsigned i = 0; i < n; i++)      /* written and in the TLB, like a page this node really uses */
+		((volatile uint8_t *)dsm_uffd_base(u))[(size_t)i * PG] = 1;
+	t[2] = clock_now_ns();
+	for (unsigned i = 0; i < n; i++)
+		dsm_uffd_protect(u, i, true);
+	t[3] = clock_now_ns();
+	for (unsigned i = 0; i < n; i++)
+		dsm_uffd_zap(u, i);
+	t[4] = clock_now_ns();
+	dsm_uffd_destroy(u);
+	printf("\n-- userfaultfd primitives, per 4 KiB page (single thread, %u pages)\n", n);
+	printf("COPY+WP %.1f us   WP clear %.1f us   WP set (page written) %.1f us   zap %.1f us\n", us((t[1] - t[0]) / n),
+	       us((t[2] - t[1]) / n), us((t[3] - t[2]) / n), us((t[4] - t[3]) / n));
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option lo[] = { { "pages", required_argument, NULL, 'p' },
@@ -647,7 +678,7 @@ int main(int argc, char **argv)
 		case 'r': rounds = (unsigned)strtoul(optarg, NULL, 0); break;
 		case 'b': busy = true; break;
 		case 'o': only = optarg; break;
-		default: die("usage: bench_dsm [--pages N] [--rounds R] [--busy] [--only read|upgrade|lease]");
+		default: die("usage: bench_dsm [--pages N] [--rounds R] [--busy] [--only primitives|read|upgrade|lease]");
 		}
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -677,6 +708,8 @@ int main(int argc, char **argv)
 	printf("bench_dsm: %u pages per case, %u rounds, %ld CPUs, loadavg %.2f %.2f %.2f, other core: %s\n",
 	       n_pages_bench, rounds, sysconf(_SC_NPROCESSORS_ONLN), la[0], la[1], la[2],
 	       busy ? "BUSY (spinner running)" : "not loaded by us (see machine busy % below)");
+	if (!only || !strcmp(only, "primitives"))
+		bench_primitives();
 	if (!only || !strcmp(only, "read"))
 		bench_read();
 	if (!only || !strcmp(only, "upgrade"))
