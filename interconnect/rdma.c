@@ -379,6 +379,30 @@ static int post_recv(struct rconn *c, uint32_t i)
 	return -ibv_post_recv(c->id->qp, &wr, &bad);
 }
 
+/* The rx and tx regions of the layout at the top of this file (zeroed, page-aligned, not yet registered). */
+static int conn_alloc_buffers(struct rconn *c)
+{
+	c->rx_len = (size_t)RDMA_N_RECV * RDMA_RECV_SLOT + (size_t)RDMA_N_DATA * c->slot_size +
+		    sizeof(struct rdma_credit);
+	c->tx_len = (size_t)RDMA_N_TX * c->slot_size + sizeof(struct rdma_credit);
+	if (posix_memalign((void **)&c->rx, 4096, c->rx_len) || posix_memalign((void **)&c->tx, 4096, c->tx_len))
+		return -ENOMEM;
+	memset(c->rx, 0, c->rx_len);
+	memset(c->tx, 0, c->tx_len);
+	return 0;
+}
+
+static int conn_post_recvs(struct rconn *c)
+{
+	for (uint32_t i = 0; i < RDMA_N_RECV; i++) {
+		int ret = post_recv(c, i);
+
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
 static int conn_setup_verbs(struct rconn *c)
 {
 	struct rdma_tr *t = c->t;
@@ -413,24 +437,18 @@ static int conn_setup_verbs(struct rconn *c)
 		return -errno ? -errno : -EIO;
 	c->qp_created = true;
 
-	c->rx_len = (size_t)RDMA_N_RECV * RDMA_RECV_SLOT + (size_t)RDMA_N_DATA * c->slot_size +
-		    sizeof(struct rdma_credit);
-	c->tx_len = (size_t)RDMA_N_TX * c->slot_size + sizeof(struct rdma_credit);
-	if (posix_memalign((void **)&c->rx, 4096, c->rx_len) || posix_memalign((void **)&c->tx, 4096, c->tx_len))
-		return -ENOMEM;
-	memset(c->rx, 0, c->rx_len);
-	memset(c->tx, 0, c->tx_len);
+	ret = conn_alloc_buffers(c);
+	if (ret)
+		return ret;
 	c->rx_mr = ibv_reg_mr(c->pd, c->rx, c->rx_len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
 	if (!c->rx_mr)
 		return -errno ? -errno : -EIO;
 	c->tx_mr = ibv_reg_mr(c->pd, c->tx, c->tx_len, IBV_ACCESS_LOCAL_WRITE);
 	if (!c->tx_mr)
 		return -errno ? -errno : -EIO;
-	for (uint32_t i = 0; i < RDMA_N_RECV; i++) {
-		ret = post_recv(c, i);
-		if (ret)
-			return ret;
-	}
+	ret = conn_post_recvs(c);
+	if (ret)
+		return ret;
 	if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, c->cc->fd, &ev))
 		return -errno;
 	return 0;
@@ -914,6 +932,15 @@ static void conn_on_wc(struct rconn *c, const struct ibv_wc *wc)
 	conn_return_credits(c, false);
 }
 
+/* Handle a batch of completions, then return whatever credits are unreported. */
+static void conn_on_wcs(struct rconn *c, const struct ibv_wc *wc, int n)
+{
+	for (int k = 0; k < n && c->state != C_DEAD; k++)
+		conn_on_wc(c, &wc[k]);
+	if (n > 0 && c->state != C_DEAD)
+		conn_return_credits(c, true);
+}
+
 static void conn_on_cq(struct rconn *c)
 {
 	struct ibv_cq *cq;
@@ -930,11 +957,8 @@ static void conn_on_cq(struct rconn *c)
 	}
 	do {
 		n = ibv_poll_cq(cq, 16, wc);
-		for (int k = 0; k < n && c->state != C_DEAD; k++)
-			conn_on_wc(c, &wc[k]);
+		conn_on_wcs(c, wc, n);
 	} while (n > 0 && c->state != C_DEAD);
-	if (c->state != C_DEAD)
-		conn_return_credits(c, true);
 }
 
 /* ---- rdma_cm events ---- */

@@ -271,6 +271,410 @@ static void test_peer_input_closes_connection(void **state)
 	free(t);
 }
 
+/* ---- the whole data path over a software model of an RC queue pair ----
+ *
+ * No device here, but ibv_post_send/ibv_post_recv dispatch through qp->context->ops, so two connections can be
+ * wired to an in-memory model of one RC queue pair: SEND lands in the peer's oldest posted receive, RDMA WRITE
+ * (with immediate) copies into the peer's registered rx region after checking rkey and bounds, completions are
+ * queued on both sides and handed to the transport's own completion handler (conn_on_wcs). This runs the
+ * handshake, MACs, both data paths, ring slots and credit returns of rdma.c; only librdmacm and the hardware are
+ * left out. A send into a queue pair with no posted receive (what credits must prevent) fails the test.
+ */
+
+struct emu_recv {
+	uint64_t wr_id;
+	uint8_t *addr;
+	uint32_t len;
+};
+
+struct emu_side {
+	struct ibv_context ctx;
+	struct ibv_qp qp;
+	struct rdma_cm_id id;
+	struct ibv_mr rx_mr, tx_mr;
+	struct emu_recv recvs[2 * RDMA_N_RECV];
+	size_t rhead, rtail;              /* FIFO of posted receives */
+	struct ibv_wc wcs[4096];
+	size_t nwc;                       /* completions not yet handed over */
+	struct emu_side *other;
+	struct rconn *c;
+	unsigned int overruns, bad_access;
+};
+
+static void emu_complete(struct emu_side *s, const struct ibv_wc *wc)
+{
+	assert_true(s->nwc < sizeof(s->wcs) / sizeof(s->wcs[0]));
+	s->wcs[s->nwc++] = *wc;
+}
+
+static bool emu_remote_ok(struct emu_side *o, uint64_t addr, uint32_t len, uint32_t rkey)
+{
+	uintptr_t lo = (uintptr_t)o->c->rx, hi = lo + o->c->rx_len;
+
+	return rkey == o->rx_mr.rkey && addr >= lo && addr + len <= hi;
+}
+
+static int emu_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_send_wr **bad)
+{
+	struct emu_side *s = qp->qp_context, *o = s->other;
+
+	for (; wr; wr = wr->next) {
+		const uint8_t *data = (const uint8_t *)(uintptr_t)wr->sg_list[0].addr;
+		uint32_t len = wr->sg_list[0].length;
+		struct ibv_wc wc = { .wr_id = wr->wr_id, .status = IBV_WC_SUCCESS };
+		struct emu_recv r;
+
+		if (wr->sg_list[0].lkey != s->tx_mr.lkey || data < s->c->tx || data + len > s->c->tx + s->c->tx_len) {
+			s->bad_access++;
+			*bad = wr;
+			return EINVAL;
+		}
+		if (wr->opcode == IBV_WR_RDMA_WRITE || wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM) {
+			if (!emu_remote_ok(o, wr->wr.rdma.remote_addr, len, wr->wr.rdma.rkey)) {
+				s->bad_access++;
+				wc.status = IBV_WC_REM_ACCESS_ERR;
+				emu_complete(s, &wc);
+				continue;
+			}
+			memcpy((void *)(uintptr_t)wr->wr.rdma.remote_addr, data, len);
+		}
+		if (wr->opcode == IBV_WR_SEND || wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM) {
+			struct ibv_wc rwc = { .status = IBV_WC_SUCCESS };
+
+			if (o->rhead == o->rtail) {
+				o->overruns++;   /* receiver not ready: credits should have prevented this */
+				*bad = wr;
+				return ENOMEM;
+			}
+			r = o->recvs[o->rhead++ % (2 * RDMA_N_RECV)];
+			rwc.wr_id = r.wr_id;
+			if (wr->opcode == IBV_WR_SEND) {
+				assert_true(len <= r.len);
+				memcpy(r.addr, data, len);
+				rwc.opcode = IBV_WC_RECV;
+				rwc.byte_len = len;
+			} else {
+				rwc.opcode = IBV_WC_RECV_RDMA_WITH_IMM;
+				rwc.imm_data = wr->imm_data;
+				rwc.wc_flags = IBV_WC_WITH_IMM;
+				rwc.byte_len = len;
+			}
+			emu_complete(o, &rwc);
+		}
+		if (wr->send_flags & IBV_SEND_SIGNALED) {
+			wc.opcode = wr->opcode == IBV_WR_SEND ? IBV_WC_SEND : IBV_WC_RDMA_WRITE;
+			emu_complete(s, &wc);
+		}
+	}
+	return 0;
+}
+
+static int emu_post_recv(struct ibv_qp *qp, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad)
+{
+	struct emu_side *s = qp->qp_context;
+
+	for (; wr; wr = wr->next) {
+		assert_true(s->rtail - s->rhead < 2 * RDMA_N_RECV);
+		s->recvs[s->rtail++ % (2 * RDMA_N_RECV)] = (struct emu_recv){
+			wr->wr_id, (uint8_t *)(uintptr_t)wr->sg_list[0].addr, wr->sg_list[0].length };
+	}
+	return 0;
+}
+
+static bool emu_small_only;   /* every frame 64 B (else 1 in 3 is 4 KiB) */
+
+static bool emu_is_large(uint32_t tag)
+{
+	return !emu_small_only && tag % 3 == 2;
+}
+
+struct emu_node {
+	uint32_t n, bad, ups;
+	uint32_t sizes_seen[2];
+};
+
+static void emu_on_frame(void *opaque, uint32_t src, const struct ic_frame *f)
+{
+	struct emu_node *n = opaque;
+	uint32_t tag;
+
+	memcpy(&tag, f->payload, 4);
+	if (tag != n->n || f->len != (emu_is_large(tag) ? 4096u : 64u))
+		n->bad++;
+	for (uint32_t i = 4; i < f->len; i++)
+		if (((const uint8_t *)f->payload)[i] != (uint8_t)(tag + i))
+			n->bad++;
+	n->sizes_seen[f->len == 4096]++;
+	n->n++;
+}
+
+static void emu_on_peer(void *opaque, uint32_t peer, enum ic_peer_event ev, const char *why)
+{
+	if (ev == IC_PEER_UP)
+		((struct emu_node *)opaque)->ups++;
+}
+
+static struct rdma_tr *emu_transport(uint32_t self, const uint8_t *key, struct emu_node *node)
+{
+	struct rdma_tr *t = calloc(1, sizeof(*t));
+	struct ic_peer_addr peer = { .id = !self, .addr = "127.0.0.1:1" };
+	struct ic_config cfg = { .self = self, .peers = &peer, .n_peers = 1, .key = key, .key_len = 32,
+				 .max_frame = 4096, .on_frame = emu_on_frame, .on_peer = emu_on_peer, .opaque = node };
+
+	assert_non_null(t);
+	ic_accept_type(&cfg, T_DATA);
+	assert_int_equal(ic_base_init(&t->base, &rdma_ops, &cfg), 0);
+	t->epfd = t->evfd = -1;
+	t->n_peers = 1;
+	t->peers = calloc(1, sizeof(*t->peers));
+	assert_non_null(t->peers);
+	pthread_mutex_init(&t->peers[0].lock, NULL);
+	t->peers[0].id = !self;
+	t->peers[0].we_dial = self < t->peers[0].id;
+	t->peers[0].backoff_ms = RDMA_BACKOFF_MIN_MS;
+	return t;
+}
+
+static void emu_side_init(struct emu_side *s, struct emu_side *other, uint32_t key_base)
+{
+	memset(s, 0, sizeof(*s));
+	s->ctx.ops.post_send = emu_post_send;
+	s->ctx.ops.post_recv = emu_post_recv;
+	s->qp.context = &s->ctx;
+	s->qp.qp_context = s;
+	s->id.qp = &s->qp;
+	s->rx_mr.lkey = key_base + 1;
+	s->rx_mr.rkey = key_base + 2;
+	s->tx_mr.lkey = key_base + 3;
+	s->other = other;
+}
+
+static struct rconn *emu_conn(struct emu_side *s, struct rdma_tr *t, bool dialler)
+{
+	struct rconn *c = conn_new(t, &s->id, dialler, dialler ? &t->peers[0] : NULL);
+
+	assert_non_null(c);
+	s->c = c;
+	assert_int_equal(conn_alloc_buffers(c), 0);
+	c->rx_mr = &s->rx_mr;
+	c->tx_mr = &s->tx_mr;
+	assert_int_equal(conn_post_recvs(c), 0);
+	if (dialler) {
+		t->peers[0].dialing = c;
+	} else {
+		c->next = t->pending;
+		t->pending = c;
+	}
+	return c;
+}
+
+/* Hand every queued completion of side s to its connection, as conn_on_cq does; returns how many. */
+static size_t emu_pump(struct emu_side *s)
+{
+	struct ibv_wc batch[16];
+	size_t done = 0;
+
+	while (s->nwc && s->c->state != C_DEAD) {
+		size_t n = s->nwc < 16 ? s->nwc : 16;
+
+		memcpy(batch, s->wcs, n * sizeof(batch[0]));
+		memmove(s->wcs, s->wcs + n, (s->nwc - n) * sizeof(s->wcs[0]));
+		s->nwc -= n;
+		conn_on_wcs(s->c, batch, (int)n);
+		done += n;
+	}
+	return done;
+}
+
+static void emu_connect(struct emu_side *s0, struct emu_side *s1)
+{
+	struct rdma_priv pd;
+	uint32_t node;
+
+	/* what rdma_connect / CONNECT_REQUEST / rdma_accept / ESTABLISHED carry */
+	priv_fill(s0->c, &pd);
+	assert_int_equal(priv_parse(s1->c, &pd, sizeof(pd), &node), 0);
+	assert_int_equal(node, 0);
+	priv_fill(s1->c, &pd);
+	assert_int_equal(priv_parse(s0->c, &pd, sizeof(pd), &node), 0);
+	assert_int_equal(node, 1);
+	assert_int_equal(conn_start_handshake(s1->c), 0);
+	assert_int_equal(conn_start_handshake(s0->c), 0);
+	for (int i = 0; i < 20 && (s0->nwc || s1->nwc); i++) {
+		emu_pump(s1);
+		emu_pump(s0);
+	}
+}
+
+/* Close whatever is left and free it (the fake verbs objects are not the library's to destroy). */
+static void emu_teardown(struct rdma_tr *t)
+{
+	struct rpeer *p = &t->peers[0];
+
+	if (p->conn)
+		conn_close(p->conn, "test over");
+	if (p->dialing)
+		conn_close(p->dialing, "test over");
+	while (t->pending)
+		conn_close(t->pending, "test over");
+	for (struct rconn *c = t->graveyard; c; c = c->next) {
+		c->id = NULL;
+		c->rx_mr = c->tx_mr = NULL;
+	}
+	rtr_bury(t);
+	pthread_mutex_destroy(&p->lock);
+	free(t->peers);
+	ic_base_fini(&t->base);
+	free(t);
+}
+
+static int emu_send(struct rdma_tr *t, uint32_t tag)
+{
+	static uint8_t buf[4096];
+	uint32_t len = emu_is_large(tag) ? 4096 : 64;
+	struct iovec iov[2] = { { &tag, 4 }, { buf + 4, len - 4 } };
+
+	for (uint32_t i = 4; i < len; i++)
+		buf[i] = (uint8_t)(tag + i);
+	return rtr_send(&t->base, !t->base.cfg.self, T_DATA, 0, iov, 2);
+}
+
+static void test_software_rc_data_path(void **state)
+{
+	struct emu_node n0 = { 0 }, n1 = { 0 };
+	struct rdma_tr *t0 = emu_transport(0, key_a, &n0), *t1 = emu_transport(1, key_a, &n1);
+	struct emu_side *s0 = calloc(1, sizeof(*s0)), *s1 = calloc(1, sizeof(*s1));
+	uint32_t sent = 0, back = 0, enobufs = 0;
+	struct ic_stats st;
+
+	emu_side_init(s0, s1, 100);
+	emu_side_init(s1, s0, 200);
+	emu_conn(s0, t0, true);
+	emu_conn(s1, t1, false);
+	emu_connect(s0, s1);
+	assert_int_equal(n0.ups, 1);
+	assert_int_equal(n1.ups, 1);
+	assert_true(rtr_peer_is_up(&t0->base, 1));
+	assert_true(rtr_peer_is_up(&t1->base, 0));
+
+	/* 3000 frames one way (2 of 3 by SEND, 1 of 3 by RDMA WRITE WITH IMM), 300 the other way, with bursts
+	 * that run out of credits or send slots: -ENOBUFS, then progress after the peer returns credits */
+	while (n1.n < 3000 || n0.n < 300) {
+		int burst = 0;
+
+		while (sent < 3000 && burst++ < 100) {
+			int ret = emu_send(t0, sent);
+
+			if (ret == -ENOBUFS) {
+				enobufs++;
+				break;
+			}
+			assert_int_equal(ret, 0);
+			sent++;
+		}
+		if (back < 300 && emu_send(t1, back) == 0)
+			back++;
+		if (!emu_pump(s1) + !emu_pump(s0) == 2 && sent == 3000 && back == 300)
+			break;
+	}
+	assert_int_equal(n1.n, 3000);
+	assert_int_equal(n1.bad, 0);
+	assert_int_equal(n1.sizes_seen[1], 1000);   /* the WRITE path carried the 4 KiB frames */
+	assert_int_equal(n0.n, 300);
+	assert_int_equal(n0.bad, 0);
+	assert_true(enobufs > 0);                  /* back-pressure was exercised */
+	assert_int_equal(s0->overruns + s1->overruns, 0);
+	assert_int_equal(s0->bad_access + s1->bad_access, 0);
+	rtr_get_stats(&t1->base, &st);
+	assert_int_equal(st.frames_rx, 3000);
+	assert_int_equal(st.proto_errors + st.auth_failures, 0);
+	print_message("software RC: 3000 + 300 frames, %u -ENOBUFS back-offs, no receiver overrun\n", enobufs);
+
+	/* credits, not send slots, stop a sender whose receiver does not keep up: the sender's completions are
+	 * handled (its send slots come back) but the receiver's are not (no receive reposted, no credit back).
+	 * Mixed sizes run out of data slots (16 RDMA writes in flight); small frames only, of receives (64). */
+	for (int phase = 0; phase < 2; phase++) {
+		uint32_t burst = 0, data = 0, before = n1.n;
+		int ret;
+
+		emu_small_only = phase == 1;
+		for (;;) {
+			ret = emu_send(t0, before + burst);
+			if (ret)
+				break;
+			data += emu_is_large(before + burst);
+			burst++;
+			emu_pump(s0);
+			assert_true(burst <= RDMA_N_RECV);
+		}
+		assert_int_equal(ret, -ENOBUFS);
+		if (phase == 0)
+			assert_int_equal(data, RDMA_N_DATA);
+		else
+			assert_int_equal(burst, RDMA_N_RECV);
+		assert_int_equal(s1->overruns, 0);
+		assert_int_equal(n1.n, before);
+		print_message("software RC: receiver stalled: sender stopped after %u frames (%u by RDMA write)\n",
+			      burst, data);
+		emu_pump(s1);   /* the receiver catches up and writes the credits back */
+		emu_pump(s0);
+		assert_int_equal(n1.n, before + burst);
+		assert_int_equal(n1.bad, 0);
+		assert_int_equal(emu_send(t0, n1.n), 0);
+		emu_pump(s1);
+		emu_pump(s0);
+		assert_int_equal(n1.n, before + burst + 1);
+	}
+	emu_small_only = false;
+
+	/* a frame whose tag was tampered with on the wire is refused and closes the connection */
+	sent = n1.n;
+	emu_small_only = true;   /* a SEND-sized frame: its bytes sit in a receive slot */
+	assert_int_equal(emu_send(t0, sent), 0);
+	assert_true(s1->nwc > 0);
+	rx_recv_slot(s1->c, WR_INDEX(s1->wcs[s1->nwc - 1].wr_id))[IC_HDR_LEN + 10] ^= 1;
+	log_set_quiet(true);
+	emu_pump(s1);
+	log_set_quiet(false);
+	rtr_get_stats(&t1->base, &st);
+	assert_int_equal(st.auth_failures, 1);
+	assert_false(rtr_peer_is_up(&t1->base, 0));
+	assert_int_equal(n1.n, sent);   /* not delivered */
+	emu_small_only = false;
+
+	emu_teardown(t0);
+	emu_teardown(t1);
+	free(s0);
+	free(s1);
+}
+
+static void test_software_rc_wrong_key(void **state)
+{
+	struct emu_node n0 = { 0 }, n1 = { 0 };
+	struct rdma_tr *t0 = emu_transport(0, key_a, &n0), *t1 = emu_transport(1, key_b, &n1);
+	struct emu_side *s0 = calloc(1, sizeof(*s0)), *s1 = calloc(1, sizeof(*s1));
+	struct ic_stats st0, st1;
+
+	emu_side_init(s0, s1, 100);
+	emu_side_init(s1, s0, 200);
+	emu_conn(s0, t0, true);
+	emu_conn(s1, t1, false);
+	log_set_quiet(true);
+	emu_connect(s0, s1);
+	log_set_quiet(false);
+	assert_int_equal(n0.ups + n1.ups, 0);
+	assert_false(rtr_peer_is_up(&t0->base, 1));
+	rtr_get_stats(&t0->base, &st0);
+	rtr_get_stats(&t1->base, &st1);
+	assert_true(st0.auth_failures >= 1);
+	assert_int_equal(emu_send(t0, 0), -ENOTCONN);
+	(void)st1;
+	emu_teardown(t0);
+	emu_teardown(t1);
+	free(s0);
+	free(s1);
+}
+
 /* ---- with a device ---- */
 
 struct node {
@@ -408,6 +812,8 @@ int main(void)
 		cmocka_unit_test(test_priv_parse),
 		cmocka_unit_test(test_credits),
 		cmocka_unit_test(test_peer_input_closes_connection),
+		cmocka_unit_test(test_software_rc_data_path),
+		cmocka_unit_test(test_software_rc_wrong_key),
 		cmocka_unit_test(test_two_endpoints),
 		cmocka_unit_test(test_wrong_key_refused),
 	};
