@@ -6,7 +6,8 @@
  * nothing leaked — run under ASan), bad configurations are refused, and the parts that judge what a peer sends
  * are driven directly (this file includes rdma.c to reach them): the rdma_cm private data parser, the credit
  * arithmetic (a lying peer cannot inflate credits), garbage messages, writes into the wrong data slot and failed
- * work completions close the connection and are counted.
+ * work completions close the connection and are counted; and the whole data path (handshake, SEND and RDMA WRITE
+ * WITH IMMEDIATE, data-slot ring, credit returns, MAC) runs over a software model of an RC queue pair.
  * With a device: two endpoints over RACKVM_RDMA_ADDR (default 127.0.0.1) exchange 64 B (SEND) and 4 KiB (RDMA
  * WRITE WITH IMMEDIATE) frames in order, and a node with the wrong key is refused. Without one these print
  * "SKIP: ..." and skip.
