@@ -676,6 +676,44 @@ static void test_software_rc_wrong_key(void **state)
 	free(s1);
 }
 
+static void test_software_rc_heartbeat_and_dead(void **state)
+{
+	struct emu_node n0 = { 0 }, n1 = { 0 };
+	struct rdma_tr *t0 = emu_transport(0, key_a, &n0), *t1 = emu_transport(1, key_a, &n1);
+	struct emu_side *s0 = calloc(1, sizeof(*s0)), *s1 = calloc(1, sizeof(*s1));
+	struct rconn *c0, *c1;
+	uint64_t now, hb = (uint64_t)t0->base.cfg.heartbeat_ms * NSEC_PER_MSEC;
+	uint64_t seq_before;
+
+	emu_side_init(s0, s1, 100);
+	emu_side_init(s1, s0, 200);
+	c0 = emu_conn(s0, t0, true);
+	c1 = emu_conn(s1, t1, false);
+	emu_connect(s0, s1);
+	assert_true(rtr_peer_is_up(&t1->base, 0));
+
+	/* quiet for heartbeat_ms: a heartbeat goes out, is accepted (seq advances), and is not delivered */
+	now = clock_now_ns();
+	c0->last_tx_ns = now - hb;
+	seq_before = c1->rules.expect_seq;
+	conn_check_timers(t0, c0, now);
+	assert_true(c0->last_tx_ns >= now);
+	emu_pump(s1);
+	emu_pump(s0);
+	assert_int_equal(c1->rules.expect_seq, seq_before + 1);
+	assert_int_equal(n1.n, 0);
+	assert_true(rtr_peer_is_up(&t1->base, 0));
+
+	/* silent for longer than dead_ms: down */
+	now = clock_now_ns() + (uint64_t)(t1->base.cfg.dead_ms + 1) * NSEC_PER_MSEC;
+	conn_check_timers(t1, c1, now);
+	assert_false(rtr_peer_is_up(&t1->base, 0));
+	emu_teardown(t0);
+	emu_teardown(t1);
+	free(s0);
+	free(s1);
+}
+
 /* ---- with a device ---- */
 
 struct node {
@@ -815,6 +853,7 @@ int main(void)
 		cmocka_unit_test(test_peer_input_closes_connection),
 		cmocka_unit_test(test_software_rc_data_path),
 		cmocka_unit_test(test_software_rc_wrong_key),
+		cmocka_unit_test(test_software_rc_heartbeat_and_dead),
 		cmocka_unit_test(test_two_endpoints),
 		cmocka_unit_test(test_wrong_key_refused),
 	};
