@@ -35,6 +35,24 @@ guest_run topology-smp4-numa topology 4 "" "${NUMA4[@]}"
 verdict "topology smp=4 numa=2" 0 check_topology_numa xapic
 GUEST_MACHINE=pc guest_run topology-pc-smp2 topology 2 "apic=xapic"
 verdict "topology machine=pc smp=2" 0 check_topology 2 1 xapic
+# MADT entries of absent (hot-pluggable) CPUs are disabled and must not be started
+check_topology_maxcpus() {
+	check_topology 2 1 xapic && expect_line "^acpi: MADT has 4 processor entries, 2 enabled, "
+}
+guest_run topology-smp2-max4 topology "2,maxcpus=4" ""
+verdict "topology smp=2 maxcpus=4" 0 check_topology_maxcpus
+# 2 sockets x 3 cores: APIC ids 0 1 2 4 5 6, so index and APIC id differ (IPIs go by APIC id)
+SOCK_IDS=(0 1 2 4 5 6)
+check_topology_sockets() {
+	local i ok=0
+	for i in 0 1 2 3 4 5; do
+		expect_line "^topology: cpu $i apic ${SOCK_IDS[$i]} node 0 cpuid_apic ${SOCK_IDS[$i]}\$" || ok=1
+	done
+	expect_line "^topology: 6 cpus up \(madt 6\), " || ok=1
+	return $ok
+}
+guest_run topology-sockets topology "6,sockets=2,cores=3,threads=1" ""
+verdict "topology smp=6 sockets=2 cores=3" 0 check_topology_sockets
 
 # ---- litmus
 check_litmus() {
@@ -53,8 +71,8 @@ check_litmus() {
 	return $ok
 }
 for n in 1 2 4; do
-	guest_run litmus-smp$n litmus $n "iters=640"
-	verdict "litmus smp=$n" 0 check_litmus $n 640
+	guest_run litmus-smp$n litmus $n "iters=320"
+	verdict "litmus smp=$n" 0 check_litmus $n 320
 done
 check_litmus_injected() {
 	expect_line "^litmus: MP outcome r0=1,r1=0 count [0-9]+ FORBIDDEN\$" &&
@@ -127,6 +145,17 @@ for mode in xapic x2apic; do
 		verdict "ipi apic=$mode smp=$n" 0 check_ipi $n $mode
 	done
 done
+
+check_ipi_sockets() {
+	local k ok=0
+	for k in 1 2 3 4 5; do
+		expect_line "^ipi: cpu $k apic ${SOCK_IDS[$k]} pings 50 pongs 50 " || ok=1
+	done
+	expect_line "^ipi: mode xapic cpus 6 delivered 550 expected 550 lost 0\$" || ok=1
+	return $ok
+}
+guest_run ipi-sockets ipi "6,sockets=2,cores=3,threads=1" "apic=xapic iters=50"
+verdict "ipi apic=xapic smp=6 sockets=2" 0 check_ipi_sockets
 
 # ---- exceptions: report with registers, exit code 2
 check_gp() {

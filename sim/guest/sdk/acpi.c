@@ -96,6 +96,7 @@ static void madt_add_cpu(struct guest_info *gi, uint32_t apic_id, uint32_t uid, 
 static void madt_parse(struct guest_info *gi, const struct sdt_header *h, uint64_t *lapic, bool *pcat)
 {
 	const uint8_t *p = (const uint8_t *)h;
+	unsigned entries = 0;
 	if (h->length < 44)
 		return;
 	*lapic = rd32(p + 36);
@@ -105,15 +106,19 @@ static void madt_parse(struct guest_info *gi, const struct sdt_header *h, uint64
 		if (len < 2 || off + len > h->length)
 			break;
 		const uint8_t *e = p + off;
-		if (type == 0 && len >= 8)
+		if (type == 0 && len >= 8) {
 			madt_add_cpu(gi, e[3], e[2], rd32(e + 4));
-		else if (type == 9 && len >= 16)
-			madt_add_cpu(gi, rd32(e + 4), rd32(e + 12),
-				     rd32(e + 8));
-		else if (type == 5 && len >= 12)
+			entries++;
+		} else if (type == 9 && len >= 16) {
+			madt_add_cpu(gi, rd32(e + 4), rd32(e + 12), rd32(e + 8));
+			entries++;
+		} else if (type == 5 && len >= 12) {
 			*lapic = rd64(e + 4);
+		}
 		off += len;
 	}
+	k_printf("acpi: MADT has %u processor entries, %u enabled, local APIC at 0x%lx\n", entries,
+		 gi->madt_cpus, *lapic);
 }
 
 static void srat_cpu_node(struct guest_info *gi, uint32_t apic_id, uint32_t node)
