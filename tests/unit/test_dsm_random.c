@@ -50,6 +50,7 @@ struct snode {
 	bool woken[MAXP];
 	uint64_t timer_at;
 	uint32_t epoch;
+	bool dead;
 };
 
 struct smsg {
@@ -73,7 +74,7 @@ struct sim {
 	struct smsg *net;
 	uint32_t net_n;
 	uint32_t epoch;                 /* membership epoch the nodes are moving to (lossy runs bump it) */
-	uint64_t accesses, faults, delivered, lost, duplicated, epochs;
+	uint64_t accesses, faults, delivered, lost, duplicated, epochs, deaths;
 };
 
 static struct sim S;
@@ -142,7 +143,8 @@ static void execute(uint32_t n, const struct dsm_actions *out)
 		CHECK(a->type == DSM_ACT_TIMER || p < S.pages, "node %u: action on page %" PRIu64, n, p);
 		switch (a->type) {
 		case DSM_ACT_SEND:
-			CHECK(a->peer < S.n && a->peer != n, "node %u: SEND to %u", n, a->peer);
+			CHECK(a->peer < S.n && a->peer != n && !S.node[a->peer].dead, "node %u: SEND to %u%s", n, a->peer,
+			      a->peer < S.n && S.node[a->peer].dead ? " (dead)" : "");
 			switch (a->data) {
 			case DSM_DATA_NONE:
 				break;
@@ -243,6 +245,8 @@ static void check_invariants(void)
 		for (uint32_t n = 0; n < S.n; n++) {
 			struct snode *nd = &S.node[n];
 
+			if (nd->dead)
+				continue;
 			if (nd->mode[p] == M_RW)
 				rw++;
 			if (nd->mode[p] == M_RO)
@@ -321,6 +325,40 @@ static void epochs_advance(bool all)
 	}
 }
 
+/* Reliable runs: a node that homes nothing dies at a moment it holds nothing anyone needs (no Modified page,
+ * no stash, no waiting access, nothing in flight to or from it). Every survivor is told; none may go FATAL, and
+ * the rest of the run (and the drain) must go on without it: it is forgotten as a sharer and never sent to. */
+static void maybe_kill(void)
+{
+	uint32_t k = (uint32_t)rng_below(&S.rng, S.n), alive = 0;
+	struct snode *nd = &S.node[k];
+
+	if (S.lossy || nd->dead || dsm_engine_n_homed(nd->e) > 0)
+		return;
+	for (uint32_t n = 0; n < S.n; n++)
+		alive += !S.node[n].dead;
+	if (alive <= 2)
+		return;
+	for (uint32_t p = 0; p < S.pages; p++)
+		if (nd->mode[p] == M_RW || nd->has_stash[p] || nd->want[p] != W_NONE)
+			return;
+	for (uint32_t i = 0; i < S.net_n; i++)
+		if (S.net[i].src == k || S.net[i].dst == k)
+			return;
+	nd->dead = true;
+	memset(nd->mode, M_NONE, sizeof(nd->mode));
+	S.deaths++;
+	for (uint32_t n = 0; n < S.n; n++) {
+		struct dsm_actions out;
+
+		if (S.node[n].dead)
+			continue;
+		dsm_actions_init(&out, S.node[n].acts, S.node[n].cap);
+		CHECK(dsm_engine_peer_down(S.node[n].e, k, S.now, &out) == 0, "peer_down");
+		execute(n, &out);
+	}
+}
+
 /* Threads woken by MAP or WAKE run again: they access, or fault again (a writer woken by a read-only MAP). */
 static void run_woken(void)
 {
@@ -367,6 +405,8 @@ static void fire_timers(void)
 		struct snode *nd = &S.node[n];
 		int rounds = 0;
 
+		if (nd->dead)
+			continue;
 		while (nd->timer_at != 0 && nd->timer_at <= S.now) {
 			struct dsm_actions out;
 
@@ -439,7 +479,7 @@ static void sim_run(uint64_t steps)
 			uint32_t n = (uint32_t)rng_below(&S.rng, S.n);
 			uint32_t p = (uint32_t)rng_below(&S.rng, S.pages);
 
-			if (S.node[n].want[p] == W_NONE)
+			if (S.node[n].want[p] == W_NONE && !S.node[n].dead)
 				try_access(n, p, rng_below(&S.rng, 3) == 0 ? W_WRITE : W_READ);
 		} else if (r < 97) {
 			if (S.net_n > 0) {
@@ -447,6 +487,9 @@ static void sim_run(uint64_t steps)
 
 				deliver_one((uint32_t)rng_below(&S.rng, S.net_n), dup);
 			}
+		} else if (r < 98) {
+			if (rng_below(&S.rng, 4) == 0)
+				maybe_kill();
 		} else if (S.net_n < 4 * S.n) {
 			/* let retransmissions and leases fire (not while much is in flight: a real network delivers
 			 * far faster than retry_ns, and resends would pile up without bound) */
@@ -513,7 +556,7 @@ static uint64_t env_u64(const char *name, uint64_t dflt)
 
 struct totals {
 	uint64_t steps, accesses, faults, delivered, lost, duplicated, retrans, lease, stashes, queued, epochs;
-	uint64_t epoch_drops;
+	uint64_t epoch_drops, deaths;
 };
 
 static void run_many(uint64_t base_seed, bool lossy, uint64_t runs, uint64_t steps)
@@ -542,6 +585,7 @@ static void run_many(uint64_t base_seed, bool lossy, uint64_t runs, uint64_t ste
 		t.lost += S.lost;
 		t.duplicated += S.duplicated;
 		t.epochs += S.epochs;
+		t.deaths += S.deaths;
 		for (uint32_t k = 0; k < S.n; k++) {
 			struct dsm_stats st;
 
@@ -557,9 +601,9 @@ static void run_many(uint64_t base_seed, bool lossy, uint64_t runs, uint64_t ste
 	printf("%s: %" PRIu64 " runs, %" PRIu64 " steps, %" PRIu64 " accesses, %" PRIu64 " faults, %" PRIu64
 	       " messages delivered (%" PRIu64 " lost, %" PRIu64 " duplicated), %" PRIu64 " retransmissions, %" PRIu64
 	       " lease deferrals, %" PRIu64 " stashes, %" PRIu64 " queued, %" PRIu64 " epoch changes (%" PRIu64
-	       " messages dropped for their epoch)\n", fixed ? "replay" : lossy ? "lossy" : "reliable", runs,
+	       " messages dropped for their epoch), %" PRIu64 " nodes died\n", fixed ? "replay" : lossy ? "lossy" : "reliable", runs,
 	       t.steps, t.accesses, t.faults, t.delivered, t.lost, t.duplicated, t.retrans, t.lease, t.stashes,
-	       t.queued, t.epochs, t.epoch_drops);
+	       t.queued, t.epochs, t.epoch_drops, t.deaths);
 	/* the run must have exercised the machinery, or it proves nothing */
 	assert_true(t.accesses > t.steps / 20);
 	assert_true(t.faults > t.steps / 100);
@@ -567,6 +611,8 @@ static void run_many(uint64_t base_seed, bool lossy, uint64_t runs, uint64_t ste
 		assert_true(t.lost > 0 && t.duplicated > 0 && t.retrans > 0 && t.stashes > 0 && t.epoch_drops > 0);
 	if (!fixed)
 		assert_true(t.queued > 0 && t.lease > 0);
+	if (!lossy && !fixed)
+		assert_true(t.deaths > 0);
 }
 
 static void test_random_reliable(void **state)
