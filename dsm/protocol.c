@@ -513,13 +513,15 @@ int dsm_engine_recv(struct dsm_engine *e, uint32_t src, const void *buf, size_t 
 		break;
 	}
 out_finish:
+	/* A silent drop changes nothing, so it leaves `out` untouched (no timer re-arm either); a duplicate that was
+	 * answered again had an effect and returns 0. */
+	if (ret && out->n == n_before && e->lq_n == 0) {
+		e->payload = NULL;
+		return ret;
+	}
 	if (!e->failed)
 		finish_input(e, now, out);
-	/* a duplicate that was answered again had an effect (a mere timer re-arm does not count) */
-	for (uint32_t i = n_before; ret && i < out->n; i++)
-		if (out->v[i].type != DSM_ACT_TIMER)
-			ret = 0;
-	return ret;
+	return 0;
 }
 
 int dsm_engine_timer(struct dsm_engine *e, uint64_t now, struct dsm_actions *out)

@@ -277,8 +277,8 @@ int dsm_engine_fault(struct dsm_engine *e, uint64_t page, bool write, uint64_t n
 
 /* A DSM frame of len bytes arrived from node src (transport framing and MAC already checked). The engine
  * validates everything else. Returns 0 if the message had an effect (actions appended: a duplicate answered
- * again counts), -EPROTO if it was dropped without any (already counted and logged). Execute `out` in every
- * case: it is simply empty after a silent drop. */
+ * again counts), -EPROTO if it was dropped without any (already counted and logged; nothing was appended to
+ * `out`, so executing it or not is the same). */
 int dsm_engine_recv(struct dsm_engine *e, uint32_t src, const void *buf, size_t len, uint64_t now,
 		    struct dsm_actions *out);
 

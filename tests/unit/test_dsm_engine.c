@@ -91,11 +91,15 @@ static struct dsm_actions *fault(uint32_t n, uint64_t page, bool write, uint64_t
 }
 
 static int recv_ret;
+static uint32_t recv_raw_n;     /* actions appended by the last recv, TIMER included */
 
 static struct dsm_actions *recv_raw(uint32_t dst, uint32_t src, const void *buf, size_t len, uint64_t now)
 {
 	dsm_actions_init(&nodes[dst].out, nodes[dst].v, 512);
 	recv_ret = dsm_engine_recv(nodes[dst].e, src, buf, len, now, &nodes[dst].out);
+	recv_raw_n = nodes[dst].out.n;
+	if (recv_ret)
+		assert_int_equal(recv_raw_n, 0);        /* a silent drop appends nothing, not even a TIMER */
 	return strip(dst);
 }
 
