@@ -35,8 +35,12 @@ for o in "${objs[@]}"; do
 	fi
 done
 for elf in "$G"/*.elf; do
-	if ! file -b "$elf" | grep -q '^ELF 32-bit LSB executable, Intel 80386'; then
-		echo "insn-scan: $elf is not an ELF32 i386 executable: $(file -b "$elf")"
+	# ELF magic, EI_CLASS 1 (32-bit), EI_DATA 1 (LSB); e_type 2 (EXEC), e_machine 3 (EM_386)
+	hdr=$(od -An -v -tu1 -N20 "$elf" | tr -s ' \n' ' ')
+	read -r -a b <<<"$hdr"
+	if [ "${b[0]:-}" != 127 ] || [ "${b[1]:-}" != 69 ] || [ "${b[4]:-}" != 1 ] || [ "${b[5]:-}" != 1 ] ||
+		[ "${b[16]:-}" != 2 ] || [ "${b[18]:-}" != 3 ]; then
+		echo "insn-scan: $elf is not an ELF32 i386 executable (header bytes: $hdr)"
 		fail=1
 	fi
 	# multiboot v1: magic 0x1BADB002, flags, checksum summing to 0, 4-byte aligned, in the first 8192 bytes

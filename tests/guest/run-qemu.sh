@@ -159,7 +159,7 @@ verdict "ipi apic=xapic smp=6 sockets=2" 0 check_ipi_sockets
 
 # ---- exceptions: report with registers, exit code 2
 check_gp() {
-	expect_line "^rackvm-guest: crash=1 requested\$" &&
+	expect_line "^rackvm-guest: crash=1 requested on cpu 0\$" &&
 		expect_line "^EXCEPTION: vector 13 \(#GP\) error 0x0 cpu 0 ring 3\$" &&
 		expect_line "^  RIP=[0-9a-f]{16} CS=0023 RFLAGS=[0-9a-f]{16} RSP=[0-9a-f]{16} SS=001b\$" &&
 		expect_line "^  RAX=[0-9a-f]{16} RBX=" && expect_line "^  R13=[0-9a-f]{16} R14=" &&
@@ -173,6 +173,11 @@ check_pf() {
 }
 guest_run crash-pf compute 1 "crash=pf"
 verdict "crash=pf -> #PF report (negative)" 2 check_pf
+check_ud_ap() {
+	expect_line "^EXCEPTION: vector 6 \(#UD\) error 0x0 cpu 2 ring 3\$" && expect_line "^  RIP=[0-9a-f]{16} CS=0023 "
+}
+guest_run crash-ud-ap litmus 4 "crash=ud crash_cpu=2"
+verdict "crash=ud on cpu 2 -> #UD report (negative)" 2 check_ud_ap
 check_usage() {
 	expect_line "^rackvm-guest: bad number in option iters\$"
 }

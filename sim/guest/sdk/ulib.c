@@ -167,7 +167,7 @@ static void crash_if_asked(void)
 	char what[8];
 	if (!u_opt_str("crash", what, sizeof(what)))
 		return;
-	u_printf("rackvm-guest: crash=%s requested\n", what);
+	u_printf("rackvm-guest: crash=%s requested on cpu %u\n", what, u_cpu_self());
 	if (!strncmp(what, "pf", 3))
 		(void)*(volatile uint64_t *)0x0000123456789000ull;   /* above the 4 GiB identity map: #PF */
 	else if (!strncmp(what, "ud", 3))
@@ -184,7 +184,7 @@ void u_entry(unsigned cpu)
 	extern volatile uint32_t g_release;
 	while (!__atomic_load_n(&g_release, __ATOMIC_ACQUIRE))
 		u_pause();
-	if (cpu == 0)
+	if (cpu == u_opt_u64("crash_cpu", 0))
 		crash_if_asked();
 	u_barrier();
 	u_rc[cpu] = workload_main(cpu);
