@@ -548,6 +548,8 @@ static void bench_read(void)
 		       "  CPU per fault: dsm / floor", (double)dsm_cpu / 1e3 / (double)n, "",
 		       "", (double)dsm_cpu / (double)floor_cpu);
 		printf("%-6u %-34s %9.1f\n", r, "  CPU per fault: floor", (double)floor_cpu / 1e3 / (double)n);
+		printf("%-6u %-34s %9llu   (requester: engine lock found taken, whole run so far)\n", r,
+		       "  lock contended", (unsigned long long)ra.st.lock_contended);
 		printf("%-6u %-34s %9s %9s %12.0f   %.2fx of floor pages/s\n", r, "dsm scan, home store current", "",
 		       "", (double)n / ((double)rd.ns / 1e9), (double)fns / (double)rd.ns);
 		print_vs(r, "dsm read, home held it M", &rb.h, &fh, "floor");
