@@ -7,7 +7,8 @@
  *   raw+ep the same, but each end waits in epoll_wait before every read, as any event loop does: the share of
  *          the gap that comes from having an event loop at all, rather than from the transport's own work;
  *   tcp   the tcp transport between the same two processes (echo by the child's I/O thread);
- *   loop  the loop transport between two threads of this process (in-process, for reference).
+ *   loop  the loop transport between two threads of this process (in-process, for reference);
+ *   fab/lp the fabric wrapping loop with a perfect link: what the wrapper itself costs.
  * raw, tcp and raw+ep run in alternating blocks, back to back, so both see the same machine load; the ratio tcp/raw is
  * printed per size (target <= 1.15). Each side's I/O thread blocks in ic_poll/read (no busy polling), as in use.
  * Run time is bounded by BENCH_IC_ROUNDS (default 8000 round trips per block, 5 blocks per size and kind).
@@ -348,7 +349,7 @@ int main(void)
 
 	printf("bench_ic: round trips; raw socket (blocking, and with epoll) and tcp transport between 2 processes "
 	       "(alternating blocks of %d), "
-	       "loop transport between 2 threads\n", rounds);
+	       "loop and fabric(loop) between 2 threads\n", rounds);
 	for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
 		struct hist raw, rawep, tcp;
 
@@ -379,17 +380,19 @@ int main(void)
 	kill(pid, SIGTERM);
 	waitpid(pid, &status, 0);
 
-	/* loop transport: two threads */
-	{
+	/* loop transport, bare and wrapped by the fabric with a perfect link (the wrapper's own cost): two threads */
+	for (int wrapped = 0; wrapped < 2; wrapped++) {
 		struct ic_peer_addr lp0 = { .id = 1, .addr = "bench/1" }, lp1 = { .id = 0, .addr = "bench/0" };
+		const char *name = wrapped ? "fabric" : "loop";
 		struct echo e = { 0 };
 		struct pinger lp = { 0 };
 		struct ic_config c0 = node_cfg(0, "bench/0", &lp0, ping_on_frame, &lp);
 		struct ic_config c1 = node_cfg(1, "bench/1", &lp1, echo_on_frame, &e);
 		pthread_t th;
 
-		if (ic_create("loop", &c0, &lp.t) || ic_create("loop", &c1, &e.t))
-			die("cannot create the loop transport");
+		c0.inner = c1.inner = "loop";
+		if (ic_create(name, &c0, &lp.t) || ic_create(name, &c1, &e.t))
+			die("cannot create the %s transport", name);
 		pthread_create(&th, NULL, echo_thread, &e);
 		wait_up(lp.t, 1);
 		for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
@@ -398,7 +401,7 @@ int main(void)
 			hist_init(&h);
 			ic_rounds(&lp, 1, sizes[s], WARMUP, NULL);
 			ic_rounds(&lp, 1, sizes[s], rounds * BLOCKS, &h);
-			print_row(sizes[s], "loop", &h);
+			print_row(sizes[s], wrapped ? "fab/lp" : "loop", &h);
 		}
 		atomic_store(&e.stop, true);
 		ic_wake(e.t);
