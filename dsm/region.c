@@ -610,6 +610,8 @@ static int region_transport_create(struct dsm_region *r, const struct dsm_region
 	ic.on_peer = region_on_peer;
 	ic.opaque = r;
 	ic.inner = cfg->fabric_inner;
+	ic.link = cfg->fabric_link;
+	ic.seed = cfg->fabric_seed;
 	err = ic_create(cfg->transport, &ic, &r->ic);
 	free(peers);
 	return err;

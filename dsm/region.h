@@ -35,6 +35,8 @@ struct dsm_region_config {
 	size_t n_members;
 	const char *transport;               /* "tcp", "loop", "fabric" ... */
 	const char *fabric_inner;            /* fabric only: wrapped transport */
+	struct ic_link_params fabric_link;   /* fabric only: initial parameters of every link */
+	uint64_t fabric_seed;                /* fabric only */
 	const uint8_t *key;                  /* cluster key */
 	size_t key_len;
 	size_t size;                         /* bytes, a multiple of 4 KiB */
