@@ -19,7 +19,7 @@
  * Leaving: a node that destroys its region while others still use it would take its homed pages and Modified
  * copies with it. dsm_region_destroy() therefore first sends LEAVE (frame type DSM_REGION_T_LEAVE) to every peer
  * and keeps serving until every peer's LEAVE arrived (or it went down): only then has everyone stopped touching
- * the region. A peer that went down after its LEAVE is not a failure once this node is leaving too.
+ * the region. Once this node is leaving, no peer's death is a failure any more (nothing here needs anyone).
  */
 #include "dsm/region.h"
 
@@ -429,8 +429,9 @@ static void region_on_peer(void *opaque, uint32_t peer, enum ic_peer_event ev, c
 			r->n_up--;
 		}
 		/* A peer that never came up holds nothing yet. One that sent LEAVE no longer touches the region but
-		 * may still home pages we need, so its death only goes unreported once we are leaving too. */
-		tell_engine = r->peer_ever_up[peer] && !(r->peer_left[peer] && r->leaving);
+		 * may still home pages we need, so deaths only go unreported once we are leaving ourselves: from
+		 * then on nothing here needs anyone (and the last LEAVE exchanged is never known to have arrived). */
+		tell_engine = r->peer_ever_up[peer] && !r->leaving;
 		if (tell_engine)
 			pr_warn("node %u is down: %s", peer, why ? why : "?");
 	}
@@ -752,22 +753,22 @@ static void region_leave(struct dsm_region *r)
 
 	pthread_mutex_lock(&r->st_lock);
 	r->leaving = true;
-	pthread_mutex_unlock(&r->st_lock);
-	for (uint32_t p = 0; p < r->n_nodes; p++)
-		if (p != r->self)
-			(void)ic_send(r->ic, p, DSM_REGION_T_LEAVE, 0, &iov, 0);
-	pthread_mutex_lock(&r->st_lock);
 	for (;;) {
 		uint32_t waiting = 0;
 		struct timespec ts;
-		uint64_t now = clock_now_ns();
 
+		/* (Re)send LEAVE every round: a lossy fabric may drop it, and duplicates are harmless. */
+		pthread_mutex_unlock(&r->st_lock);
+		for (uint32_t p = 0; p < r->n_nodes; p++)
+			if (p != r->self)
+				(void)ic_send(r->ic, p, DSM_REGION_T_LEAVE, 0, &iov, 0);
+		pthread_mutex_lock(&r->st_lock);
 		for (uint32_t p = 0; p < r->n_nodes; p++)
 			if (p != r->self && !r->peer_left[p] && r->peer_up[p])
 				waiting++;
 		if (!waiting || atomic_load(&r->failed))
 			break;
-		if (now >= deadline) {
+		if (clock_now_ns() >= deadline) {
 			pr_warn("leaving: %u peer(s) did not leave within %llu s", waiting,
 				(unsigned long long)(LEAVE_TIMEOUT_NS / NSEC_PER_SEC));
 			break;
@@ -892,7 +893,18 @@ bool dsm_region_failed(struct dsm_region *r, uint32_t *node, char *reason, size_
 
 void dsm_region_get_stats(struct dsm_region *r, struct dsm_region_stats *out)
 {
+	struct dsm_stats es;
+	struct ic_stats is;
+
 	pthread_mutex_lock(&r->lock);
 	*out = r->stats;
+	dsm_engine_get_stats(r->eng, &es);
 	pthread_mutex_unlock(&r->lock);
+	out->coalesced = es.faults_coalesced;
+	out->retransmissions = es.retransmissions;
+	out->engine_drops = 0;
+	for (unsigned i = 0; i < DSM_DROP_NREASONS; i++)
+		out->engine_drops += es.drops[i];
+	ic_get_stats(r->ic, &is);
+	out->frames_lost = is.dropped;
 }

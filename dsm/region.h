@@ -61,6 +61,11 @@ struct dsm_region_stats {
 	uint64_t send_errors;         /* ic_send refused (peer down, queue full): the engine retransmits */
 	uint64_t copy_eexist;         /* MAP of a page the kernel already had (engine/backend disagreement) */
 	uint64_t lock_contended;      /* engine lock found taken by another thread (fault vs I/O vs timer) */
+	/* from the engine and the transport, at the time of the call */
+	uint64_t coalesced;           /* faults on a page whose request was already outstanding */
+	uint64_t retransmissions;     /* messages the engine sent again after retry_ns */
+	uint64_t engine_drops;        /* received messages the engine dropped (stale, duplicate, bad...) */
+	uint64_t frames_lost;         /* fabric only: frames the fabric dropped on purpose */
 	struct hist remote_fault_ns;  /* fault reported -> page mapped, for faults resolved remotely */
 };
 
