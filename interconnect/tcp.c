@@ -117,6 +117,7 @@ struct tcp_transport {
 	unsigned int n_pending;
 	struct tcp_conn *graveyard;      /* closed during this poll; freed at its end (stale epoll events) */
 	uint64_t timer_due_ns;
+	uint64_t now_ns;                 /* taken when epoll_wait returned: receive time of this poll's frames */
 	_Atomic bool check_broken;
 	int delivered;
 
@@ -689,7 +690,7 @@ static void conn_parse(struct tcp_conn *c)
 			conn_close(c, ic_frame_strerror(st));
 			return;
 		}
-		c->last_rx_ns = clock_now_ns();
+		c->last_rx_ns = c->t->now_ns;
 		off += total;
 		conn_on_frame(c, &hdr, p + IC_HDR_LEN);
 	}
@@ -956,6 +957,7 @@ static int tcp_poll(struct ic_transport *it, int timeout_ms)
 		pr_err("epoll_wait: %s", strerror(errno));
 		return -errno;
 	}
+	t->now_ns = clock_now_ns();
 	for (int i = 0; i < n; i++) {
 		enum ep_kind *kind = evs[i].data.ptr;
 
