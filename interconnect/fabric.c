@@ -31,6 +31,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include "interconnect/ic_internal.h"
 #include "util/clock.h"
@@ -146,6 +147,8 @@ static void *fab_timer_main(void *arg)
 	struct fabric *f = arg;
 	uint64_t woken_for = UINT64_MAX;   /* order of the item we already woke the poll thread for */
 
+	/* the default 50 us timer slack would be added to every sub-millisecond delay */
+	prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 	pthread_mutex_lock(&f->q_lock);
 	while (!f->stop) {
 		struct fab_item *top = f->heap_len ? f->heap[0] : NULL;

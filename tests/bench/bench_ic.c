@@ -8,7 +8,8 @@
  *          the gap that comes from having an event loop at all, rather than from the transport's own work;
  *   tcp   the tcp transport between the same two processes (echo by the child's I/O thread);
  *   loop  the loop transport between two threads of this process (in-process, for reference);
- *   fab/lp the fabric wrapping loop with a perfect link: what the wrapper itself costs.
+ *   fab/lp the fabric wrapping loop with a perfect link: what the wrapper itself costs;
+ *   fab100 the same with 100 us one-way latency: how precisely sub-millisecond delays are applied.
  * raw, tcp and raw+ep run in alternating blocks, back to back, so both see the same machine load; the ratio tcp/raw is
  * printed per size (target <= 1.15). Each side's I/O thread blocks in ic_poll/read (no busy polling), as in use.
  * Run time is bounded by BENCH_IC_ROUNDS (default 8000 round trips per block, 5 blocks per size and kind).
@@ -381,7 +382,7 @@ int main(void)
 	waitpid(pid, &status, 0);
 
 	/* loop transport, bare and wrapped by the fabric with a perfect link (the wrapper's own cost): two threads */
-	for (int wrapped = 0; wrapped < 2; wrapped++) {
+	for (int wrapped = 0; wrapped < 3; wrapped++) {
 		struct ic_peer_addr lp0 = { .id = 1, .addr = "bench/1" }, lp1 = { .id = 0, .addr = "bench/0" };
 		const char *name = wrapped ? "fabric" : "loop";
 		struct echo e = { 0 };
@@ -391,6 +392,8 @@ int main(void)
 		pthread_t th;
 
 		c0.inner = c1.inner = "loop";
+		if (wrapped == 2)   /* 100 us one way: the round trip should be ~200 us + loop (timer precision) */
+			c0.link.latency_us = c1.link.latency_us = 100;
 		if (ic_create(name, &c0, &lp.t) || ic_create(name, &c1, &e.t))
 			die("cannot create the %s transport", name);
 		pthread_create(&th, NULL, echo_thread, &e);
@@ -400,8 +403,8 @@ int main(void)
 
 			hist_init(&h);
 			ic_rounds(&lp, 1, sizes[s], WARMUP, NULL);
-			ic_rounds(&lp, 1, sizes[s], rounds * BLOCKS, &h);
-			print_row(sizes[s], wrapped ? "fab/lp" : "loop", &h);
+			ic_rounds(&lp, 1, sizes[s], wrapped == 2 ? rounds / 4 : rounds * BLOCKS, &h);
+			print_row(sizes[s], wrapped == 2 ? "fab100" : wrapped ? "fab/lp" : "loop", &h);
 		}
 		atomic_store(&e.stop, true);
 		ic_wake(e.t);
