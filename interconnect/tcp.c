@@ -258,13 +258,6 @@ static void conn_close(struct tcp_conn *c, const char *why)
 	}
 }
 
-static void conn_proto_error(struct tcp_conn *c, const char *what)
-{
-	stat_add(&c->t->proto_errors, 1);
-	pr_err("%s: protocol error: %s; closing", c->name, what);
-	conn_close(c, what);
-}
-
 static void conn_auth_failure(struct tcp_conn *c, const char *what)
 {
 	stat_add(&c->t->auth_failures, 1);
@@ -583,13 +576,10 @@ static void conn_on_handshake(struct tcp_conn *c, uint8_t type, const uint8_t *p
 
 	ret = ic_hs_input(c->hs, type, payload, len, &out, &why);
 	if (ret < 0) {
-		if (ret == -EPROTO) {
-			conn_proto_error(c, why ? why : "bad handshake");
-		} else {
-			if (c->dialler)
-				conn_send_close(c, "authentication failed");
-			conn_auth_failure(c, why ? why : "handshake refused");
-		}
+		/* a garbled handshake counts as a failed authentication, like a wrong key or a refused id */
+		if (c->dialler && ret != -EPROTO)
+			conn_send_close(c, "authentication failed");
+		conn_auth_failure(c, why ? why : "handshake refused");
 		return;
 	}
 	if (out.type && conn_send_ctl(c, out.type, out.buf, out.len)) {

@@ -366,6 +366,12 @@ static void test_ordered_delivery_three_processes(void **state)
 		assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	}
 
+	/* the children destroyed their transports cleanly: each told us why it left */
+	for (long p = 1; p < nn; p++) {
+		assert_true(node_wait(&n, cond_down, p, 2000));
+		assert_non_null(strstr(n.down_why[p], "shutdown"));
+	}
+
 	struct ic_stats st;
 	ic_get_stats(n.t, &st);
 	assert_int_equal(st.proto_errors, 0);
@@ -526,6 +532,105 @@ static void test_wrong_key_cannot_join_dialling(void **state)
 	wrong_key_case(1);   /* the impostor dials us */
 }
 
+/* A child with its own id and one peer (id, port): lets a test make a node that is not in our peer list. */
+static noreturn void impostor_main(uint32_t self, uint32_t peer_id, int peer_port)
+{
+	struct ic_peer_addr peer = { .id = peer_id };
+	struct ic_config cfg = { 0 };
+	struct ic_transport *t;
+	struct node n;
+
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	close_range(3, ~0U, 0);
+	log_set_quiet(true);
+	memset(&n, 0, sizeof(n));
+	snprintf(peer.addr, sizeof(peer.addr), "127.0.0.1:%d", peer_port);
+	cfg.self = self;
+	cfg.peers = &peer;
+	cfg.n_peers = 1;
+	cfg.key = good_key;
+	cfg.key_len = 32;
+	cfg.on_frame = node_on_frame;
+	cfg.opaque = &n;
+	if (ic_create("tcp", &cfg, &t))
+		_exit(2);
+	for (;;)
+		ic_poll(t, 100);
+}
+
+static void test_unknown_or_own_id_cannot_join(void **state)
+{
+	struct ic_peer_addr peer0 = { .id = 0 };
+	struct ic_config cfg = { 0 };
+	char listen[64];
+	struct ic_stats st;
+	struct node n;
+	pid_t kids[3];
+
+	/* we are node 5 and know only node 0; impostors with the right key claim other ids */
+	pick_ports(2);
+	memset(&n, 0, sizeof(n));
+	snprintf(peer0.addr, sizeof(peer0.addr), "127.0.0.1:%d", ports[0]);
+	snprintf(listen, sizeof(listen), "127.0.0.1:%d", ports[1]);
+	cfg.self = 5;
+	cfg.listen = listen;
+	cfg.peers = &peer0;
+	cfg.n_peers = 1;
+	cfg.key = good_key;
+	cfg.key_len = 32;
+	cfg.dead_ms = DEAD_MS;
+	cfg.on_frame = node_on_frame;
+	cfg.on_peer = node_on_peer;
+	cfg.opaque = &n;
+	assert_int_equal(ic_create("tcp", &cfg, &n.t), 0);
+
+	const uint32_t claimed[3] = { 5, 3, 2 };   /* our own id; not in our peer list (twice) */
+	for (int i = 0; i < 3; i++) {
+		kids[i] = fork();
+		if (kids[i] == 0)
+			impostor_main(claimed[i], 9, ports[1]);   /* "node 9" is our port: they dial us */
+	}
+	uint64_t deadline = clock_now_ns() + 1500 * NSEC_PER_MSEC;
+	while (clock_now_ns() < deadline)
+		ic_poll(n.t, 5);
+	ic_get_stats(n.t, &st);
+	print_message("auth failures from 3 impostors in 1.5 s: %llu\n", (unsigned long long)st.auth_failures);
+	assert_true(st.auth_failures >= 3);
+	assert_int_equal(st.connects, 0);
+	for (int i = 0; i < 3; i++)
+		kill_and_reap(kids[i]);
+	ic_destroy(n.t);
+}
+
+static void test_send_queue_bounded(void **state)
+{
+	static uint8_t buf[4096];
+	struct node n;
+	pid_t kid;
+	int ret = 0, sent = 0;
+
+	pick_ports(2);
+	assert_int_equal(node_create(&n, 0, 2, good_key), 0);
+	kid = spawn(1, 2, good_key, CHILD_ECHO);
+	assert_true(node_wait(&n, cond_up, 1, 10000));
+	kill(kid, SIGSTOP);
+	/* the peer reads nothing: kernel buffers fill, then our queue up to its limit, then -ENOBUFS */
+	while (sent < 20000) {
+		ret = ic_send(n.t, 1, T_ECHO, 0, &(struct iovec){ buf, sizeof(buf) }, 1);
+		if (ret)
+			break;
+		sent++;
+	}
+	print_message("-ENOBUFS after %d frames of 4 KiB\n", sent);
+	assert_int_equal(ret, -ENOBUFS);
+	assert_true(sent > 100);
+	/* the connection is still fine: the refused frame took no sequence number */
+	kill(kid, SIGCONT);
+	assert_true(ic_peer_is_up(n.t, 1));
+	kill_and_reap(kid);
+	ic_destroy(n.t);
+}
+
 /* raw client: connect to the node's port, send bytes, report whether the node closed the connection */
 static int raw_connect(int port)
 {
@@ -631,7 +736,8 @@ static void test_garbage_clients_closed_good_peer_served(void **state)
 	close(fd);
 
 	ic_get_stats(n.t, &st);
-	assert_true(st.proto_errors >= st0.proto_errors + 5);
+	assert_true(st.proto_errors >= st0.proto_errors + 4);   /* text, length, magic, early user frame */
+	assert_true(st.auth_failures >= st0.auth_failures + 1); /* garbled HELLO */
 	/* the good peer never noticed */
 	assert_true(ic_peer_is_up(n.t, 0));
 	assert_int_equal(n.downs[0], 0);
@@ -656,6 +762,16 @@ static void test_four_nodes_full_mesh(void **state)
 			continue;
 		assert_true(node_wait(&n, cond_up, p, 10000));
 		echo_once(&n, (uint32_t)p);
+	}
+	/* idle for twice dead_ms: heartbeats keep every link up */
+	uint64_t idle_end = clock_now_ns() + 2 * DEAD_MS * NSEC_PER_MSEC;
+	while (clock_now_ns() < idle_end)
+		ic_poll(n.t, 10);
+	for (long p = 0; p < 4; p++) {
+		if (p == 2)
+			continue;
+		assert_true(ic_peer_is_up(n.t, (uint32_t)p));
+		assert_int_equal(n.downs[p], 0);
 	}
 	/* a frame to ourselves or to a stranger is refused; oversized is refused */
 	static uint8_t big[IC_DEFAULT_MAX_FRAME + 1];
@@ -704,6 +820,8 @@ int main(void)
 		cmocka_unit_test_setup(test_wrong_key_cannot_join_dialled, setup),
 		cmocka_unit_test_setup(test_wrong_key_cannot_join_dialling, setup),
 		cmocka_unit_test_setup(test_garbage_clients_closed_good_peer_served, setup),
+		cmocka_unit_test_setup(test_unknown_or_own_id_cannot_join, setup),
+		cmocka_unit_test_setup(test_send_queue_bounded, setup),
 	};
 
 	return cmocka_run_group_tests_name("interconnect tcp", tests, NULL, NULL);
