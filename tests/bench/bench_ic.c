@@ -403,7 +403,7 @@ int main(void)
 
 			hist_init(&h);
 			ic_rounds(&lp, 1, sizes[s], WARMUP, NULL);
-			ic_rounds(&lp, 1, sizes[s], wrapped == 2 ? rounds / 4 : rounds * BLOCKS, &h);
+			ic_rounds(&lp, 1, sizes[s], wrapped == 2 ? rounds / 8 : rounds * BLOCKS, &h);
 			print_row(sizes[s], wrapped == 2 ? "fab100" : wrapped ? "fab/lp" : "loop", &h);
 		}
 		atomic_store(&e.stop, true);
