@@ -16,7 +16,9 @@
  *
  *   dsm_node --id I --nodes N --port P --key-file F [--transport tcp] [--tests litmus,counter,memtest]
  *            [--iters K] [--counter-incs K] [--threads T] [--memtest-pages M] [--lease-us U] [--spin-ms MS]
- *            [--homes rr|blocks]
+ *            [--homes rr|blocks] [--no-fatal-handler]
+ * --no-fatal-handler: no on_fatal callback, so a failed region ends the process by SIGSEGV (threads blocked in
+ * faults, and any later access) — the backend's last-resort policy.
  * Node i listens on 127.0.0.1:(P+i).
  */
 #include <errno.h>
@@ -28,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "dsm/region.h"
@@ -60,6 +63,7 @@ struct opts {
 	char tests[128];
 	unsigned iters, counter_incs, threads, memtest_pages, spin_ms;
 	unsigned start_delay_us, jitter_us;
+	bool no_fatal_handler;      /* --no-fatal-handler: let the region's SIGSEGV policy end the process */
 	uint64_t lease_ns;
 	bool homes_rr;
 };
@@ -490,7 +494,8 @@ static size_t key_read(const char *path, uint8_t *key, size_t max)
 static void usage(void)
 {
 	die("usage: dsm_node --id I --nodes N --port P --key-file F [--transport tcp] [--tests list] [--iters K] "
-	    "[--counter-incs K] [--threads T] [--memtest-pages M] [--lease-us U] [--spin-ms MS] [--homes rr|blocks]");
+	    "[--counter-incs K] [--threads T] [--memtest-pages M] [--lease-us U] [--spin-ms MS] [--homes rr|blocks] "
+	    "[--no-fatal-handler]");
 }
 
 static void opts_parse(int argc, char **argv)
@@ -502,7 +507,8 @@ static void opts_parse(int argc, char **argv)
 		{ "iters", required_argument, NULL, 'I' },  { "counter-incs", required_argument, NULL, 'c' },
 		{ "threads", required_argument, NULL, 'h' }, { "memtest-pages", required_argument, NULL, 'm' },
 		{ "lease-us", required_argument, NULL, 'l' }, { "spin-ms", required_argument, NULL, 's' },
-		{ "homes", required_argument, NULL, 'H' },  { NULL, 0, NULL, 0 },
+		{ "homes", required_argument, NULL, 'H' },
+		{ "no-fatal-handler", no_argument, NULL, 'F' }, { NULL, 0, NULL, 0 },
 	};
 	bool have_id = false;
 	int c;
@@ -522,6 +528,7 @@ static void opts_parse(int argc, char **argv)
 		case 'l': o.lease_ns = strtoull(optarg, NULL, 0) * NSEC_PER_USEC; break;
 		case 's': o.spin_ms = (unsigned)strtoul(optarg, NULL, 0); break;
 		case 'H': o.homes_rr = !strcmp(optarg, "rr"); break;
+		case 'F': o.no_fatal_handler = true; break;
 		default: usage();
 		}
 	}
@@ -582,7 +589,12 @@ int main(int argc, char **argv)
 	cfg.size = n_pages * PG;
 	cfg.home_map = homes;
 	cfg.lease_ns = o.lease_ns;
-	cfg.on_fatal = on_fatal;
+	cfg.on_fatal = o.no_fatal_handler ? NULL : on_fatal;
+	if (o.no_fatal_handler) {
+		struct rlimit no_core = { 0, 0 };
+
+		setrlimit(RLIMIT_CORE, &no_core);   /* the expected SIGSEGV should not leave core files around */
+	}
 
 	err = dsm_region_create(&cfg, &region);
 	if (err) {

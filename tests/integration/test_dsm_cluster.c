@@ -263,11 +263,13 @@ static void test_cluster_4_nodes(void **state)
 	run_cluster(4, "n4", 120);
 }
 
-/* SIGKILL node 2 of 3 while all nodes hammer a shared counter: nodes 0 and 1 must say "node 2 died" and exit 2
- * within a few seconds (no hang, no silent continuation). */
-static void test_killed_node_is_reported_by_the_others(void **state)
+/* SIGKILL node 2 of 3 while all nodes hammer a shared counter. With the fatal handler, nodes 0 and 1 must say
+ * "node 2 died" and exit 2 within a few seconds; without it (segv), the region's last resort must end them by
+ * SIGSEGV — never a hang, never a silent continuation. */
+static void run_kill(bool segv)
 {
-	char *extra[] = { "--tests", "spin", "--threads", "2", "--spin-ms", "60000", NULL };
+	char *extra[] = { "--tests", "spin", "--threads", "2", "--spin-ms", "60000",
+			  segv ? "--no-fatal-handler" : NULL, NULL };
 	struct node nd[3];
 	uint64_t end = clock_now_ns() + 30 * NSEC_PER_SEC, t_kill;
 	unsigned port = port_base;
@@ -275,7 +277,7 @@ static void test_killed_node_is_reported_by_the_others(void **state)
 
 	port_base += 16;
 	for (unsigned i = 0; i < 3; i++)
-		node_spawn(&nd[i], "kill", i, 3, port, extra);
+		node_spawn(&nd[i], segv ? "kill-segv" : "kill", i, 3, port, extra);
 	/* Wait until every node runs the spin phase (and so depends on every other's pages). */
 	for (;;) {
 		bool all = true;
@@ -308,12 +310,31 @@ static void test_killed_node_is_reported_by_the_others(void **state)
 		}
 		usleep(10000);
 	}
-	printf("== kill: node 2 SIGKILLed; survivors exited %.2f s later\n", (double)(clock_now_ns() - t_kill) / 1e9);
+	printf("== kill%s: node 2 SIGKILLed; survivors exited %.2f s later\n", segv ? " (no handler)" : "",
+	       (double)(clock_now_ns() - t_kill) / 1e9);
 	for (unsigned i = 0; i < 2; i++) {
 		static const char *const echo[] = { "FATAL", NULL };
 		char buf[32];
 
 		log_echo(&nd[i], echo);
+		if (segv) {
+			/* Either survivor may see the other's death first; each must name a dead node and die. */
+			/* (Under ASan its SEGV handler reports and exits non-zero instead of the signal.) */
+			bool segv_seen = (WIFSIGNALED(nd[i].status) && WTERMSIG(nd[i].status) == SIGSEGV) ||
+					 (WIFEXITED(nd[i].status) && WEXITSTATUS(nd[i].status) != 0 &&
+					  log_has(&nd[i], "SEGV"));
+
+			if (!segv_seen || !log_has(&nd[i], "region failed: node")) {
+				printf("FAIL: node %u: %s, expected SIGSEGV after \"region failed\"\n", i,
+				       status_str(nd[i].status, buf, sizeof(buf)));
+				log_tail(&nd[i]);
+				ok = false;
+			} else {
+				printf("node %u: %s after \"region failed\"\n", i,
+				       status_str(nd[i].status, buf, sizeof(buf)));
+			}
+			continue;
+		}
 		if (!WIFEXITED(nd[i].status) || WEXITSTATUS(nd[i].status) != 2 || !log_has(&nd[i], "FATAL: node 2 died")) {
 			printf("FAIL: node %u: %s, expected exit 2 after \"FATAL: node 2 died\"\n", i,
 			       status_str(nd[i].status, buf, sizeof(buf)));
@@ -323,6 +344,16 @@ static void test_killed_node_is_reported_by_the_others(void **state)
 	}
 	fflush(stdout);
 	assert_true(ok);
+}
+
+static void test_killed_node_is_reported_by_the_others(void **state)
+{
+	run_kill(false);
+}
+
+static void test_killed_node_without_handler_ends_survivors_by_sigsegv(void **state)
+{
+	run_kill(true);
 }
 
 static void test_skip_no_uffd(void **state)
@@ -337,6 +368,7 @@ int main(void)
 		cmocka_unit_test(test_cluster_3_nodes),
 		cmocka_unit_test(test_cluster_4_nodes),
 		cmocka_unit_test(test_killed_node_is_reported_by_the_others),
+		cmocka_unit_test(test_killed_node_without_handler_ends_survivors_by_sigsegv),
 	};
 
 	struct dsm_uffd *probe;
