@@ -88,7 +88,8 @@ struct tcp_conn {
 	size_t ocap, ohead, otail;
 	bool want_out;
 	bool tx_broken;
-	uint64_t last_tx_ns;
+	bool tx_active;                  /* sent since the last timer pass (saves a clock read per send) */
+	uint64_t last_tx_ns;             /* timer pass that saw tx_active last */
 
 	struct tcp_conn *next;           /* pending list / graveyard */
 };
@@ -387,7 +388,7 @@ static int conn_send_locked(struct tcp_conn *c, uint8_t type, uint16_t flags, co
 			conn_set_events(c, true);
 	}
 	c->tx_seq++;
-	c->last_tx_ns = clock_now_ns();
+	c->tx_active = true;
 	return 0;
 }
 
@@ -870,6 +871,10 @@ static void conn_check_timers(struct tcp_transport *t, struct tcp_conn *c, uint6
 	}
 	pthread_mutex_lock(&c->peer->lock);
 	broken = c->tx_broken;
+	if (c->tx_active) {
+		c->last_tx_ns = now;
+		c->tx_active = false;
+	}
 	idle = now - c->last_tx_ns >= hb;
 	pthread_mutex_unlock(&c->peer->lock);
 	if (broken) {
@@ -924,20 +929,32 @@ static void tcp_check_broken(struct tcp_transport *t)
 	}
 }
 
+/* Timers run at most every TCP_TIMER_NS; each run reads the clock afresh. */
+static void tcp_run_timers(struct tcp_transport *t)
+{
+	uint64_t now = clock_now_ns();
+
+	t->now_ns = now;
+	tcp_timers(t, now);
+	t->timer_due_ns = now + TCP_TIMER_NS;
+}
+
+/*
+ * One clock read per poll on the fast path (after epoll_wait): it stamps the frames received and decides whether
+ * timers are due. The wait is computed from the previous poll's time, so timers may run up to one TCP_TIMER_NS
+ * late, never early.
+ */
 static int tcp_poll(struct ic_transport *it, int timeout_ms)
 {
 	struct tcp_transport *t = to_tcp(it);
 	struct epoll_event evs[TCP_MAX_EVENTS];
-	uint64_t now = clock_now_ns();
 	int n, wait_ms = timeout_ms;
 
 	t->delivered = 0;
-	if (now >= t->timer_due_ns) {
-		tcp_timers(t, now);
-		t->timer_due_ns = now + TCP_TIMER_NS;
-	}
+	if (t->now_ns >= t->timer_due_ns)
+		tcp_run_timers(t);
 	if (wait_ms != 0) {
-		int until_timer = (int)((t->timer_due_ns - now + NSEC_PER_MSEC - 1) / NSEC_PER_MSEC);
+		int until_timer = (int)((t->timer_due_ns - t->now_ns + NSEC_PER_MSEC - 1) / NSEC_PER_MSEC);
 
 		if (wait_ms < 0 || wait_ms > until_timer)
 			wait_ms = until_timer;
@@ -965,11 +982,8 @@ static int tcp_poll(struct ic_transport *it, int timeout_ms)
 	}
 	if (atomic_exchange(&t->check_broken, false))
 		tcp_check_broken(t);
-	now = clock_now_ns();
-	if (now >= t->timer_due_ns) {
-		tcp_timers(t, now);
-		t->timer_due_ns = now + TCP_TIMER_NS;
-	}
+	if (t->now_ns >= t->timer_due_ns)
+		tcp_run_timers(t);
 	while (t->graveyard) {
 		struct tcp_conn *c = t->graveyard;
 
