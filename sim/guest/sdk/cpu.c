@@ -136,7 +136,6 @@ static void ipi_handle(unsigned which)
 	g_info.cpu[pc->index].ipi_rx[which]++;
 	apic_eoi();
 	if (which == 0) {
-		extern volatile uint32_t g_ipi_source[GUEST_MAX_CPUS];
 		apic_send_fixed(g_info.cpu[g_ipi_source[pc->index]].apic_id, GUEST_IPI_PONG);
 	}
 }

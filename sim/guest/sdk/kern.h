@@ -23,6 +23,7 @@ enum {
 	SYS_BARRIER = 3,
 	SYS_CPU = 4,
 	SYS_IPI = 5,
+	SYS_IDLE = 6,
 };
 #define SYSCALL_VECTOR   0x80
 #define SPURIOUS_VECTOR  0xff
@@ -131,10 +132,16 @@ int acpi_parse(struct guest_info *gi, uint64_t *lapic_addr, bool *pcat_compat);
 int smp_boot_aps(void);
 void smp_kernel_barrier(void);
 
-/* cmdline/user library entry to ring 3 */
+/* ring 3 entry (boot.S, smp.c) and the ring-3 runtime (ulib.c) */
 void enter_user(uint64_t rip, uint64_t rsp, uint64_t arg) __attribute__((noreturn));
 void user_start(unsigned cpu) __attribute__((noreturn));
+void u_entry(unsigned cpu) __attribute__((noreturn));
+unsigned u_cpu_self(void);                      /* ring 3 only: index from the user stack */
+extern volatile uint32_t g_release;             /* set once every CPU is up */
+
+/* syscall.c */
 void sys_dispatch(struct trap_frame *f);
+extern volatile uint32_t g_ipi_source[GUEST_MAX_CPUS];  /* who last sent a PING to each CPU */
 
 /* stacks */
 #define KSTACK_SIZE 8192

@@ -101,7 +101,6 @@ int smp_boot_aps(void)
 
 void user_start(unsigned cpu)
 {
-	extern void u_entry(unsigned cpu);
 	g_info.cpu[cpu].up = 1;
 	/* -8: the workload entry sees the stack as if it had been called */
 	enter_user((uint64_t)(uintptr_t)u_entry, (uint64_t)(uintptr_t)(g_ustacks[cpu] + USTACK_SIZE) - 8, cpu);

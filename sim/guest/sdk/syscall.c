@@ -53,7 +53,7 @@ void sys_dispatch(struct trap_frame *f)
 		apic_send_fixed(g_info.cpu[f->rdi].apic_id, (uint8_t)f->rsi);
 		f->rax = 0;
 		return;
-	case 6:     /* SYS_IDLE: this CPU is done; halt with interrupts on */
+	case SYS_IDLE:      /* this CPU is done: halt with interrupts on */
 		cpu_idle();
 	default:
 		f->rax = (uint64_t)-1;

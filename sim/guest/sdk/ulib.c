@@ -45,7 +45,7 @@ int sys_ipi(unsigned cpu, unsigned vector)
 
 static __attribute__((noreturn)) void sys_idle(void)
 {
-	syscall3(6, 0, 0, 0);
+	syscall3(SYS_IDLE, 0, 0, 0);
 	for (;;)
 		u_pause();
 }
@@ -71,7 +71,6 @@ static uint32_t ubar_local_sense[GUEST_MAX_CPUS * 16];
 
 void u_barrier(void)
 {
-	extern unsigned u_cpu_self(void);
 	unsigned me = u_cpu_self();
 	uint32_t sense = ubar_local_sense[me * 16] ^= 1;
 	if (__atomic_add_fetch(&ubar.count, 1, __ATOMIC_ACQ_REL) == g_info.ncpus) {
@@ -155,7 +154,6 @@ uint64_t u_opt_u64(const char *key, uint64_t dflt)
 static volatile int u_rc[GUEST_MAX_CPUS];
 
 /* CPU index from the user stack pointer: each CPU runs on its own g_ustacks slot. */
-unsigned u_cpu_self(void);
 unsigned u_cpu_self(void)
 {
 	uint64_t sp = (uint64_t)(uintptr_t)__builtin_frame_address(0);
@@ -178,10 +176,8 @@ static void crash_if_asked(void)
 	sys_exit(GUEST_EXIT_FAIL);
 }
 
-void u_entry(unsigned cpu);
 void u_entry(unsigned cpu)
 {
-	extern volatile uint32_t g_release;
 	while (!__atomic_load_n(&g_release, __ATOMIC_ACQUIRE))
 		u_pause();
 	if (cpu == u_opt_u64("crash_cpu", 0))
