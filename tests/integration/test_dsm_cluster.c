@@ -7,7 +7,8 @@
  * Each node's output goes to $BUILD/test-logs/dsm_cluster-<case>-node<i>.log; the litmus tallies, counters and
  * memtest verdicts are copied to this program's stdout.
  *
- * Environment: DSM_CLUSTER_SCALE=k multiplies iteration counts (make soak uses 10).
+ * Environment: DSM_CLUSTER_SCALE=k multiplies iteration counts (make soak uses 10); DSM_CLUSTER_PORT=p fixes the
+ * first port (default: a random block; a case whose port is taken retries on the next block).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -76,6 +77,8 @@ static int group_setup(void **state)
 	fclose(f);
 	/* Ports: a random block so parallel runs (other engineers, other build dirs) rarely collide. */
 	port_base = 20000 + (unsigned)(raw[0] | raw[1] << 8) % 30000;
+	if (getenv("DSM_CLUSTER_PORT"))   /* reproduce a run, or provoke a collision */
+		port_base = (unsigned)atoi(getenv("DSM_CLUSTER_PORT"));
 	return 0;
 }
 
@@ -209,24 +212,36 @@ static void run_cluster(unsigned n, const char *name, unsigned deadline_s)
 			  "--memtest-pages", pages, "--threads", "2", NULL };
 	struct node nd[MAXN];
 	uint64_t t0 = clock_now_ns(), end = t0 + (uint64_t)deadline_s * scale * NSEC_PER_SEC;
-	unsigned port = port_base;
-	bool ok = true;
+	bool ok = true, retry = true;
 
-	port_base += 16;
 	snprintf(iters, sizeof(iters), "%u", 300 * scale > 4096 ? 4096 : 300 * scale);
 	snprintf(incs, sizeof(incs), "%u", 3000 * scale);
 	snprintf(pages, sizeof(pages), "%u", 12 * n * scale);
-	for (unsigned i = 0; i < n; i++)
-		node_spawn(&nd[i], name, i, n, port, extra);
-	while (!nodes_reap(nd, n, (1u << n) - 1)) {
-		if (clock_now_ns() > end) {
-			printf("FAIL: %s: nodes still running after %u s; killing them\n", name, deadline_s * scale);
-			for (unsigned i = 0; i < n; i++)
-				log_tail(&nd[i]);
-			nodes_kill_all(nd, n);
-			fail();
+	for (unsigned attempt = 0; retry && attempt < 3; attempt++) {
+		retry = false;
+		for (unsigned i = 0; i < n; i++)
+			node_spawn(&nd[i], name, i, n, port_base, extra);
+		port_base += 16;
+		while (!nodes_reap(nd, n, (1u << n) - 1)) {
+			/* Someone else took one of our random ports: start over on another block. */
+			for (unsigned i = 0; i < n && !retry; i++)
+				retry = nd[i].exited && WIFEXITED(nd[i].status) && WEXITSTATUS(nd[i].status) == 3 &&
+					log_has(&nd[i], "in use");
+			if (retry) {
+				printf("ports taken; retrying on another block\n");
+				nodes_kill_all(nd, n);
+				break;
+			}
+			if (clock_now_ns() > end) {
+				printf("FAIL: %s: nodes still running after %u s; killing them\n", name,
+				       deadline_s * scale);
+				for (unsigned i = 0; i < n; i++)
+					log_tail(&nd[i]);
+				nodes_kill_all(nd, n);
+				fail();
+			}
+			usleep(20000);
 		}
-		usleep(20000);
 	}
 	printf("== %s: %u nodes over tcp, %.1f s\n", name, n, (double)(clock_now_ns() - t0) / 1e9);
 	log_echo(&nd[0], echo);
@@ -272,30 +287,42 @@ static void run_kill(bool segv)
 			  segv ? "--no-fatal-handler" : NULL, NULL };
 	struct node nd[3];
 	uint64_t end = clock_now_ns() + 30 * NSEC_PER_SEC, t_kill;
-	unsigned port = port_base;
-	bool ok = true;
+	bool ok = true, running = false;
 
-	port_base += 16;
-	for (unsigned i = 0; i < 3; i++)
-		node_spawn(&nd[i], segv ? "kill-segv" : "kill", i, 3, port, extra);
-	/* Wait until every node runs the spin phase (and so depends on every other's pages). */
-	for (;;) {
-		bool all = true;
-
+	for (unsigned attempt = 0; !running && attempt < 3; attempt++) {
 		for (unsigned i = 0; i < 3; i++)
-			all &= log_has(&nd[i], "RUNNING");
-		if (all)
-			break;
-		nodes_reap(nd, 3, 0);
-		if (clock_now_ns() > end || nd[0].exited || nd[1].exited || nd[2].exited) {
-			printf("FAIL: nodes did not all reach the spin phase\n");
+			node_spawn(&nd[i], segv ? "kill-segv" : "kill", i, 3, port_base, extra);
+		port_base += 16;
+		/* Wait until every node runs the spin phase (and so depends on every other's pages). */
+		for (;;) {
+			bool all = true, taken = false;
+
 			for (unsigned i = 0; i < 3; i++)
-				log_tail(&nd[i]);
-			nodes_kill_all(nd, 3);
-			fail();
+				all &= log_has(&nd[i], "RUNNING");
+			if (all) {
+				running = true;
+				break;
+			}
+			nodes_reap(nd, 3, 0);
+			for (unsigned i = 0; i < 3; i++)
+				taken |= nd[i].exited && WIFEXITED(nd[i].status) && WEXITSTATUS(nd[i].status) == 3 &&
+					 log_has(&nd[i], "in use");
+			if (taken) {
+				printf("ports taken; retrying on another block\n");
+				nodes_kill_all(nd, 3);
+				break;
+			}
+			if (clock_now_ns() > end || nd[0].exited || nd[1].exited || nd[2].exited) {
+				printf("FAIL: nodes did not all reach the spin phase\n");
+				for (unsigned i = 0; i < 3; i++)
+					log_tail(&nd[i]);
+				nodes_kill_all(nd, 3);
+				fail();
+			}
+			usleep(20000);
 		}
-		usleep(20000);
 	}
+	assert_true(running);
 	usleep(300000);   /* let the counter page move around for a while: "mid-run" */
 	kill(nd[2].pid, SIGKILL);
 	t_kill = clock_now_ns();
