@@ -577,9 +577,10 @@ static void conn_on_handshake(struct tcp_conn *c, uint8_t type, const uint8_t *p
 
 	ret = ic_hs_input(c->hs, type, payload, len, &out, &why);
 	if (ret < 0) {
-		/* a garbled handshake counts as a failed authentication, like a wrong key or a refused id */
-		if (c->dialler && ret != -EPROTO)
-			conn_send_close(c, "authentication failed");
+		/* a garbled handshake counts as a failed authentication, like a wrong key or a refused id; a peer that
+		 * speaks the protocol is told why (the reasons name no secret), so both logs say what happened */
+		if (ret != -EPROTO)
+			conn_send_close(c, why ? why : "authentication failed");
 		conn_auth_failure(c, why ? why : "handshake refused");
 		return;
 	}
