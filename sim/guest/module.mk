@@ -9,24 +9,24 @@ GUEST_OUT := $(BUILD)/guest
 GUEST_WORKLOADS := topology litmus memtest compute ipi
 GUEST_CFLAGS := -std=gnu11 -O2 -g -ffreestanding -fno-pic -fno-pie -fno-stack-protector -fno-builtin \
 	-fno-asynchronous-unwind-tables -fno-omit-frame-pointer -mno-red-zone -mno-sse -mno-mmx \
-	-mgeneral-regs-only -mcmodel=small $(WARNINGS) -I$(GUEST_DIR)/include -I$(GUEST_DIR)/sdk -MMD -MP
+	-mgeneral-regs-only -mstringop-strategy=loop -mcmodel=small $(WARNINGS) -I$(GUEST_DIR)/include -I$(GUEST_DIR)/sdk -MMD -MP
 GUEST_LDFLAGS := -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-z,max-page-size=0x1000 \
 	-Wl,-z,noexecstack -Wl,--no-warn-rwx-segments -T $(GUEST_DIR)/link.ld
 GUEST_SDK_SRCS := $(wildcard $(GUEST_DIR)/sdk/*.c) $(GUEST_DIR)/sdk/boot.S
 GUEST_SDK_OBJS := $(patsubst %,$(GUEST_OUT)/obj/%.o,$(notdir $(GUEST_SDK_SRCS)))
 GUEST_ELFS := $(patsubst %,$(GUEST_OUT)/%.elf,$(GUEST_WORKLOADS))
 
-$(GUEST_OUT)/obj/%.c.o: $(GUEST_DIR)/sdk/%.c
+$(GUEST_OUT)/obj/%.c.o: $(GUEST_DIR)/sdk/%.c $(GUEST_DIR)/module.mk
 	@mkdir -p $(@D)
 	@$(if $(Q),echo "  GCC     $<")
 	$(Q)$(CC) $(GUEST_CFLAGS) -c -o $@ $<
 
-$(GUEST_OUT)/obj/%.S.o: $(GUEST_DIR)/sdk/%.S
+$(GUEST_OUT)/obj/%.S.o: $(GUEST_DIR)/sdk/%.S $(GUEST_DIR)/module.mk
 	@mkdir -p $(@D)
 	@$(if $(Q),echo "  GAS     $<")
 	$(Q)$(CC) $(GUEST_CFLAGS) -D__ASSEMBLER__ -c -o $@ $<
 
-$(GUEST_OUT)/obj/wl-%.o: $(GUEST_DIR)/workloads/%.c
+$(GUEST_OUT)/obj/wl-%.o: $(GUEST_DIR)/workloads/%.c $(GUEST_DIR)/module.mk
 	@mkdir -p $(@D)
 	@$(if $(Q),echo "  GCC     $<")
 	$(Q)$(CC) $(GUEST_CFLAGS) -c -o $@ $<

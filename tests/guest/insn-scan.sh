@@ -2,8 +2,9 @@
 # Static checks of the guest images, for the nested-KVM hosts rackvm targets:
 #  - no instruction that fails in emulated ring 0 there (cmpxchg16b, movbe, invpcid, xgetbv, clwb, clac,
 #    int3, rdpru), no xsave family, no SSE/AVX register, and no "int $n" except the ring-3 "int $0x80"
-#    in the syscall stub (ulib.c). The real-/protected-mode boot code (.text.boot) is not 64-bit code
-#    and is not disassembled.
+#    in the syscall stub (ulib.c); no rep string instructions either (emulated iteration by iteration;
+#    the SDK is built with -mstringop-strategy=loop). The real-/protected-mode boot code (.text.boot) is
+#    not 64-bit code and is not disassembled.
 #  - each image is an ELF32 i386 file with a valid multiboot v1 header in its first 8 KiB.
 # Exit 0 pass, 1 fail.
 set -u
@@ -20,7 +21,7 @@ if [ ${#objs[@]} -eq 0 ]; then
 	echo "insn-scan: no objects in $G/obj (run make BUILD=$BUILD first)"
 	exit 1
 fi
-bad_re='\s(cmpxchg16b|movbe|invpcid|xgetbv|xsetbv|clwb|clac|stac|int3|rdpru|xsave[a-z]*|xrstor[a-z]*)\b|%[xyz]mm[0-9]'
+bad_re='\s(cmpxchg16b|movbe|invpcid|xgetbv|xsetbv|clwb|clac|stac|int3|rdpru|xsave[a-z]*|xrstor[a-z]*)\b|%[xyz]mm[0-9]|\srep[a-z]* +(movs|stos|cmps|scas|lods)'
 for o in "${objs[@]}"; do
 	hits=$(objdump -d -j .text "$o" 2>/dev/null | grep -E "$bad_re")
 	ints=$(objdump -d -j .text "$o" 2>/dev/null | grep -E '\sint\s+\$' | grep -v 'int\s\+\$0x80')

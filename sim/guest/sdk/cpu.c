@@ -157,8 +157,17 @@ void trap_dispatch(struct trap_frame *f)
 	default:
 		break;
 	}
+	/* A fault while reporting a fault: exit without touching anything else. */
+	static volatile int reporting[GUEST_MAX_CPUS];
+	unsigned me = cpu_index_safe();
+	if (me < GUEST_MAX_CPUS && reporting[me]++) {
+		outb(0xf4, GUEST_EXIT_EXCEPTION);
+		for (;;)
+			__asm__ volatile("cli; hlt");
+	}
+	console_panic();
 	if (f->vector >= 32)
-		k_printf("UNEXPECTED INTERRUPT: vector %lu cpu %u\n", f->vector, cpu_index_safe());
+		k_printf("UNEXPECTED INTERRUPT: vector %lu cpu %u\n", f->vector, me);
 	exception_report(f);
 	guest_exit(GUEST_EXIT_EXCEPTION);
 }

@@ -107,6 +107,7 @@ void serial_write(const char *s, size_t len);
 /* console: kernel printf to serial under the console lock */
 int k_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void console_write(const char *s, size_t len);
+void console_panic(void);       /* from now on, console writes wait only boundedly for the lock */
 
 /* cpu.c: GDT, TSS, IDT, traps */
 void cpu_tables_init(void);

@@ -11,6 +11,7 @@
 #define LSR_THRE 0x20
 
 static volatile int console_lock;
+static volatile int console_panicking;
 
 void serial_init(void)
 {
@@ -40,12 +41,30 @@ void serial_write(const char *s, size_t len)
 	}
 }
 
+/* After console_panic(), a lock holder that faulted (or a stuck CPU) delays the report only boundedly. */
+static bool console_lock_acquire(void)
+{
+	for (unsigned long i = 0;; i++) {
+		if (!__atomic_exchange_n(&console_lock, 1, __ATOMIC_ACQUIRE))
+			return true;
+		if (console_panicking && i > 1000000)
+			return false;
+		u_pause();
+	}
+}
+
+void console_panic(void)
+{
+	console_panicking = 1;
+}
+
 /* Whole writes are atomic with respect to other CPUs, so lines from different CPUs never interleave. */
 void console_write(const char *s, size_t len)
 {
-	spin_lock(&console_lock);
+	bool locked = console_lock_acquire();
 	serial_write(s, len);
-	spin_unlock(&console_lock);
+	if (locked)
+		spin_unlock(&console_lock);
 }
 
 int k_printf(const char *fmt, ...)
