@@ -132,6 +132,7 @@ check_ipi() {
 	done
 	local total=$((IPI_ITERS + 2 * IPI_ITERS * (n - 1)))
 	expect_line "^ipi: mode $mode cpus $n delivered $total expected $total lost 0\$" || ok=1
+	expect_line "^rackvm-guest: ring-0 entries: [0-9]+ syscalls, $total interrupts\$" || ok=1
 	return $ok
 }
 for mode in xapic x2apic; do

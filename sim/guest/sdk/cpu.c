@@ -93,6 +93,12 @@ void cpu_load_tables(unsigned index, uint64_t kstack_top)
 __attribute__((noreturn)) void guest_exit(int code)
 {
 	static const char *const names[] = { "ok", "fail", "exception", "boot", "usage" };
+	uint64_t sc = 0, irq = 0;
+	for (unsigned i = 0; i < GUEST_MAX_CPUS; i++) {
+		sc += g_percpu[i].n_syscalls;
+		irq += g_percpu[i].n_irqs;
+	}
+	k_printf("rackvm-guest: ring-0 entries: %lu syscalls, %lu interrupts\n", sc, irq);
 	k_printf("rackvm-guest: exit %d (%s)\n", code,
 		 code >= 0 && code <= GUEST_EXIT_USAGE ? names[code] : "?");
 	outb(0xf4, (uint8_t)code);
@@ -144,15 +150,19 @@ void trap_dispatch(struct trap_frame *f)
 {
 	switch (f->vector) {
 	case SYSCALL_VECTOR:
+		this_cpu()->n_syscalls++;
 		sys_dispatch(f);
 		return;
 	case GUEST_IPI_PING:
+		this_cpu()->n_irqs++;
 		ipi_handle(0);
 		return;
 	case GUEST_IPI_PONG:
+		this_cpu()->n_irqs++;
 		ipi_handle(1);
 		return;
 	case SPURIOUS_VECTOR:
+		this_cpu()->n_irqs++;
 		return;     /* spurious interrupts take no EOI */
 	default:
 		break;

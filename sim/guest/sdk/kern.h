@@ -91,6 +91,7 @@ struct percpu {
 	unsigned index;
 	uint32_t apic_id;
 	uint64_t kstack_top, ustack_top;
+	uint64_t n_syscalls, n_irqs;    /* ring-0 entries, reported at exit (ring-0 cost on rackvm) */
 };
 
 static inline struct percpu *this_cpu(void)
