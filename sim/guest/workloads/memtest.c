@@ -147,12 +147,10 @@ int workload_main(unsigned cpu)
 	uint64_t sum_errors = 0;
 	for (int p = 0; p < P_COUNT; p++) {
 		uint64_t t0 = u_rdtsc();
-		uint64_t before = errors[cpu * 8];
 		slice_apply(wb, we - wb, fill, (enum pattern)p, cpu);
 		u_barrier();
 		slice_apply(vb, ve - vb, verify, (enum pattern)p, cpu);
 		u_barrier();
-		(void)before;
 		if (cpu == 0) {
 			uint64_t e = 0;
 			for (unsigned i = 0; i < n; i++)
