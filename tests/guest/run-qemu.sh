@@ -97,6 +97,17 @@ for n in 1 2 4; do
 	guest_run memtest-smp$n memtest $n ""
 	verdict "memtest smp=$n" 0 check_memtest $n
 done
+# one flipped bit in CPU 0's slice is found by CPU 1, reported with its address, and fails the run
+check_memtest_corrupt() {
+	local base
+	base=$(sed -n 's/^memtest: range 0x\([0-9a-f]*\)-.*/\1/p' "$GUEST_LOG" | head -1)
+	[ -n "$base" ] || return 1
+	expect_line "^memtest: error cpu 1 addr 0x$(printf '%x' $((0x$base + 4096))) expect 0x[0-9a-f]+ got 0x[0-9a-f]+\$" &&
+		expect_line "^memtest: pattern address errors 1 " &&
+		expect_line "^memtest: tested 8388608 bytes \(8 MiB\) in 1 ranges, 6 patterns, 2 cpus, errors 1\$"
+}
+guest_run memtest-corrupt memtest 2 "max=8M corrupt=4096"
+verdict "memtest corrupt=4096 (negative)" 1 check_memtest_corrupt
 
 # ---- compute: checksum from the host reference, identical for every CPU count
 CN=300000 CR=48

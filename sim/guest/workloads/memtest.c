@@ -5,7 +5,8 @@
  * crosses CPUs (and, under rackvm, nodes). Patterns, 64-bit stores unless noted:
  *   zeros, ones, 0xaa.., 0x55.., address (each qword holds its own address ^ seed), bytes (byte stores
  *   of a per-address value, verified byte by byte).
- * Option max=<bytes> (K/M/G suffixes) bounds the amount tested. Output:
+ * Option max=<bytes> (K/M/G suffixes) bounds the amount tested; corrupt=<offset> flips one bit at that
+ * offset of the first range after the address pattern is written (negative test). Output:
  *   memtest: range 0x<base>-0x<end>
  *   memtest: pattern <name> errors <e> ticks <t>
  *   memtest: error cpu <c> addr 0x<a> expect 0x<x> got 0x<y>      (first few only)
@@ -145,10 +146,17 @@ int workload_main(unsigned cpu)
 	unsigned vc = (cpu + 1) % n;
 	uint64_t vb = unit * vc / n * 8, ve = unit * (vc + 1) / n * 8;
 	uint64_t sum_errors = 0;
+	uint64_t corrupt = u_opt_u64("corrupt", ~0ull);
 	for (int p = 0; p < P_COUNT; p++) {
 		uint64_t t0 = u_rdtsc();
 		slice_apply(wb, we - wb, fill, (enum pattern)p, cpu);
 		u_barrier();
+		if (p == P_ADDR && corrupt != ~0ull) {
+			/* negative test: flip one bit between write and verify */
+			if (cpu == 0 && nranges && corrupt < ranges[0].len)
+				*(volatile uint8_t *)(uintptr_t)(ranges[0].base + corrupt) ^= 1;
+			u_barrier();
+		}
 		slice_apply(vb, ve - vb, verify, (enum pattern)p, cpu);
 		u_barrier();
 		if (cpu == 0) {
