@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -602,6 +603,102 @@ static void test_unknown_or_own_id_cannot_join(void **state)
 	ic_destroy(n.t);
 }
 
+/*
+ * A man in the middle: relays connections from proxy_port to target_port. On the first connection only, once
+ * 1000 bytes went from the dialler to the listener (well past the handshake), it flips the last byte of the next
+ * chunk, which on loopback is the last byte of a frame: its tag.
+ */
+static noreturn void tamper_proxy_main(int proxy_port, int target_port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int lfd, one = 1;
+	bool tampered = false;
+
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	lfd = socket(AF_INET, SOCK_STREAM, 0);
+	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	sa.sin_port = htons((uint16_t)proxy_port);
+	if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(lfd, 8))
+		_exit(2);
+	for (;;) {
+		int in = accept(lfd, NULL, NULL), out = socket(AF_INET, SOCK_STREAM, 0);
+		size_t upstream = 0;
+
+		sa.sin_port = htons((uint16_t)target_port);
+		if (in < 0 || out < 0 || connect(out, (struct sockaddr *)&sa, sizeof(sa))) {
+			close(in);
+			close(out);
+			continue;
+		}
+		for (;;) {
+			struct pollfd pf[2] = { { .fd = in, .events = POLLIN }, { .fd = out, .events = POLLIN } };
+			uint8_t buf[65536];
+			ssize_t r;
+
+			if (poll(pf, 2, -1) < 0)
+				break;
+			if (pf[0].revents) {
+				r = read(in, buf, sizeof(buf));
+				if (r <= 0)
+					break;
+				if (!tampered && upstream >= 1000) {
+					buf[r - 1] ^= 0x01;
+					tampered = true;
+				}
+				upstream += (size_t)r;
+				if (write(out, buf, (size_t)r) != r)
+					break;
+			}
+			if (pf[1].revents) {
+				r = read(out, buf, sizeof(buf));
+				if (r <= 0 || write(in, buf, (size_t)r) != r)
+					break;
+			}
+		}
+		close(in);
+		close(out);
+	}
+}
+
+static void test_tampered_frame_closes_and_reconnects(void **state)
+{
+	uint8_t ping[64] = "ping";
+	struct ic_stats st;
+	struct node n;
+	pid_t kid, proxy;
+
+	pick_ports(3);   /* 0: the child, 1: us, 2: the proxy in front of us */
+	assert_int_equal(node_create(&n, 1, 2, good_key), 0);
+	proxy = fork();
+	if (proxy == 0) {
+		close_range(3, ~0U, 0);
+		tamper_proxy_main(ports[2], ports[1]);
+	}
+	int real_port = ports[1];
+	ports[1] = ports[2];   /* the child dials node 1 through the proxy */
+	kid = spawn(0, 2, good_key, CHILD_ECHO);
+	ports[1] = real_port;
+	assert_true(node_wait(&n, cond_up, 0, 10000));
+
+	/* echoes flow back through the proxy until one arrives with a flipped tag byte */
+	for (int i = 0; i < 40 && n.downs[0] == 0; i++) {
+		if (ic_send(n.t, 0, T_ECHO, 0, &(struct iovec){ ping, sizeof(ping) }, 1) == 0)
+			node_wait(&n, cond_echoes, (long)n.echoes + 1, 500);
+	}
+	ic_get_stats(n.t, &st);
+	print_message("tampered frame: peer down (%s), proto_errors %llu\n", n.down_why[0],
+		      (unsigned long long)st.proto_errors);
+	assert_int_equal(n.downs[0], 1);
+	assert_non_null(strstr(n.down_why[0], "MAC"));
+	assert_int_equal(st.proto_errors, 1);
+	/* the dialler comes back through the (now honest) proxy */
+	assert_true(node_wait(&n, cond_up, 0, 5000));
+	echo_once(&n, 0);
+	kill_and_reap(kid);
+	kill_and_reap(proxy);
+	ic_destroy(n.t);
+}
+
 static void test_send_queue_bounded(void **state)
 {
 	static uint8_t buf[4096];
@@ -822,6 +919,7 @@ int main(void)
 		cmocka_unit_test_setup(test_garbage_clients_closed_good_peer_served, setup),
 		cmocka_unit_test_setup(test_unknown_or_own_id_cannot_join, setup),
 		cmocka_unit_test_setup(test_send_queue_bounded, setup),
+		cmocka_unit_test_setup(test_tampered_frame_closes_and_reconnects, setup),
 	};
 
 	return cmocka_run_group_tests_name("interconnect tcp", tests, NULL, NULL);
