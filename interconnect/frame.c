@@ -129,6 +129,8 @@ enum ic_frame_status ic_frame_decode(const void *buf, size_t avail, const struct
 	enum ic_frame_status st;
 	uint8_t magic[4];
 
+	if (!avail)
+		return IC_FRAME_NEED_MORE;
 	put_le32(magic, IC_FRAME_MAGIC);
 	if (memcmp(p, magic, avail < 4 ? avail : 4))
 		return IC_FRAME_ERR_MAGIC;

@@ -882,6 +882,65 @@ static void test_four_nodes_full_mesh(void **state)
 	ic_destroy(n.t);
 }
 
+/* Two nodes in this process over IPv6 loopback, one thread polling both. */
+static void test_ipv6_loopback(void **state)
+{
+	struct ic_peer_addr p0 = { .id = 1 }, p1 = { .id = 0 };
+	struct ic_config c0 = { 0 }, c1;
+	char l0[64], l1[64];
+	struct node n0, n1;
+	int fd = socket(AF_INET6, SOCK_STREAM, 0);
+	struct sockaddr_in6 sa = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		if (fd >= 0)
+			close(fd);
+		print_message("SKIP: no IPv6 loopback here (%s)\n", strerror(errno));
+		skip();
+	}
+	close(fd);
+	pick_ports(2);
+	memset(&n0, 0, sizeof(n0));
+	memset(&n1, 0, sizeof(n1));
+	n1.echo_back = true;
+	snprintf(p0.addr, sizeof(p0.addr), "[::1]:%d", ports[1]);
+	snprintf(p1.addr, sizeof(p1.addr), "[::1]:%d", ports[0]);
+	snprintf(l0, sizeof(l0), "[::1]:%d", ports[0]);
+	snprintf(l1, sizeof(l1), "[::1]:%d", ports[1]);
+	c0.self = 0;
+	c0.key = good_key;
+	c0.key_len = 32;
+	c0.on_frame = node_on_frame;
+	c0.on_peer = node_on_peer;
+	c0.n_peers = 1;
+	ic_accept_type(&c0, T_ECHO);
+	c1 = c0;
+	c0.listen = l0;
+	c0.peers = &p0;
+	c0.opaque = &n0;
+	c1.self = 1;
+	c1.listen = l1;
+	c1.peers = &p1;
+	c1.opaque = &n1;
+	assert_int_equal(ic_create("tcp", &c0, &n0.t), 0);
+	assert_int_equal(ic_create("tcp", &c1, &n1.t), 0);
+	uint64_t deadline = clock_now_ns() + 5 * NSEC_PER_SEC;
+	while (!(n0.up[1] && n1.up[0]) && clock_now_ns() < deadline) {
+		ic_poll(n0.t, 0);
+		ic_poll(n1.t, 1);
+	}
+	assert_true(n0.up[1] && n1.up[0]);
+	assert_int_equal(ic_send(n0.t, 1, T_ECHO, 0, &(struct iovec){ "v6", 2 }, 1), 0);
+	while (n0.echoes < 1 && clock_now_ns() < deadline) {
+		ic_poll(n1.t, 0);
+		ic_poll(n0.t, 1);
+	}
+	assert_int_equal(n0.echoes, 1);
+	assert_int_equal(n1.echoes, 1);
+	ic_destroy(n0.t);
+	ic_destroy(n1.t);
+}
+
 static void test_create_errors(void **state)
 {
 	struct ic_peer_addr peers[1] = { { .id = 1, .addr = "no-port-here" } };
@@ -907,6 +966,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup(test_create_errors, setup),
+		cmocka_unit_test_setup(test_ipv6_loopback, setup),
 		cmocka_unit_test_setup(test_ordered_delivery_three_processes, setup),
 		cmocka_unit_test_setup(test_four_nodes_full_mesh, setup),
 		cmocka_unit_test_setup(test_reconnect_as_dialler, setup),
