@@ -47,12 +47,55 @@
 
 #define PG 4096u
 #define MAXN 5
+#define SMP_MAX 4096u   /* raw per-fault samples kept for exact medians (the histogram's buckets are ~6% wide) */
 
 static unsigned n_pages_bench = 1000;
 static unsigned rounds = 2;
 static unsigned port_next;
 
 /* ---- helpers ---- */
+struct samples {
+	uint32_t n;
+	uint32_t ns[SMP_MAX];
+};
+
+static void samples_add(struct samples *s, uint64_t ns)
+{
+	if (s->n < SMP_MAX)
+		s->ns[s->n++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
+}
+
+static int u32_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static int dbl_cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Exact median of the raw samples (sorted in place), ns. */
+static double samples_median(struct samples *s)
+{
+	if (!s->n)
+		return 0;
+	qsort(s->ns, s->n, sizeof(s->ns[0]), u32_cmp);
+	return s->n % 2 ? s->ns[s->n / 2] : 0.5 * ((double)s->ns[s->n / 2 - 1] + (double)s->ns[s->n / 2]);
+}
+
+static double dbl_median(double *v, unsigned n)
+{
+	if (!n)
+		return 0;
+	qsort(v, n, sizeof(v[0]), dbl_cmp);
+	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 static int full_read(int fd, void *buf, size_t len)
 {
 	uint8_t *p = buf;
@@ -211,6 +254,8 @@ static int tcp_pair(int *client, pid_t *server_pid, uint64_t reply_len)
 /* Fault n pages one after the other; per-fault latency into h, total time returned. */
 static uint64_t floor_cpu_ns;   /* CPU time (both processes) of the last floor_run */
 
+static struct samples floor_smp;   /* raw per-fault latencies of the last floor_run */
+
 static uint64_t floor_run(unsigned n, uint64_t reply_len, struct hist *h)
 {
 	struct rusage srv_ru;
@@ -222,6 +267,7 @@ static uint64_t floor_run(unsigned n, uint64_t reply_len, struct hist *h)
 	struct floor_hdr bye = { UINT64_MAX, 0 };
 
 	hist_init(h);
+	floor_smp.n = 0;
 	if (dsm_uffd_create((size_t)n * PG, &c.u) || tcp_pair(&c.sock, &srv, reply_len) || pipe(c.stop_efd))
 		die("floor setup failed");
 	pthread_create(&fth, NULL, floor_fault_main, &c);
@@ -232,7 +278,9 @@ static uint64_t floor_run(unsigned n, uint64_t reply_len, struct hist *h)
 		uint64_t t0 = clock_now_ns();
 
 		(void)*b;
-		hist_record(h, clock_now_ns() - t0);
+		t0 = clock_now_ns() - t0;
+		hist_record(h, t0);
+		samples_add(&floor_smp, t0);
 	}
 	total = clock_now_ns() - t_start;
 	(void)!write(c.stop_efd[1], "x", 1);
@@ -261,6 +309,7 @@ struct reply {
 	uint64_t ns, count;
 	uint64_t cpu_ns;        /* this node process's CPU time (user + system, all threads) so far */
 	struct hist h;
+	struct samples smp;     /* raw latencies of a timed op */
 	struct dsm_region_stats st;
 };
 
@@ -305,6 +354,7 @@ static void node_exec(struct dsm_region *r, const struct cmd *c, struct reply *r
 	uint64_t t0 = clock_now_ns();
 
 	hist_init(&rep->h);
+	rep->smp.n = 0;
 	rep->count = 0;
 	switch (c->op) {
 	case OP_WRITE:
@@ -326,7 +376,9 @@ static void node_exec(struct dsm_region *r, const struct cmd *c, struct reply *r
 				(void)*b;
 			else
 				*b = 7;
-			hist_record(&rep->h, clock_now_ns() - t);
+			t = clock_now_ns() - t;
+			hist_record(&rep->h, t);
+			samples_add(&rep->smp, t);
 		}
 		break;
 	case OP_PINGPONG: {
@@ -511,17 +563,22 @@ static void print_vs(unsigned r, const char *name, const struct hist *h, const s
 static void bench_read(void)
 {
 	static struct reply ra, rb, rc, rd, tmp;
+	static double ratio_a[256], ratio_c[256];
 	struct cluster cl;
-	struct hist fh, fh0;
+	struct hist fh, fh0, fh2;
 	uint64_t n = n_pages_bench;
+	unsigned nr = 0;
 
 	printf("\n-- remote read fault (3 nodes; pages homed on node 0; node 1 faults one page at a time)\n");
 	printf("%-6s %-34s %9s %9s %12s   %s\n", "round", "case", "p50 us", "p99 us", "pages/s",
 	       "ratio p50 (p99)");
 	for (unsigned r = 0; r < rounds; r++) {
 		uint64_t fns, fns0, home_cpu0, req_cpu0, dsm_cpu, floor_cpu;
+		double f_before, f_after, f0, a_med, c_med, la[3] = { 0, 0, 0 };
 
+		getloadavg(la, 3);
 		fns = floor_run((unsigned)n, PG, &fh);
+		f_before = samples_median(&floor_smp);
 		floor_cpu = floor_cpu_ns;
 		cluster_start(&cl, 3, 0);
 		node_do(&cl, 0, OP_WRITE, 0, 2 * n, 0, &tmp);
@@ -534,12 +591,26 @@ static void bench_read(void)
 		req_cpu0 = tmp.cpu_ns;
 		node_do(&cl, 1, OP_READ_TIMED, 0, n, 0, &ra);
 		node_do(&cl, 0, OP_NOP, 0, 0, 0, &tmp);
+		a_med = samples_median(&ra.smp);
 		dsm_cpu = tmp.cpu_ns - home_cpu0 + ra.cpu_ns - req_cpu0;
 		node_do(&cl, 1, OP_SCAN, 3 * n, 4 * n, 0, &rd);
 		node_do(&cl, 1, OP_READ_TIMED, n, 2 * n, 0, &rb);
 		node_do(&cl, 1, OP_READ_TIMED, 2 * n, 3 * n, 0, &rc);
+		c_med = samples_median(&rc.smp);
 		cluster_stop(&cl);
 		fns0 = floor_run((unsigned)n, 0, &fh0);
+		f0 = samples_median(&floor_smp);
+		(void)floor_run((unsigned)n, PG, &fh2);
+		f_after = samples_median(&floor_smp);
+		if (nr < 256) {
+			ratio_a[nr] = a_med / (0.5 * (f_before + f_after));
+			ratio_c[nr] = c_med / f0;
+			nr++;
+		}
+		printf("%-6u exact medians: floor 4 KiB %.1f us before, %.1f after; dsm read (home store current) %.1f us"
+		       " = %.2fx their mean; never written %.1f us = %.2fx no-data floor %.1f; loadavg %.2f\n", r,
+		       f_before / 1e3, f_after / 1e3, a_med / 1e3, a_med / (0.5 * (f_before + f_after)), c_med / 1e3,
+		       c_med / f0, f0 / 1e3, la[0]);
 
 		printf("%-6u %-34s %9.1f %9.1f %12.0f\n", r, "floor: 4 KiB reply", us(hist_quantile(&fh, 0.5)),
 		       us(hist_quantile(&fh, 0.99)), (double)n / ((double)fns / 1e9));
@@ -556,6 +627,13 @@ static void bench_read(void)
 		printf("%-6u %-34s %9.1f %9.1f %12.0f\n", r, "floor: no-data reply", us(hist_quantile(&fh0, 0.5)),
 		       us(hist_quantile(&fh0, 0.99)), (double)n / ((double)fns0 / 1e9));
 		print_vs(r, "dsm read, never written", &rc.h, &fh0, "no-data floor");
+	}
+	if (nr) {
+		double ma = dbl_median(ratio_a, nr), mc = dbl_median(ratio_c, nr);
+
+		printf("read summary over %u rounds (exact medians): home store current %.2fx floor (median; range "
+		       "%.2f-%.2f), never written %.2fx no-data floor (range %.2f-%.2f)\n", nr, ma, ratio_a[0],
+		       ratio_a[nr - 1], mc, ratio_c[0], ratio_c[nr - 1]);
 	}
 }
 
