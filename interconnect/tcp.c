@@ -13,8 +13,8 @@
  * rx MAC, expected seq) belongs to the I/O thread and needs no lock; callbacks run with no lock held. A send
  * that fails marks the connection broken and wakes the I/O thread, which closes it.
  *
- * Send path: one writev of header + the caller's iov + tag; only an unsent remainder is copied, into the
- * connection's out queue, flushed on EPOLLOUT. While the queue is non-empty later frames are appended to it
+ * Send path: one sendmsg of header + the caller's iov + tag, with MSG_NOSIGNAL (a peer that closed is an
+ * error, never SIGPIPE); only an unsent remainder is copied, into the connection's out queue, flushed on EPOLLOUT. While the queue is non-empty later frames are appended to it
  * (order), up to TCP_OUTQ_LIMIT bytes (-ENOBUFS beyond).
  *
  * Receive path: reads into a per-connection buffer; frames are checked by the codec (length against max_frame
@@ -364,8 +364,11 @@ static int conn_send_locked(struct tcp_conn *c, uint8_t type, uint16_t flags, co
 		v[cnt++] = (struct iovec){ .iov_base = tag, .iov_len = IC_TAG_LEN };
 
 	if (c->otail == c->ohead && c->state != C_CONNECTING) {
+		/* sendmsg, not writev: MSG_NOSIGNAL, so a peer that just closed is an error here, not SIGPIPE */
+		struct msghdr mh = { .msg_iov = v, .msg_iovlen = (size_t)cnt };
+
 		do
-			n = writev(c->fd, v, cnt);
+			n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
 		while (n < 0 && errno == EINTR);
 		if (n < 0) {
 			if (errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -399,7 +402,7 @@ static int conn_flush(struct tcp_conn *c)
 
 	conn_lock(c);
 	while (c->otail > c->ohead) {
-		ssize_t n = write(c->fd, c->obuf + c->ohead, c->otail - c->ohead);
+		ssize_t n = send(c->fd, c->obuf + c->ohead, c->otail - c->ohead, MSG_NOSIGNAL);
 
 		if (n < 0) {
 			if (errno == EINTR)
