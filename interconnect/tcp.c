@@ -14,8 +14,9 @@
  * that fails marks the connection broken and wakes the I/O thread, which closes it.
  *
  * Send path: one sendmsg of header + the caller's iov + tag, with MSG_NOSIGNAL (a peer that closed is an
- * error, never SIGPIPE); only an unsent remainder is copied, into the connection's out queue, flushed on EPOLLOUT. While the queue is non-empty later frames are appended to it
- * (order), up to TCP_OUTQ_LIMIT bytes (-ENOBUFS beyond).
+ * error, never SIGPIPE); only an unsent remainder is copied, into the connection's out queue, flushed on
+ * EPOLLOUT. While the queue is non-empty later frames are appended to it (order), up to TCP_OUTQ_LIMIT bytes
+ * (-ENOBUFS beyond).
  *
  * Receive path: reads into a per-connection buffer; frames are checked by the codec (length against max_frame
  * before the buffer grows) and the MAC, then handed to on_frame as a pointer into the buffer.
