@@ -4,7 +4,8 @@
  * Ordered delivery of mixed 64 B / 4 KiB frames between 3 processes, reconnect after a peer is killed and
  * restarted (both as dialler and as listener), dead peers (SIGKILL, SIGSTOP) detected within dead_ms + 2 s,
  * a wrong cluster key cannot join, and raw-socket clients sending garbage are closed while good peers keep
- * being served. Every wait polls a condition with a deadline.
+ * being served, and a node with SIGPIPE at its default disposition survives sending to a killed peer. Every wait
+ * polls a condition with a deadline.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -728,6 +729,87 @@ static void test_send_queue_bounded(void **state)
 	ic_destroy(n.t);
 }
 
+/*
+ * SIGPIPE regression: the other tests ignore SIGPIPE (setup), which would hide a send path that forgets
+ * MSG_NOSIGNAL. Here a node whose SIGPIPE is at its default disposition (a forked process, so a kill cannot take
+ * the test runner with it) sends to a peer that was SIGKILLed while idle: the peer's kernel sent FIN (our socket
+ * is in CLOSE_WAIT), the first send is answered with RST, which makes the next send fail with EPIPE — the case
+ * that raises SIGPIPE without MSG_NOSIGNAL. The node does not poll in between (a read would see the close
+ * first). It must see a failed send or the peer down, and exit normally.
+ */
+static noreturn void sigpipe_sender_main(int up_fd, int go_fd)
+{
+	static uint8_t buf[64];
+	sigset_t set;
+	struct node n;
+	uint64_t deadline;
+	int ret = 0;
+	long sent = 0;
+	char c;
+
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	signal(SIGPIPE, SIG_DFL);
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	sigprocmask(SIG_UNBLOCK, &set, NULL);
+	log_set_tag("sender");
+	if (node_create(&n, 0, 2, good_key) || !node_wait(&n, cond_up, 1, 10000))
+		_exit(2);
+	/* an echo round trip: the peer has read everything we sent, so it dies with an empty receive queue (FIN,
+	 * not RST) */
+	if (node_send(&n, 1, T_ECHO, buf, sizeof(buf)) || !node_wait(&n, cond_echoes, 1, 5000))
+		_exit(2);
+	if (write(up_fd, "U", 1) != 1 || read(go_fd, &c, 1) != 1)   /* the peer is dead when go_fd speaks */
+		_exit(2);
+	deadline = clock_now_ns() + 10 * NSEC_PER_SEC;
+	while (clock_now_ns() < deadline && n.up[1]) {
+		ret = ic_send(n.t, 1, T_ECHO, 0, &(struct iovec){ buf, sizeof(buf) }, 1);
+		if (ret == -ENOBUFS)
+			ic_poll(n.t, 1);
+		else if (ret)
+			break;
+		else
+			sent++;
+	}
+	fprintf(stderr, "sender: %ld frames sent, then ic_send %d (peer %s)\n", sent, ret, n.up[1] ? "up" : "down");
+	/* the close path and destroy must not raise SIGPIPE either */
+	node_wait(&n, cond_down, 1, DEAD_MS + 2000);
+	ic_destroy(n.t);
+	exit(ret == -ENOTCONN || !n.up[1] ? 0 : 3);
+}
+
+static void test_send_to_dead_peer_no_sigpipe(void **state)
+{
+	int up[2], go[2], status = 0;
+	pid_t peer, sender;
+	char c;
+
+	pick_ports(2);
+	assert_int_equal(pipe(up), 0);
+	assert_int_equal(pipe(go), 0);
+	peer = spawn(1, 2, good_key, CHILD_ECHO);
+	sender = fork();
+	assert_true(sender >= 0);
+	if (sender == 0) {
+		close(up[0]);
+		close(go[1]);
+		sigpipe_sender_main(up[1], go[0]);
+	}
+	close(up[1]);
+	close(go[0]);
+	assert_int_equal(read(up[0], &c, 1), 1);   /* connection up and idle */
+	kill_and_reap(peer);                       /* its socket is closed once it is reaped */
+	assert_int_equal(write(go[1], "G", 1), 1);
+	close(up[0]);
+	close(go[1]);
+	assert_int_equal(waitpid(sender, &status, 0), sender);
+	if (WIFSIGNALED(status))
+		print_message("sender killed by signal %d (%s)\n", WTERMSIG(status), strsignal(WTERMSIG(status)));
+	assert_false(WIFSIGNALED(status));
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 /* raw client: connect to the node's port, send bytes, report whether the node closed the connection */
 static int raw_connect(int port)
 {
@@ -979,6 +1061,7 @@ int main(void)
 		cmocka_unit_test_setup(test_garbage_clients_closed_good_peer_served, setup),
 		cmocka_unit_test_setup(test_unknown_or_own_id_cannot_join, setup),
 		cmocka_unit_test_setup(test_send_queue_bounded, setup),
+		cmocka_unit_test_setup(test_send_to_dead_peer_no_sigpipe, setup),
 		cmocka_unit_test_setup(test_tampered_frame_closes_and_reconnects, setup),
 	};
 
