@@ -90,6 +90,9 @@ struct ic_config {
 	uint32_t max_frame;                     /* max payload bytes; 0 = IC_DEFAULT_MAX_FRAME */
 	uint32_t heartbeat_ms;                  /* 0 = 100 */
 	uint32_t dead_ms;                       /* silence after which a peer is down; 0 = 1000 */
+	uint32_t busy_poll_us;                  /* tcp: after recent traffic ic_poll polls without sleeping for up to
+						 * this long before it blocks (lower latency, burns the core meanwhile;
+						 * capped at 1000); 0 = off, always block. Other transports ignore it. */
 	uint64_t accept_types[4];               /* bitmap of upper-layer types accepted; others are a protocol error */
 	ic_frame_fn on_frame;
 	ic_peer_fn on_peer;                     /* may be NULL */

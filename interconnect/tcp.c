@@ -55,6 +55,8 @@
 #define TCP_BACKOFF_MAX_MS 1000u
 #define TCP_TIMER_NS (5 * NSEC_PER_MSEC)      /* timer pass granularity */
 #define TCP_MAX_EVENTS 64
+#define TCP_BUSY_POLL_MAX_US 1000u
+#define TCP_SPIN_EPOLL_EVERY 4                /* busy poll: one epoll pass per this many reads of the hot conn */
 
 enum ep_kind { EP_LISTEN, EP_WAKE, EP_CONN };
 
@@ -122,6 +124,13 @@ struct tcp_transport {
 	uint64_t now_ns;                 /* taken when epoll_wait returned: receive time of this poll's frames */
 	_Atomic bool check_broken;
 	int delivered;
+
+	/* busy poll (cfg.busy_poll_us): I/O thread only, except tx_recent */
+	uint64_t busy_ns;                /* 0: off */
+	uint64_t last_rx_frame_ns;       /* now_ns of the last user frame delivered */
+	struct tcp_conn *hot;            /* connection that delivered it (cleared when it closes) */
+	unsigned int spin_served;        /* consecutive polls served by reading `hot` without epoll */
+	_Atomic bool tx_recent;          /* a user frame was sent since the last poll (any thread) */
 
 	_Atomic uint64_t frames_tx, frames_rx, bytes_tx, bytes_rx;
 	_Atomic uint64_t proto_errors, auth_failures, connects, disconnects;
@@ -230,6 +239,8 @@ static void conn_close(struct tcp_conn *c, const char *why)
 
 	if (c->state == C_DEAD)
 		return;
+	if (t->hot == c)
+		t->hot = NULL;
 	epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	if (p) {
 		pthread_mutex_lock(&p->lock);
@@ -474,6 +485,8 @@ static int tcp_send(struct ic_transport *it, uint32_t dst, uint8_t type, uint16_
 	if (!ret) {
 		stat_add(&t->frames_tx, 1);
 		stat_add(&t->bytes_tx, len);
+		if (t->busy_ns && !atomic_load_explicit(&t->tx_recent, memory_order_relaxed))
+			atomic_store_explicit(&t->tx_recent, true, memory_order_relaxed);
 	}
 	return ret;
 }
@@ -645,6 +658,8 @@ static void conn_on_frame(struct tcp_conn *c, const struct ic_frame_hdr *hdr, co
 		stat_add(&t->frames_rx, 1);
 		stat_add(&t->bytes_rx, hdr->length);
 		t->delivered++;
+		t->hot = c;
+		t->last_rx_frame_ns = t->now_ns;
 		t->base.cfg.on_frame(t->base.cfg.opaque, c->peer->id, &f);
 		return;
 	}
@@ -945,6 +960,55 @@ static void tcp_run_timers(struct tcp_transport *t)
 }
 
 /*
+ * Busy poll: instead of sleeping in epoll_wait, poll without sleeping until something happens or busy_ns has
+ * passed since `start`. Polling is mostly a non-blocking read of the hot connection (the one that delivered the
+ * last frame: in a request/response exchange the reply comes there), which delivers with one syscall instead of
+ * epoll_wait + read; every TCP_SPIN_EPOLL_EVERY-th try is an epoll_wait(0) over every fd instead, and after a
+ * poll served by the hot connection the next spin starts with epoll, so with the fds being level-triggered no
+ * other connection, the listener or a wake waits more than a few polls behind a busy connection.
+ * Returns the number of epoll events in evs (0 when the hot connection delivered or the time ran out).
+ */
+static int tcp_spin(struct tcp_transport *t, struct epoll_event *evs)
+{
+	uint64_t start = clock_now_ns();
+	unsigned int i = t->spin_served ? 0 : 1;
+
+	t->now_ns = start;
+
+	for (;; i++) {
+		struct tcp_conn *c = t->hot;
+
+		if (c && c->state == C_UP && i % TCP_SPIN_EPOLL_EVERY) {
+			conn_on_readable(c);
+			if (t->delivered) {
+				t->spin_served++;
+				return 0;
+			}
+		} else {
+			int n = epoll_wait(t->epfd, evs, TCP_MAX_EVENTS, 0);
+
+			if (n) {
+				t->spin_served = 0;
+				return n;
+			}
+		}
+		t->now_ns = clock_now_ns();
+		if (t->now_ns - start >= t->busy_ns || t->now_ns >= t->timer_due_ns)
+			return 0;
+	}
+}
+
+/* Busy poll only right after traffic: a frame sent since the last poll or one received within busy_ns. */
+static bool tcp_should_spin(struct tcp_transport *t)
+{
+	if (!t->busy_ns)
+		return false;
+	if (atomic_exchange_explicit(&t->tx_recent, false, memory_order_relaxed))
+		return true;
+	return t->now_ns - t->last_rx_frame_ns < t->busy_ns;
+}
+
+/*
  * One clock read per poll on the fast path (after epoll_wait): it stamps the frames received and decides whether
  * timers are due. The wait is computed from the previous poll's time, so timers may run up to one TCP_TIMER_NS
  * late, never early.
@@ -953,18 +1017,24 @@ static int tcp_poll(struct ic_transport *it, int timeout_ms)
 {
 	struct tcp_transport *t = to_tcp(it);
 	struct epoll_event evs[TCP_MAX_EVENTS];
-	int n, wait_ms = timeout_ms;
+	int n = 0, wait_ms = timeout_ms;
 
 	t->delivered = 0;
 	if (t->now_ns >= t->timer_due_ns)
 		tcp_run_timers(t);
+	if (wait_ms != 0 && tcp_should_spin(t)) {
+		n = tcp_spin(t, evs);
+		if (n || t->delivered || t->now_ns >= t->timer_due_ns)
+			wait_ms = 0;
+	}
 	if (wait_ms != 0) {
 		int until_timer = (int)((t->timer_due_ns - t->now_ns + NSEC_PER_MSEC - 1) / NSEC_PER_MSEC);
 
 		if (wait_ms < 0 || wait_ms > until_timer)
 			wait_ms = until_timer;
 	}
-	n = epoll_wait(t->epfd, evs, TCP_MAX_EVENTS, wait_ms);
+	if (!n && !t->delivered)
+		n = epoll_wait(t->epfd, evs, TCP_MAX_EVENTS, wait_ms);
 	if (n < 0 && errno != EINTR) {
 		pr_err("epoll_wait: %s", strerror(errno));
 		return -errno;
@@ -1102,6 +1172,10 @@ static int tcp_create(const struct ic_config *cfg, struct ic_transport **out)
 		goto out_free;
 	t->listen_tag = EP_LISTEN;
 	t->wake_tag = EP_WAKE;
+	if (cfg->busy_poll_us > TCP_BUSY_POLL_MAX_US)
+		pr_warn("busy_poll_us %u capped at %u", cfg->busy_poll_us, TCP_BUSY_POLL_MAX_US);
+	t->busy_ns = (uint64_t)(cfg->busy_poll_us < TCP_BUSY_POLL_MAX_US ? cfg->busy_poll_us : TCP_BUSY_POLL_MAX_US) *
+		     NSEC_PER_USEC;
 	t->n_peers = cfg->n_peers;
 	t->peers = calloc(cfg->n_peers ? cfg->n_peers : 1, sizeof(*t->peers));
 	if (!t->peers) {

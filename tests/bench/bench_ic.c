@@ -6,13 +6,17 @@
  *   raw   a TCP_NODELAY socket ping-pong of the same payload size between two processes (the baseline);
  *   raw+ep the same, but each end waits in epoll_wait before every read, as any event loop does: the share of
  *          the gap that comes from having an event loop at all, rather than from the transport's own work;
- *   tcp   the tcp transport between the same two processes (echo by the child's I/O thread);
+ *   tcp   the tcp transport between the same two processes (echo by the child's I/O thread), default config:
+ *          each side's I/O thread blocks in ic_poll as soon as nothing is readable;
+ *   tcp+bp the same with busy_poll_us = BENCH_IC_BUSY_US (default 50) on both sides: after traffic each side
+ *          polls without sleeping for up to that long before it blocks (a second pair of transports);
  *   loop  the loop transport between two threads of this process (in-process, for reference);
  *   fab/lp the fabric wrapping loop with a perfect link: what the wrapper itself costs;
  *   fab100 the same with 100 us one-way latency: how precisely sub-millisecond delays are applied.
- * raw, tcp and raw+ep run in alternating blocks, back to back, so both see the same machine load; the ratio tcp/raw is
- * printed per size (target <= 1.15). Each side's I/O thread blocks in ic_poll/read (no busy polling), as in use.
- * Run time is bounded by BENCH_IC_ROUNDS (default 8000 round trips per block, 5 blocks per size and kind).
+ * raw, tcp, tcp+bp and raw+ep run in alternating blocks, back to back, so all see the same machine load; the ratios
+ * to raw and to raw+ep are printed per size (target tcp/raw <= 1.15). The raw baselines always block in read or
+ * epoll_wait. Run time is bounded by BENCH_IC_ROUNDS (default 8000 round trips per block, 5 blocks per size and
+ * kind).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -138,6 +142,8 @@ static void echo_on_frame(void *opaque, uint32_t src, const struct ic_frame *f)
 		;
 }
 
+static uint32_t busy_us = 50;
+
 static struct ic_config node_cfg(uint32_t self, const char *listen, struct ic_peer_addr *peer, ic_frame_fn fn,
 				 void *opaque)
 {
@@ -204,23 +210,30 @@ out:
 	return NULL;
 }
 
-static noreturn void child_main(int raw_lfd, int tcp_port_child, int tcp_port_parent)
+static noreturn void child_main(int raw_lfd, const int ports_child[2], const int ports_parent[2])
 {
-	struct ic_peer_addr peer = { .id = 0 };
-	char listen[64];
-	struct echo e = { 0 };
+	struct ic_peer_addr peer = { .id = 0 }, peer_bp = { .id = 0 };
+	char listen[64], listen_bp[64];
+	static struct echo e, e_bp;
 	struct raw_echo_arg ra = { raw_lfd };
-	pthread_t th;
+	pthread_t th, th_bp;
 	struct ic_config cfg;
 
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
 	log_set_tag("bench_ic-echo");
-	snprintf(listen, sizeof(listen), "127.0.0.1:%d", tcp_port_child);
-	snprintf(peer.addr, sizeof(peer.addr), "127.0.0.1:%d", tcp_port_parent);
+	snprintf(listen, sizeof(listen), "127.0.0.1:%d", ports_child[0]);
+	snprintf(peer.addr, sizeof(peer.addr), "127.0.0.1:%d", ports_parent[0]);
 	cfg = node_cfg(1, listen, &peer, echo_on_frame, &e);
 	if (ic_create("tcp", &cfg, &e.t))
 		_exit(2);
+	snprintf(listen_bp, sizeof(listen_bp), "127.0.0.1:%d", ports_child[1]);
+	snprintf(peer_bp.addr, sizeof(peer_bp.addr), "127.0.0.1:%d", ports_parent[1]);
+	cfg = node_cfg(1, listen_bp, &peer_bp, echo_on_frame, &e_bp);
+	cfg.busy_poll_us = busy_us;
+	if (ic_create("tcp", &cfg, &e_bp.t))
+		_exit(2);
 	pthread_create(&th, NULL, raw_echo_thread, &ra);
+	pthread_create(&th_bp, NULL, echo_thread, &e_bp);
 	for (;;)
 		ic_poll(e.t, -1);
 }
@@ -304,14 +317,21 @@ static void print_row(size_t size, const char *kind, const struct hist *h)
 	       (unsigned long long)h->count);
 }
 
+static void print_ratio(size_t size, const char *what, const struct hist *a, const struct hist *b, const char *note)
+{
+	printf("  %5zu B  ratio %s: p50 %.2f  p99 %.2f  %s\n", size, what,
+	       (double)hist_quantile(a, 0.5) / (double)hist_quantile(b, 0.5),
+	       (double)hist_quantile(a, 0.99) / (double)hist_quantile(b, 0.99), note);
+}
+
 int main(void)
 {
 	int rounds = getenv("BENCH_IC_ROUNDS") ? atoi(getenv("BENCH_IC_ROUNDS")) : 8000;
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t alen = sizeof(a);
-	int lfd, fd, epfd, port_child, port_parent, status;
-	struct ic_peer_addr peer = { .id = 1 };
-	struct pinger p = { 0 };
+	int lfd, fd, epfd, ports_child[2], ports_parent[2], status;
+	struct ic_peer_addr peer = { .id = 1 }, peer_bp = { .id = 1 };
+	struct pinger p = { 0 }, pbp = { 0 };
 	struct ic_config cfg;
 	char listen_addr[64];
 	uint64_t start = clock_now_ns();
@@ -320,17 +340,21 @@ int main(void)
 	log_set_tag("bench_ic");
 	if (rounds < 100)
 		rounds = 100;
+	if (getenv("BENCH_IC_BUSY_US"))
+		busy_us = (uint32_t)atoi(getenv("BENCH_IC_BUSY_US"));
 	lfd = socket(AF_INET, SOCK_STREAM, 0);
 	if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof(a)) || listen(lfd, 1) ||
 	    getsockname(lfd, (struct sockaddr *)&a, &alen))
 		die_errno("raw listen");
-	port_child = free_port();
-	port_parent = free_port();
+	for (int i = 0; i < 2; i++) {
+		ports_child[i] = free_port();
+		ports_parent[i] = free_port();
+	}
 	pid = fork();
 	if (pid < 0)
 		die_errno("fork");
 	if (pid == 0)
-		child_main(lfd, port_child, port_parent);
+		child_main(lfd, ports_child, ports_parent);
 	close(lfd);
 
 	/* raw connection */
@@ -341,41 +365,51 @@ int main(void)
 	epfd = epoll_for(fd);
 
 	/* tcp transport, node 0 dials node 1 (the child) */
-	snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", port_parent);
-	snprintf(peer.addr, sizeof(peer.addr), "127.0.0.1:%d", port_child);
+	snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", ports_parent[0]);
+	snprintf(peer.addr, sizeof(peer.addr), "127.0.0.1:%d", ports_child[0]);
 	cfg = node_cfg(0, listen_addr, &peer, ping_on_frame, &p);
 	if (ic_create("tcp", &cfg, &p.t))
 		die("cannot create the tcp transport");
+	snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", ports_parent[1]);
+	snprintf(peer_bp.addr, sizeof(peer_bp.addr), "127.0.0.1:%d", ports_child[1]);
+	cfg = node_cfg(0, listen_addr, &peer_bp, ping_on_frame, &pbp);
+	cfg.busy_poll_us = busy_us;
+	if (ic_create("tcp", &cfg, &pbp.t))
+		die("cannot create the busy-polling tcp transport");
 	wait_up(p.t, 1);
+	wait_up(pbp.t, 1);
 
-	printf("bench_ic: round trips; raw socket (blocking, and with epoll) and tcp transport between 2 processes "
-	       "(alternating blocks of %d), "
-	       "loop and fabric(loop) between 2 threads\n", rounds);
+	printf("bench_ic: round trips; raw socket (blocking, and with epoll) and tcp transport (default, and busy poll "
+	       "%u us) between 2 processes (alternating blocks of %d), loop and fabric(loop) between 2 threads\n",
+	       busy_us, rounds);
 	for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
-		struct hist raw, rawep, tcp;
+		struct hist raw, rawep, tcp, tcpbp;
 
 		hist_init(&raw);
 		hist_init(&rawep);
 		hist_init(&tcp);
+		hist_init(&tcpbp);
 		raw_rounds(fd, -1, sizes[s], WARMUP, NULL);
 		raw_rounds(fd, epfd, sizes[s], WARMUP, NULL);
 		ic_rounds(&p, 1, sizes[s], WARMUP, NULL);
+		ic_rounds(&pbp, 1, sizes[s], WARMUP, NULL);
 		for (int b = 0; b < BLOCKS; b++) {
 			raw_rounds(fd, -1, sizes[s], rounds, &raw);
 			ic_rounds(&p, 1, sizes[s], rounds, &tcp);
+			ic_rounds(&pbp, 1, sizes[s], rounds, &tcpbp);
 			raw_rounds(fd, epfd, sizes[s], rounds, &rawep);
 		}
 		print_row(sizes[s], "raw", &raw);
 		print_row(sizes[s], "raw+ep", &rawep);
 		print_row(sizes[s], "tcp", &tcp);
-		printf("  %5zu B  ratio tcp/raw: p50 %.2f  p99 %.2f  (target <= 1.15)\n", sizes[s],
-		       (double)hist_quantile(&tcp, 0.5) / (double)hist_quantile(&raw, 0.5),
-		       (double)hist_quantile(&tcp, 0.99) / (double)hist_quantile(&raw, 0.99));
-		printf("  %5zu B  ratio tcp/raw+ep: p50 %.2f  p99 %.2f  (what the transport adds beyond an event loop)\n",
-		       sizes[s], (double)hist_quantile(&tcp, 0.5) / (double)hist_quantile(&rawep, 0.5),
-		       (double)hist_quantile(&tcp, 0.99) / (double)hist_quantile(&rawep, 0.99));
+		print_row(sizes[s], "tcp+bp", &tcpbp);
+		print_ratio(sizes[s], "tcp/raw", &tcp, &raw, "(target <= 1.15)");
+		print_ratio(sizes[s], "tcp/raw+ep", &tcp, &rawep, "(what the transport adds beyond an event loop)");
+		print_ratio(sizes[s], "tcp+bp/raw", &tcpbp, &raw, "(busy poll; raw still blocks)");
+		print_ratio(sizes[s], "tcp+bp/raw+ep", &tcpbp, &rawep, "");
 	}
 	ic_destroy(p.t);
+	ic_destroy(pbp.t);
 	close(epfd);
 	close(fd);
 	kill(pid, SIGTERM);

@@ -22,6 +22,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -43,6 +44,7 @@ static const uint8_t bad_key[32] = "not-the-cluster-key-0123456789a";
 
 static int ports[MAX_NODES];
 static unsigned int dead_ms = DEAD_MS;   /* children inherit it through fork */
+static unsigned int busy_poll_us;         /* node_create's cfg.busy_poll_us (children inherit it) */
 
 /* A port nobody listens on right now (bound with port 0, then released). */
 static int free_port(void)
@@ -169,6 +171,7 @@ static int node_create(struct node *n, uint32_t self, int n_nodes, const uint8_t
 	cfg.key_len = 32;
 	cfg.heartbeat_ms = HEARTBEAT_MS;
 	cfg.dead_ms = dead_ms;
+	cfg.busy_poll_us = busy_poll_us;
 	cfg.on_frame = node_on_frame;
 	cfg.on_peer = node_on_peer;
 	cfg.opaque = n;
@@ -302,6 +305,7 @@ static void kill_and_reap(pid_t pid)
 static int setup(void **state)
 {
 	dead_ms = DEAD_MS;
+	busy_poll_us = 0;
 	log_set_quiet(!getenv("TEST_VERBOSE"));
 	signal(SIGPIPE, SIG_IGN);
 	return 0;
@@ -810,6 +814,68 @@ static void test_send_to_dead_peer_no_sigpipe(void **state)
 	assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * busy_poll_us: frames of both sizes still flow (each echo is waited for), ic_poll spins right after a send (CPU
+ * time of a poll that finds nothing >= 30% of the window in the best of 5 tries: fails if it blocked at once) and
+ * does not spin when the link is idle (300 polls of 1 ms with no user frame use far less than 300 x the window of
+ * CPU: fails if every poll spun).
+ */
+static void test_busy_poll(void **state)
+{
+	static uint8_t buf[4096];
+	uint64_t cpu, best = 0, wall;
+	struct node n;
+	pid_t kid;
+
+	busy_poll_us = 1000;
+	pick_ports(2);
+	assert_int_equal(node_create(&n, 0, 2, good_key), 0);
+	kid = spawn(1, 2, good_key, CHILD_ECHO);   /* it busy-polls too */
+	assert_true(node_wait(&n, cond_up, 1, 10000));
+	for (int i = 0; i < 400; i++) {
+		size_t len = i % 2 ? 4096 : 64;
+
+		fill_pattern(buf, len, (uint64_t)i);
+		assert_int_equal(node_send(&n, 1, T_ECHO, buf, len), 0);
+		assert_true(node_wait(&n, cond_echoes, i + 1, 5000));
+	}
+	assert_int_equal(n.echoes, 400);
+
+	/* idle: after the last busy window has passed, 300 polls of 1 ms with no user frame all block */
+	for (wall = clock_now_ns(); clock_now_ns() - wall < 10 * NSEC_PER_MSEC;)
+		ic_poll(n.t, 1);
+	cpu = thread_cpu_ns();
+	for (int i = 0; i < 300; i++)
+		ic_poll(n.t, 1);
+	cpu = thread_cpu_ns() - cpu;
+	print_message("300 idle polls of 1 ms: %.1f ms CPU\n", (double)cpu / 1e6);
+	assert_true(cpu < 100 * NSEC_PER_MSEC);
+	assert_true(ic_peer_is_up(n.t, 1));
+
+	/* right after a send to a peer that does not answer, the poll spins up to the window, then blocks */
+	kill(kid, SIGSTOP);
+	for (int i = 0; i < 5; i++) {
+		assert_int_equal(node_send(&n, 1, T_ECHO, buf, 64), 0);
+		cpu = thread_cpu_ns();
+		ic_poll(n.t, 20);
+		cpu = thread_cpu_ns() - cpu;
+		if (cpu > best)
+			best = cpu;
+	}
+	print_message("poll after a send: %.2f ms CPU at most (window 1 ms)\n", (double)best / 1e6);
+	assert_true(best >= 300 * NSEC_PER_USEC);
+	kill_and_reap(kid);
+	ic_destroy(n.t);
+}
+
 /* raw client: connect to the node's port, send bytes, report whether the node closed the connection */
 static int raw_connect(int port)
 {
@@ -1062,6 +1128,7 @@ int main(void)
 		cmocka_unit_test_setup(test_unknown_or_own_id_cannot_join, setup),
 		cmocka_unit_test_setup(test_send_queue_bounded, setup),
 		cmocka_unit_test_setup(test_send_to_dead_peer_no_sigpipe, setup),
+		cmocka_unit_test_setup(test_busy_poll, setup),
 		cmocka_unit_test_setup(test_tampered_frame_closes_and_reconnects, setup),
 	};
 
