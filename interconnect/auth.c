@@ -377,26 +377,63 @@ static int mac_hmac(struct ic_mac *m, const void *hdr, const struct iovec *iov, 
 	return 0;
 }
 
+/*
+ * GHASH takes the AAD in 16-byte blocks; an update that ends mid-block leaves a partial block that the next update
+ * completes byte by byte. The 24-byte header would leave 8 bytes pending before the payload, so the header goes
+ * in together with the first 8 payload bytes (staged in a 32-byte buffer: two whole blocks) and the rest of the
+ * payload starts on a block boundary. When the payload follows the header in memory (a received frame) it is one
+ * update. Either way the MAC input is exactly header || payload.
+ */
+#define MAC_STAGE (2 * 16u)
+
+static int gmac_update(EVP_CIPHER_CTX *ctx, const void *p, size_t len)
+{
+	int outl;
+
+	return len && EVP_EncryptUpdate(ctx, NULL, &outl, p, (int)len) != 1 ? -EIO : 0;
+}
+
 int ic_mac_tag(struct ic_mac *m, const void *hdr, const struct iovec *iov, int iovcnt, uint8_t tag[IC_TAG_LEN])
 {
-	uint8_t nonce[12], dummy[16];
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, IC_TAG_LEN),
+		OSSL_PARAM_construct_end(),
+	};
+	uint8_t nonce[12], stage[MAC_STAGE], dummy[16];
 	uint32_t dir = htole32((uint32_t)m->dir);
-	int outl;
+	size_t staged = IC_HDR_LEN, skip = 0;
+	int i = 0, outl;
 
 	if (m->hmac)
 		return mac_hmac(m, hdr, iov, iovcnt, tag);
 	/* nonce = direction || seq: unique per session key because seq never repeats in one direction */
 	memcpy(nonce, &dir, 4);
 	memcpy(nonce + 4, (const uint8_t *)hdr + offsetof(struct ic_frame_hdr, seq), 8);
-	if (EVP_EncryptInit_ex(m->gcm, NULL, NULL, NULL, nonce) != 1 ||
-	    EVP_EncryptUpdate(m->gcm, NULL, &outl, hdr, IC_HDR_LEN) != 1)
+	if (EVP_EncryptInit_ex2(m->gcm, NULL, NULL, nonce, NULL) != 1)
 		return -EIO;
-	for (int i = 0; i < iovcnt; i++)
-		if (iov[i].iov_len &&
-		    EVP_EncryptUpdate(m->gcm, NULL, &outl, iov[i].iov_base, (int)iov[i].iov_len) != 1)
+	if (iovcnt == 1 && iov[0].iov_base == (const uint8_t *)hdr + IC_HDR_LEN) {
+		if (gmac_update(m->gcm, hdr, IC_HDR_LEN + iov[0].iov_len))
 			return -EIO;
-	if (EVP_EncryptFinal_ex(m->gcm, dummy, &outl) != 1 ||
-	    EVP_CIPHER_CTX_ctrl(m->gcm, EVP_CTRL_GCM_GET_TAG, IC_TAG_LEN, tag) != 1)
+		i = 1;
+	} else {
+		memcpy(stage, hdr, IC_HDR_LEN);
+		for (; i < iovcnt && staged < MAC_STAGE; i++) {
+			size_t n = iov[i].iov_len < MAC_STAGE - staged ? iov[i].iov_len : MAC_STAGE - staged;
+
+			memcpy(stage + staged, iov[i].iov_base, n);
+			staged += n;
+			if (n < iov[i].iov_len) {
+				skip = n;   /* iov[i] continues after the staged bytes */
+				break;
+			}
+		}
+		if (gmac_update(m->gcm, stage, staged))
+			return -EIO;
+	}
+	for (; i < iovcnt; i++, skip = 0)
+		if (gmac_update(m->gcm, (const uint8_t *)iov[i].iov_base + skip, iov[i].iov_len - skip))
+			return -EIO;
+	if (EVP_EncryptFinal_ex(m->gcm, dummy, &outl) != 1 || EVP_CIPHER_CTX_get_params(m->gcm, params) != 1)
 		return -EIO;
 	return 0;
 }
