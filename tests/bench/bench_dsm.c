@@ -251,48 +251,75 @@ static int tcp_pair(int *client, pid_t *server_pid, uint64_t reply_len)
 	return 0;
 }
 
+/* A floor client and its server process, kept open so its faults can be interleaved with the DSM's. */
+struct floor {
+	struct floor_client c;
+	pthread_t fth, ioth;
+	pid_t srv;
+	uint64_t cpu0;
+};
+
+static void floor_open(struct floor *fl, unsigned n, uint64_t reply_len)
+{
+	memset(fl, 0, sizeof(*fl));
+	fl->cpu0 = cpu_self_ns();
+	if (dsm_uffd_create((size_t)n * PG, &fl->c.u) || tcp_pair(&fl->c.sock, &fl->srv, reply_len) ||
+	    pipe(fl->c.stop_efd))
+		die("floor setup failed");
+	pthread_create(&fl->fth, NULL, floor_fault_main, &fl->c);
+	pthread_create(&fl->ioth, NULL, floor_io_main, &fl->c);
+}
+
+/* Fault pages [a, b) one after the other: per-fault latency into h and s; elapsed time returned. */
+static uint64_t floor_touch(struct floor *fl, unsigned a, unsigned b, struct hist *h, struct samples *s)
+{
+	uint64_t t_start = clock_now_ns();
+
+	for (unsigned p = a; p < b; p++) {
+		volatile uint8_t *pb = (volatile uint8_t *)dsm_uffd_base(fl->c.u) + (size_t)p * PG;
+		uint64_t t0 = clock_now_ns();
+
+		(void)*pb;
+		t0 = clock_now_ns() - t0;
+		hist_record(h, t0);
+		if (s)
+			samples_add(s, t0);
+	}
+	return clock_now_ns() - t_start;
+}
+
+/* Returns the CPU time of both processes since floor_open (includes the other threads of this process). */
+static uint64_t floor_close(struct floor *fl)
+{
+	struct floor_hdr bye = { UINT64_MAX, 0 };
+	struct rusage srv_ru;
+	uint64_t cpu;
+
+	(void)!write(fl->c.stop_efd[1], "x", 1);
+	pthread_join(fl->fth, NULL);
+	full_write(fl->c.sock, &bye, sizeof(bye));
+	pthread_join(fl->ioth, NULL);
+	close(fl->c.sock);
+	wait4(fl->srv, NULL, 0, &srv_ru);
+	cpu = cpu_self_ns() - fl->cpu0 + rusage_ns(&srv_ru);
+	close(fl->c.stop_efd[0]);
+	close(fl->c.stop_efd[1]);
+	dsm_uffd_destroy(fl->c.u);
+	return cpu;
+}
+
 /* Fault n pages one after the other; per-fault latency into h, total time returned. */
 static uint64_t floor_cpu_ns;   /* CPU time (both processes) of the last floor_run */
 
-static struct samples floor_smp;   /* raw per-fault latencies of the last floor_run */
-
 static uint64_t floor_run(unsigned n, uint64_t reply_len, struct hist *h)
 {
-	struct rusage srv_ru;
-	uint64_t cpu0 = cpu_self_ns();
-	struct floor_client c = { 0 };
-	pthread_t fth, ioth;
-	pid_t srv;
-	uint64_t t_start, total;
-	struct floor_hdr bye = { UINT64_MAX, 0 };
+	struct floor fl;
+	uint64_t total;
 
 	hist_init(h);
-	floor_smp.n = 0;
-	if (dsm_uffd_create((size_t)n * PG, &c.u) || tcp_pair(&c.sock, &srv, reply_len) || pipe(c.stop_efd))
-		die("floor setup failed");
-	pthread_create(&fth, NULL, floor_fault_main, &c);
-	pthread_create(&ioth, NULL, floor_io_main, &c);
-	t_start = clock_now_ns();
-	for (unsigned p = 0; p < n; p++) {
-		volatile uint8_t *b = (volatile uint8_t *)dsm_uffd_base(c.u) + (size_t)p * PG;
-		uint64_t t0 = clock_now_ns();
-
-		(void)*b;
-		t0 = clock_now_ns() - t0;
-		hist_record(h, t0);
-		samples_add(&floor_smp, t0);
-	}
-	total = clock_now_ns() - t_start;
-	(void)!write(c.stop_efd[1], "x", 1);
-	pthread_join(fth, NULL);
-	full_write(c.sock, &bye, sizeof(bye));
-	pthread_join(ioth, NULL);
-	close(c.sock);
-	wait4(srv, NULL, 0, &srv_ru);
-	floor_cpu_ns = cpu_self_ns() - cpu0 + rusage_ns(&srv_ru);
-	close(c.stop_efd[0]);
-	close(c.stop_efd[1]);
-	dsm_uffd_destroy(c.u);
+	floor_open(&fl, n, reply_len);
+	total = floor_touch(&fl, 0, n, h, NULL);
+	floor_cpu_ns = floor_close(&fl);
 	return total;
 }
 
@@ -551,6 +578,27 @@ static void print_vs(unsigned r, const char *name, const struct hist *h, const s
 	       (double)hist_quantile(h, 0.99) / (double)hist_quantile(floor_h, 0.99), floor_name);
 }
 
+#define READ_CHUNK 25u    /* faults per alternation between the floor and the DSM */
+
+/* Node 1 reads pages [a, b) timed, in chunks alternating with the same number of floor faults (so both see the
+ * same load); samples and histograms accumulate. */
+static void read_interleaved(struct cluster *cl, struct floor *fl, uint64_t a, uint64_t b, struct hist *dh,
+			     struct samples *ds, struct hist *fh, struct samples *fs, struct reply *last)
+{
+	hist_init(dh);
+	hist_init(fh);
+	ds->n = fs->n = 0;
+	for (uint64_t c = a; c < b; c += READ_CHUNK) {
+		uint64_t e = c + READ_CHUNK < b ? c + READ_CHUNK : b;
+
+		floor_touch(fl, (unsigned)(c - a), (unsigned)(e - a), fh, fs);
+		node_do(cl, 1, OP_READ_TIMED, c, e, 0, last);
+		hist_merge(dh, &last->h);
+		for (uint32_t i = 0; i < last->smp.n; i++)
+			samples_add(ds, last->smp.ns[i]);
+	}
+}
+
 /*
  * 3 nodes, all pages homed on node 0, node 1 measures. Page sets (n pages each):
  *   A [0,n)    written by node 0, then read by node 2: Shared at 0 and 2, home store current. Node 1's read is
@@ -559,74 +607,82 @@ static void print_vs(unsigned r, const char *name, const struct hist *h, const s
  *              (UFFDIO_WRITEPROTECT + copy to the home store) — extra page-table work on the home.
  *   C [2n,3n)  never written: granted without data (compare with the no-data floor).
  *   D [3n,4n)  like A, scanned by node 1 (pages/s).
+ * A and C alternate with their floor every READ_CHUNK faults (floor and DSM both set up for the whole round), so
+ * each ratio compares latencies taken under the same load; the ratio is of exact medians.
  */
 static void bench_read(void)
 {
-	static struct reply ra, rb, rc, rd, tmp;
+	static struct reply ra, rb, rd, tmp;
+	static struct samples sa, sc, sf4, sf0;
 	static double ratio_a[256], ratio_c[256];
 	struct cluster cl;
-	struct hist fh, fh0, fh2;
+	struct hist fh, fh0, ha, hc, hcpu;
+	struct floor f4, f0;
 	uint64_t n = n_pages_bench;
 	unsigned nr = 0;
 
-	printf("\n-- remote read fault (3 nodes; pages homed on node 0; node 1 faults one page at a time)\n");
+	printf("\n-- remote read fault (3 nodes; pages homed on node 0; node 1 faults one page at a time;\n"
+	       "   floor and dsm alternate every %u faults)\n", READ_CHUNK);
 	printf("%-6s %-34s %9s %9s %12s   %s\n", "round", "case", "p50 us", "p99 us", "pages/s",
 	       "ratio p50 (p99)");
 	for (unsigned r = 0; r < rounds; r++) {
-		uint64_t fns, fns0, home_cpu0, req_cpu0, dsm_cpu, floor_cpu;
-		double f_before, f_after, f0, a_med, c_med, la[3] = { 0, 0, 0 };
+		uint64_t fns, home_cpu0, req_cpu0, dsm_cpu, floor_cpu;
+		double mf4, mf0, ma, mc, la[3] = { 0, 0, 0 };
 
 		getloadavg(la, 3);
-		fns = floor_run((unsigned)n, PG, &fh);
-		f_before = samples_median(&floor_smp);
+		fns = floor_run((unsigned)n, PG, &hcpu);     /* alone: pages/s and CPU per fault */
 		floor_cpu = floor_cpu_ns;
 		cluster_start(&cl, 3, 0);
 		node_do(&cl, 0, OP_WRITE, 0, 2 * n, 0, &tmp);
 		node_do(&cl, 0, OP_WRITE, 3 * n, 4 * n, 0, &tmp);
 		node_do(&cl, 2, OP_READ, 0, n, 0, &tmp);
 		node_do(&cl, 2, OP_READ, 3 * n, 4 * n, 0, &tmp);
+		floor_open(&f4, (unsigned)n, PG);
+		floor_open(&f0, (unsigned)n, 0);
 		node_do(&cl, 0, OP_NOP, 0, 0, 0, &tmp);
 		home_cpu0 = tmp.cpu_ns;
 		node_do(&cl, 1, OP_NOP, 0, 0, 0, &tmp);
 		req_cpu0 = tmp.cpu_ns;
-		node_do(&cl, 1, OP_READ_TIMED, 0, n, 0, &ra);
+		read_interleaved(&cl, &f4, 0, n, &ha, &sa, &fh, &sf4, &ra);
 		node_do(&cl, 0, OP_NOP, 0, 0, 0, &tmp);
-		a_med = samples_median(&ra.smp);
+		/* both node processes' CPU over the interleaved phase (the floor ran in another process) */
 		dsm_cpu = tmp.cpu_ns - home_cpu0 + ra.cpu_ns - req_cpu0;
 		node_do(&cl, 1, OP_SCAN, 3 * n, 4 * n, 0, &rd);
 		node_do(&cl, 1, OP_READ_TIMED, n, 2 * n, 0, &rb);
-		node_do(&cl, 1, OP_READ_TIMED, 2 * n, 3 * n, 0, &rc);
-		c_med = samples_median(&rc.smp);
+		read_interleaved(&cl, &f0, 2 * n, 3 * n, &hc, &sc, &fh0, &sf0, &tmp);
 		cluster_stop(&cl);
-		fns0 = floor_run((unsigned)n, 0, &fh0);
-		f0 = samples_median(&floor_smp);
-		(void)floor_run((unsigned)n, PG, &fh2);
-		f_after = samples_median(&floor_smp);
+		(void)floor_close(&f4);
+		(void)floor_close(&f0);
+		mf4 = samples_median(&sf4);
+		mf0 = samples_median(&sf0);
+		ma = samples_median(&sa);
+		mc = samples_median(&sc);
 		if (nr < 256) {
-			ratio_a[nr] = a_med / (0.5 * (f_before + f_after));
-			ratio_c[nr] = c_med / f0;
+			ratio_a[nr] = ma / mf4;
+			ratio_c[nr] = mc / mf0;
 			nr++;
 		}
-		printf("%-6u exact medians: floor 4 KiB %.1f us before, %.1f after; dsm read (home store current) %.1f us"
-		       " = %.2fx their mean; never written %.1f us = %.2fx no-data floor %.1f; loadavg %.2f\n", r,
-		       f_before / 1e3, f_after / 1e3, a_med / 1e3, a_med / (0.5 * (f_before + f_after)), c_med / 1e3,
-		       c_med / f0, f0 / 1e3, la[0]);
 
-		printf("%-6u %-34s %9.1f %9.1f %12.0f\n", r, "floor: 4 KiB reply", us(hist_quantile(&fh, 0.5)),
-		       us(hist_quantile(&fh, 0.99)), (double)n / ((double)fns / 1e9));
-		print_vs(r, "dsm read, home store current", &ra.h, &fh, "floor");
-		printf("%-6u %-34s %9.1f %9s %12s   %.2fx  (CPU us per fault, both sides; load-independent)\n", r,
+		printf("%-6u %-34s %9.1f %9.1f\n", r, "floor: 4 KiB reply", us(hist_quantile(&fh, 0.5)),
+		       us(hist_quantile(&fh, 0.99)));
+		print_vs(r, "dsm read, home store current", &ha, &fh, "floor");
+		printf("%-6u %-34s %9.1f %9s %12s   %.2fx  (CPU us per fault, both sides)\n", r,
 		       "  CPU per fault: dsm / floor", (double)dsm_cpu / 1e3 / (double)n, "",
 		       "", (double)dsm_cpu / (double)floor_cpu);
-		printf("%-6u %-34s %9.1f\n", r, "  CPU per fault: floor", (double)floor_cpu / 1e3 / (double)n);
+		printf("%-6u %-34s %9.1f %9s %12s   (floor run alone)\n", r, "  CPU per fault: floor",
+		       (double)floor_cpu / 1e3 / (double)n, "", "");
 		printf("%-6u %-34s %9llu   (requester: engine lock found taken, whole run so far)\n", r,
 		       "  lock contended", (unsigned long long)ra.st.lock_contended);
-		printf("%-6u %-34s %9s %9s %12.0f   %.2fx of floor pages/s\n", r, "dsm scan, home store current", "",
-		       "", (double)n / ((double)rd.ns / 1e9), (double)fns / (double)rd.ns);
+		printf("%-6u %-34s %9s %9s %12.0f   %.2fx of floor pages/s (floor run alone)\n", r,
+		       "dsm scan, home store current", "", "", (double)n / ((double)rd.ns / 1e9),
+		       (double)fns / (double)rd.ns);
 		print_vs(r, "dsm read, home held it M", &rb.h, &fh, "floor");
-		printf("%-6u %-34s %9.1f %9.1f %12.0f\n", r, "floor: no-data reply", us(hist_quantile(&fh0, 0.5)),
-		       us(hist_quantile(&fh0, 0.99)), (double)n / ((double)fns0 / 1e9));
-		print_vs(r, "dsm read, never written", &rc.h, &fh0, "no-data floor");
+		printf("%-6u %-34s %9.1f %9.1f\n", r, "floor: no-data reply", us(hist_quantile(&fh0, 0.5)),
+		       us(hist_quantile(&fh0, 0.99)));
+		print_vs(r, "dsm read, never written", &hc, &fh0, "no-data floor");
+		printf("%-6u exact medians: floor 4 KiB %.1f us, dsm read (home store current) %.1f us = %.2fx; no-data "
+		       "floor %.1f us, never written %.1f us = %.2fx; loadavg %.2f\n", r, mf4 / 1e3, ma / 1e3,
+		       ma / mf4, mf0 / 1e3, mc / 1e3, mc / mf0, la[0]);
 	}
 	if (nr) {
 		double ma = dbl_median(ratio_a, nr), mc = dbl_median(ratio_c, nr);
