@@ -272,9 +272,23 @@ static void ic_rounds(struct pinger *p, uint32_t dst, size_t size, int rounds, s
 		p->got = false;
 		while (ic_send(p->t, dst, T_PING, 0, &iov, 1) == -ENOBUFS)
 			ic_poll(p->t, 0);
-		while (!p->got)
-			if (ic_poll(p->t, 1000) < 0)
+		while (!p->got) {
+			if (ic_poll(p->t, 100) < 0)
 				die("ic_poll failed");
+			if (!p->got && clock_now_ns() - t0 > 2 * NSEC_PER_SEC)
+				break;
+		}
+		if (!p->got) {
+			/* lost with its connection (nothing is buffered across a reconnect): say so, send it again */
+			struct ic_stats st;
+
+			ic_get_stats(p->t, &st);
+			fprintf(stderr, "bench_ic: no reply within 2 s (connects %llu, disconnects %llu); resending\n",
+				(unsigned long long)st.connects, (unsigned long long)st.disconnects);
+			wait_up(p->t, dst);
+			i--;
+			continue;
+		}
 		if (h)
 			hist_record(h, clock_now_ns() - t0);
 	}
