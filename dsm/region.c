@@ -8,13 +8,16 @@
  *  - I/O thread:   ic_poll loop; on_frame -> engine_recv, on_peer -> engine_peer_down; LEAVE frames.
  *  - timer thread: sleeps on a condition variable until the engine's timer (ns resolution: the lease is 100 us,
  *                  ic_poll only has ms timeouts) -> engine_timer.
- * Every engine call and the execution of its actions happen under r->lock, in emission order. The fault thread
- * allocates nothing and blocks on nothing but that lock; all tables are sized at create.
+ * Every engine call and the execution of its actions happen under r->lock, in emission order, except the send
+ * syscalls: a SEND copies its header and bytes into the peer's outbox there, and the queue is sent after the lock
+ * is dropped, in order, by whichever thread finds it idle (region_flush). A GRANT_ACK may be held back in the
+ * outbox while the node faults back to back and then goes in one frame (PAIR) with the next request to that home.
+ * The fault thread allocates nothing and blocks on nothing but that lock; all tables are sized at create.
  *
  * Ordering: the engine emits WRITE_PROTECT before any SEND/STORE/STASH of LOCAL data and UNMAP after it; we
  * execute in that order and UFFDIO_WRITEPROTECT returns only once no CPU can still write the page, so the bytes
- * we copy out are final and the zap loses nothing. ic_send (tcp) copies whatever it could not write at once, so
- * after it returns the mapping may change.
+ * we copy out are final and the zap loses nothing. A SEND of LOCAL bytes copies them into the outbox when the
+ * action executes (before the UNMAP), so what is sent does not depend on when the send syscall runs.
  *
  * Leaving: a node that destroys its region while others still use it would take its homed pages and Modified
  * copies with it. dsm_region_destroy() therefore first sends LEAVE (frame type DSM_REGION_T_LEAVE) to every peer
@@ -40,9 +43,46 @@
 #include "util/log.h"
 
 #define DSM_REGION_T_LEAVE 0x30u    /* region control: "I no longer touch the region" (empty payload) */
+#define DSM_REGION_T_PAIR 0x31u     /* a GRANT_ACK header followed by the next engine message to the same peer */
 #define FAULT_BATCH 16
 #define STASH_POOL 64               /* preallocated stash buffers; more are malloc'ed (counted) */
 #define LEAVE_TIMEOUT_NS (10 * NSEC_PER_SEC)
+#define OUTBOX_LEN 16               /* queued sends per peer; an enqueuer finding it full waits (or sends itself) */
+#ifndef ACK_DEFER_NS
+#define ACK_DEFER_NS (200 * 1000)   /* a deferred GRANT_ACK goes out after this at the latest (+ up to ~1 ms: the
+				     * I/O thread's poll has millisecond timeouts); 0 = never defer */
+#endif
+#define STREAK_GAP_NS (100 * 1000)   /* a fault this soon after the previous remote fault was mapped continues a
+				     * streak of back-to-back faults */
+#define STREAK_MIN 2                /* streak length from which the next fault is expected to follow */
+
+/*
+ * One queued send. The engine's bytes are copied in when the SEND action executes (under r->lock, in action
+ * order), so what goes out is what the page/slot held at that point of the action list, whatever runs later.
+ */
+struct region_out {
+	uint8_t type;                   /* frame type: a DSM message type or DSM_REGION_T_LEAVE */
+	bool has_data;
+	struct dsm_msg msg;
+	uint8_t *data;                  /* DSM_PAGE_SIZE, allocated on the slot's first data send, kept */
+};
+
+/*
+ * Per-peer FIFO of sends (see "Executing actions" in docs/dsm-backend.md). Entries are appended in engine emission
+ * order under r->lock; whoever finds the box not busy after dropping r->lock sends every entry in order, others
+ * leave theirs to it. So sends leave in emission order per peer (what the tcp connection's order relies on), no
+ * send syscall runs under r->lock, and a thread that enqueues behind a send in progress returns at once instead of
+ * sleeping until it ends.
+ */
+struct region_outbox {
+	pthread_mutex_t lock;
+	pthread_cond_t space;
+	uint32_t head, n;
+	bool busy;                      /* a thread is sending from this box (it empties it before clearing this) */
+	bool dirty;                     /* r->lock: in r->dirty, to be flushed after r->lock is dropped */
+	bool deferred;                  /* r->lock: in r->deferred */
+	struct region_out slot[OUTBOX_LEN];
+};
 
 static_assert(DSM_PAGE_SIZE == DSM_UFFD_PAGE_SIZE, "one page size");
 
@@ -71,6 +111,18 @@ struct dsm_region {
 	bool fatal_pending;
 	struct dsm_region_stats stats;
 	uint64_t stash_mallocs, local_not_present;
+	uint32_t *dirty;                /* peers with queued sends nobody has been told to flush yet */
+	uint32_t n_dirty;
+	uint32_t *deferred;             /* peers whose queue ends with a GRANT_ACK held back (not in r->dirty) */
+	uint32_t n_deferred;
+	uint64_t deferred_since;        /* when the oldest of them was held back */
+	bool in_io;                     /* the input being executed is a frame, on the I/O thread */
+	uint64_t last_remote_map;       /* when the last remote fault was mapped */
+	uint32_t fault_streak;          /* faults in a row that came within STREAK_GAP_NS of the previous mapping */
+
+	/* Sends (r->outbox[p].lock each, never held while taking r->lock). */
+	struct region_outbox *outbox;   /* n_nodes (self's unused) */
+	atomic_uint_fast64_t msgs_sent, send_errors, acks_paired;
 
 	/* Timer: r->lock too; the timer thread sleeps on timer_cond. */
 	pthread_cond_t timer_cond;
@@ -170,6 +222,7 @@ static void region_fault_answered(struct dsm_region *r, uint64_t page, uint64_t 
 	} else {
 		r->stats.faults_remote++;
 		hist_record(&r->stats.remote_fault_ns, now > t0 ? now - t0 : 0);
+		r->last_remote_map = now;
 	}
 }
 
@@ -229,12 +282,136 @@ static void region_stash_put(struct dsm_region *r, uint8_t *buf)
 		free(buf);
 }
 
+/* Send the queued entries of peer p unless another thread is already doing it (it will send ours too: it only
+ * stops once it finds the box empty under the box lock). Called without r->lock. */
+static void region_flush(struct dsm_region *r, uint32_t p)
+{
+	struct region_outbox *ob = &r->outbox[p];
+
+	pthread_mutex_lock(&ob->lock);
+	if (ob->busy) {
+		pthread_mutex_unlock(&ob->lock);
+		return;
+	}
+	ob->busy = true;
+	while (ob->n) {
+		struct region_out *o = &ob->slot[ob->head];
+		struct region_out *o2 = &ob->slot[(ob->head + 1) % OUTBOX_LEN];
+		/* A GRANT_ACK followed by another engine message goes in one frame with it (PAIR): one send, one MAC,
+		 * one wakeup at the home instead of two. The receiver hands them to its engine in this order. */
+		bool pair = ob->n >= 2 && o->type == DSM_MSG_GRANT_ACK && !o->has_data &&
+			    o2->type != DSM_REGION_T_LEAVE;
+		struct iovec iov[3] = { { &o->msg, sizeof(o->msg) }, { o->data, DSM_PAGE_SIZE } };
+		uint32_t used = pair ? 2 : 1;
+		int err;
+
+		/* The slots stay ours until head moves: enqueuers only write behind head + n. */
+		pthread_mutex_unlock(&ob->lock);
+		if (pair) {
+			iov[1] = (struct iovec){ &o2->msg, sizeof(o2->msg) };
+			iov[2] = (struct iovec){ o2->data, DSM_PAGE_SIZE };
+			err = ic_send(r->ic, p, DSM_REGION_T_PAIR, 0, iov, o2->has_data ? 3 : 2);
+		} else if (o->type == DSM_REGION_T_LEAVE) {
+			err = ic_send(r->ic, p, o->type, 0, iov, 0);
+		} else {
+			err = ic_send(r->ic, p, o->type, 0, iov, o->has_data ? 2 : 1);
+		}
+		if (err) {
+			/* Not fatal: the engine retransmits after retry_ns; a peer that is really gone comes as
+			 * PEER_DOWN. */
+			atomic_fetch_add(&r->send_errors, 1);
+			pr_debug("send type 0x%x to node %u: %s", o->type, p, strerror(-err));
+		} else if (o->type != DSM_REGION_T_LEAVE) {
+			atomic_fetch_add(&r->msgs_sent, used);
+			if (pair)
+				atomic_fetch_add(&r->acks_paired, 1);
+		}
+		pthread_mutex_lock(&ob->lock);
+		ob->head = (ob->head + used) % OUTBOX_LEN;
+		ob->n -= used;
+		pthread_cond_broadcast(&ob->space);
+	}
+	ob->busy = false;
+	pthread_mutex_unlock(&ob->lock);
+}
+
+/* Append a send for peer p; returns the slot with ob->lock held (the caller fills it and calls
+ * region_out_commit). A full box is emptied by this thread if nobody is sending from it (an engine input can emit
+ * more sends to one peer than the box holds, e.g. the retransmissions of a timer), else waited on. */
+static struct region_out *region_out_begin(struct dsm_region *r, uint32_t p)
+{
+	struct region_outbox *ob = &r->outbox[p];
+
+	pthread_mutex_lock(&ob->lock);
+	while (ob->n == OUTBOX_LEN) {
+		if (!ob->busy) {
+			pthread_mutex_unlock(&ob->lock);
+			region_flush(r, p);
+			pthread_mutex_lock(&ob->lock);
+		} else {
+			pthread_cond_wait(&ob->space, &ob->lock);
+		}
+	}
+	return &ob->slot[(ob->head + ob->n) % OUTBOX_LEN];
+}
+
+static void region_out_commit(struct dsm_region *r, uint32_t p)
+{
+	struct region_outbox *ob = &r->outbox[p];
+
+	ob->n++;
+	pthread_mutex_unlock(&ob->lock);
+}
+
+static void region_add_dirty(struct dsm_region *r, uint32_t p)
+{
+	if (!r->outbox[p].dirty) {
+		r->outbox[p].dirty = true;
+		r->dirty[r->n_dirty++] = p;
+	}
+}
+
+/* r->lock held: release every held-back GRANT_ACK to be flushed once r->lock is dropped. */
+static void region_release_deferred(struct dsm_region *r)
+{
+	while (r->n_deferred) {
+		uint32_t p = r->deferred[r->n_deferred - 1];
+
+		__atomic_store_n(&r->n_deferred, r->n_deferred - 1, __ATOMIC_RELAXED);
+		r->outbox[p].deferred = false;
+		region_add_dirty(r, p);
+	}
+}
+
+/* r->lock held: p has entries to flush once r->lock is dropped. Any held-back acks go with them: a send is
+ * about to be made anyway, and they should not wait for their deadline behind it. */
+static void region_mark_dirty(struct dsm_region *r, uint32_t p)
+{
+	region_release_deferred(r);
+	region_add_dirty(r, p);
+}
+
+/*
+ * Whether to hold back a GRANT_ACK this frame's input queued for p (r->lock held). The ack follows the MAP that
+ * woke the faulting thread; when that thread has been faulting back to back (a scan, the read benchmark), its
+ * next request comes within microseconds and carries the ack out with it, one send after the other from the
+ * fault thread: the home then usually wakes once for both, and the I/O thread does not compete with the woken
+ * thread for a CPU with a send. Without such a streak the ack goes at once (someone may be waiting for the
+ * page at the home). Either way it is only later on the wire, in order: what any network may do.
+ */
+static bool region_defer_ack(struct dsm_region *r, const struct dsm_action *a)
+{
+	return ACK_DEFER_NS && r->in_io && a->msg.type == DSM_MSG_GRANT_ACK && !r->outbox[a->peer].dirty &&
+	       r->fault_streak >= STREAK_MIN;
+}
+
 static int region_send(struct dsm_region *r, const struct dsm_action *a)
 {
-	struct iovec iov[2] = { { (void *)&a->msg, sizeof(a->msg) } };
 	const void *data = NULL;
-	int iovcnt = 1, err;
+	struct region_out *o;
 
+	if (a->peer >= r->n_nodes || a->peer == r->self)
+		return -EINVAL;
 	switch (a->data) {
 	case DSM_DATA_NONE:
 		break;
@@ -250,22 +427,37 @@ static int region_send(struct dsm_region *r, const struct dsm_action *a)
 	default:
 		return -EINVAL;
 	}
-	if (a->data != DSM_DATA_NONE) {
-		if (!data)
-			return -EINVAL;
-		iov[1].iov_base = (void *)data;
-		iov[1].iov_len = DSM_PAGE_SIZE;
-		iovcnt = 2;
+	if (a->data != DSM_DATA_NONE && !data)
+		return -EINVAL;
+	o = region_out_begin(r, a->peer);
+	if (data && !o->data) {
+		o->data = aligned_alloc(64, DSM_PAGE_SIZE);
+		if (!o->data) {
+			pthread_mutex_unlock(&r->outbox[a->peer].lock);
+			return -ENOMEM;
+		}
+	}
+	o->type = a->msg.type;
+	o->msg = a->msg;
+	o->has_data = data != NULL;
+	if (data) {
+		/* The copy-out of LOCAL bytes happens here, between the WRITE_PROTECT and the UNMAP the engine
+		 * put around this SEND (see "Ordering argument"). */
+		memcpy(o->data, data, DSM_PAGE_SIZE);
 		r->stats.bytes_out += DSM_PAGE_SIZE;
 	}
-	err = ic_send(r->ic, a->peer, a->msg.type, 0, iov, iovcnt);
-	if (err) {
-		/* Not fatal: the engine retransmits after retry_ns; a peer that is really gone comes as PEER_DOWN. */
-		r->stats.send_errors++;
-		pr_debug("send %s to node %u: %s", dsm_msg_type_name(a->msg.type), a->peer, strerror(-err));
-		return 0;
+	region_out_commit(r, a->peer);
+	if (region_defer_ack(r, a)) {
+		if (!r->outbox[a->peer].deferred) {
+			if (!r->n_deferred)
+				r->deferred_since = clock_now_ns();
+			r->outbox[a->peer].deferred = true;
+			r->deferred[r->n_deferred] = a->peer;
+			__atomic_store_n(&r->n_deferred, r->n_deferred + 1, __ATOMIC_RELAXED);
+		}
+	} else {
+		region_mark_dirty(r, a->peer);
 	}
-	r->stats.msgs_out++;
 	return 0;
 }
 
@@ -366,21 +558,38 @@ static void region_exec(struct dsm_region *r, const struct dsm_actions *out, uin
 
 /* ---- inputs ------------------------------------------------------------------------------------------------ */
 
+/* Drop r->lock, then send what the input queued and report a failure it caused. */
 static void region_after_input(struct dsm_region *r)
 {
+	uint32_t todo[64];
 	bool fatal = r->fatal_pending;
 
 	r->fatal_pending = false;
-	pthread_mutex_unlock(&r->lock);
+	for (;;) {
+		uint32_t n = 0;
+
+		while (r->n_dirty && n < 64) {
+			uint32_t p = r->dirty[--r->n_dirty];
+
+			r->outbox[p].dirty = false;
+			todo[n++] = p;
+		}
+		pthread_mutex_unlock(&r->lock);
+		for (uint32_t i = 0; i < n; i++)
+			region_flush(r, todo[i]);
+		if (n < 64)
+			break;
+		pthread_mutex_lock(&r->lock);
+	}
 	if (fatal)
 		region_report_failure(r);
 }
 
+static void region_on_msg(struct dsm_region *r, uint32_t src, const void *buf, size_t len);
+
 static void region_on_frame(void *opaque, uint32_t src, const struct ic_frame *f)
 {
 	struct dsm_region *r = opaque;
-	struct dsm_actions out;
-	uint64_t now;
 
 	if (f->type == DSM_REGION_T_LEAVE) {
 		pthread_mutex_lock(&r->st_lock);
@@ -392,16 +601,37 @@ static void region_on_frame(void *opaque, uint32_t src, const struct ic_frame *f
 		pthread_mutex_unlock(&r->st_lock);
 		return;
 	}
-	if (f->type < DSM_MSG_TYPE_MIN || f->type > DSM_MSG_TYPE_MAX || atomic_load(&r->failed))
+	if (f->type == DSM_REGION_T_PAIR) {
+		/* header-only GRANT_ACK, then one whole message; the engine validates each (a short frame is
+		 * dropped there as a short message) */
+		size_t first = f->len < sizeof(struct dsm_msg) ? f->len : sizeof(struct dsm_msg);
+
+		region_on_msg(r, src, f->payload, first);
+		region_on_msg(r, src, (const uint8_t *)f->payload + first, f->len - first);
+		return;
+	}
+	if (f->type < DSM_MSG_TYPE_MIN || f->type > DSM_MSG_TYPE_MAX)
+		return;
+	region_on_msg(r, src, f->payload, f->len);
+}
+
+static void region_on_msg(struct dsm_region *r, uint32_t src, const void *buf, size_t len)
+{
+	struct dsm_actions out;
+	uint64_t now;
+
+	if (atomic_load(&r->failed))
 		return;
 	region_lock(r);
 	now = clock_now_ns();
 	dsm_actions_init(&out, r->acts, r->acts_cap);
 	r->stats.msgs_in++;
-	if (f->len == dsm_msg_len(DSM_MF_DATA))
+	if (len == dsm_msg_len(DSM_MF_DATA))
 		r->stats.bytes_in += DSM_PAGE_SIZE;
-	if (dsm_engine_recv(r->eng, src, f->payload, f->len, now, &out) == 0)
+	r->in_io = true;
+	if (dsm_engine_recv(r->eng, src, buf, len, now, &out) == 0)
 		region_exec(r, &out, now);
+	r->in_io = false;
 	region_after_input(r);
 }
 
@@ -483,6 +713,10 @@ static void *region_fault_main(void *arg)
 				r->stats.faults_read++;
 			if (!r->fault_t0[f[i].page])
 				r->fault_t0[f[i].page] = now;
+			if (now - r->last_remote_map < STREAK_GAP_NS)
+				r->fault_streak++;
+			else
+				r->fault_streak = 0;
 			r->cur_fault_page = f[i].page;
 			dsm_actions_init(&out, r->acts, r->acts_cap);
 			dsm_engine_fault(r->eng, f[i].page, f[i].write, now, &out);
@@ -499,7 +733,15 @@ static void *region_io_main(void *arg)
 	struct dsm_region *r = arg;
 
 	while (!atomic_load(&r->stop)) {
-		int n = ic_poll(r->ic, 1000);
+		/* Read without r->lock (stored atomically under it); deferred_since is written by this thread only. */
+		bool deferred = __atomic_load_n(&r->n_deferred, __ATOMIC_RELAXED) != 0;
+		int n = ic_poll(r->ic, deferred ? 1 : 1000);
+
+		if (deferred && clock_now_ns() - r->deferred_since >= ACK_DEFER_NS) {
+			region_lock(r);
+			region_release_deferred(r);
+			region_after_input(r);
+		}
 
 		if (n < 0 && n != -EINTR) {
 			pr_err("ic_poll: %s", strerror(-n));
@@ -542,7 +784,7 @@ static void *region_timer_main(void *arg)
 		dsm_actions_init(&out, r->acts, r->acts_cap);
 		dsm_engine_timer(r->eng, now, &out);
 		region_exec(r, &out, now);
-		if (r->fatal_pending) {
+		if (r->fatal_pending || r->n_dirty) {
 			region_after_input(r);
 			pthread_mutex_lock(&r->lock);
 		}
@@ -601,12 +843,13 @@ static int region_transport_create(struct dsm_region *r, const struct dsm_region
 	ic.key = cfg->key;
 	ic.key_len = cfg->key_len;
 	ic.epoch = cfg->epoch ? cfg->epoch : 1;
-	ic.max_frame = (uint32_t)dsm_msg_len(DSM_MF_DATA);
+	ic.max_frame = (uint32_t)(sizeof(struct dsm_msg) + dsm_msg_len(DSM_MF_DATA));   /* PAIR */
 	ic.heartbeat_ms = cfg->heartbeat_ms;
 	ic.dead_ms = cfg->dead_ms;
 	for (unsigned t = DSM_MSG_TYPE_MIN; t <= DSM_MSG_TYPE_MAX; t++)
 		ic_accept_type(&ic, (uint8_t)t);
 	ic_accept_type(&ic, DSM_REGION_T_LEAVE);
+	ic_accept_type(&ic, DSM_REGION_T_PAIR);
 	ic.on_frame = region_on_frame;
 	ic.on_peer = region_on_peer;
 	ic.opaque = r;
@@ -616,6 +859,21 @@ static int region_transport_create(struct dsm_region *r, const struct dsm_region
 	err = ic_create(cfg->transport, &ic, &r->ic);
 	free(peers);
 	return err;
+}
+
+static void region_outboxes_free(struct dsm_region *r)
+{
+	if (r->outbox) {
+		for (uint32_t p = 0; p < r->n_nodes; p++) {
+			for (uint32_t i = 0; i < OUTBOX_LEN; i++)
+				free(r->outbox[p].slot[i].data);
+			pthread_cond_destroy(&r->outbox[p].space);
+			pthread_mutex_destroy(&r->outbox[p].lock);
+		}
+	}
+	free(r->outbox);
+	free(r->dirty);
+	free(r->deferred);
 }
 
 int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **out)
@@ -680,9 +938,16 @@ int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **o
 	r->peer_up = calloc(r->n_nodes, sizeof(bool));
 	r->peer_ever_up = calloc(r->n_nodes, sizeof(bool));
 	r->peer_left = calloc(r->n_nodes, sizeof(bool));
+	r->dirty = calloc(r->n_nodes, sizeof(*r->dirty));
+	r->deferred = calloc(r->n_nodes, sizeof(*r->deferred));
+	r->outbox = calloc(r->n_nodes, sizeof(*r->outbox));
 	if (!r->acts || (n_homed && !r->home_store) || !r->stash || !r->fault_t0 || !r->stash_pool || !r->peer_up ||
-	    !r->peer_ever_up || !r->peer_left)
+	    !r->peer_ever_up || !r->peer_left || !r->dirty || !r->outbox)
 		goto out_tables;
+	for (uint32_t p = 0; p < r->n_nodes; p++) {
+		pthread_mutex_init(&r->outbox[p].lock, NULL);
+		pthread_cond_init(&r->outbox[p].space, NULL);
+	}
 	for (uint32_t i = 0; i < STASH_POOL; i++)
 		r->stash_free[i] = r->stash_pool + (size_t)i * DSM_PAGE_SIZE;
 	r->n_stash_free = STASH_POOL;
@@ -734,6 +999,7 @@ out_tables:
 	free(r->peer_up);
 	free(r->peer_ever_up);
 	free(r->peer_left);
+	region_outboxes_free(r);
 	dsm_engine_destroy(r->eng);
 out_free:
 	pthread_cond_destroy(&r->timer_cond);
@@ -749,7 +1015,6 @@ out_free:
 static void region_leave(struct dsm_region *r)
 {
 	uint64_t deadline = clock_now_ns() + LEAVE_TIMEOUT_NS;
-	struct iovec iov = { NULL, 0 };
 
 	pthread_mutex_lock(&r->st_lock);
 	r->leaving = true;
@@ -757,11 +1022,16 @@ static void region_leave(struct dsm_region *r)
 		uint32_t waiting = 0;
 		struct timespec ts;
 
-		/* (Re)send LEAVE every round: a lossy fabric may drop it, and duplicates are harmless. */
+		/* (Re)send LEAVE every round: a lossy fabric may drop it, and duplicates are harmless. Through the
+		 * outbox, so it goes after everything the engine queued for that peer. */
 		pthread_mutex_unlock(&r->st_lock);
-		for (uint32_t p = 0; p < r->n_nodes; p++)
-			if (p != r->self)
-				(void)ic_send(r->ic, p, DSM_REGION_T_LEAVE, 0, &iov, 0);
+		for (uint32_t p = 0; p < r->n_nodes; p++) {
+			if (p == r->self)
+				continue;
+			region_out_begin(r, p)->type = DSM_REGION_T_LEAVE;
+			region_out_commit(r, p);
+			region_flush(r, p);
+		}
 		pthread_mutex_lock(&r->st_lock);
 		for (uint32_t p = 0; p < r->n_nodes; p++)
 			if (p != r->self && !r->peer_left[p] && r->peer_up[p])
@@ -824,6 +1094,7 @@ void dsm_region_destroy(struct dsm_region *r)
 	free(r->peer_up);
 	free(r->peer_ever_up);
 	free(r->peer_left);
+	region_outboxes_free(r);
 	dsm_engine_destroy(r->eng);
 	pthread_cond_destroy(&r->timer_cond);
 	pthread_cond_destroy(&r->st_cond);
@@ -900,6 +1171,9 @@ void dsm_region_get_stats(struct dsm_region *r, struct dsm_region_stats *out)
 	*out = r->stats;
 	dsm_engine_get_stats(r->eng, &es);
 	pthread_mutex_unlock(&r->lock);
+	out->msgs_out = atomic_load(&r->msgs_sent);
+	out->send_errors = atomic_load(&r->send_errors);
+	out->acks_paired = atomic_load(&r->acks_paired);
 	out->coalesced = es.faults_coalesced;
 	out->retransmissions = es.retransmissions;
 	out->engine_drops = 0;

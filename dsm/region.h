@@ -59,6 +59,7 @@ struct dsm_region_stats {
 	uint64_t bytes_out, bytes_in; /* page payload bytes */
 	uint64_t maps, unmaps, write_protects, stores, wakes, timers;
 	uint64_t send_errors;         /* ic_send refused (peer down, queue full): the engine retransmits */
+	uint64_t acks_paired;         /* GRANT_ACKs that went in one frame with the next message to that home */
 	uint64_t copy_eexist;         /* MAP of a page the kernel already had (engine/backend disagreement) */
 	uint64_t lock_contended;      /* engine lock found taken by another thread (fault vs I/O vs timer) */
 	/* from the engine and the transport, at the time of the call */

@@ -673,6 +673,8 @@ static void bench_read(void)
 		       (double)floor_cpu / 1e3 / (double)n, "", "");
 		printf("%-6u %-34s %9llu   (requester: engine lock found taken, whole run so far)\n", r,
 		       "  lock contended", (unsigned long long)ra.st.lock_contended);
+		printf("%-6u %-34s %9llu   (requester: GRANT_ACKs sent in one frame with the next request, so far)\n", r,
+		       "  acks paired", (unsigned long long)ra.st.acks_paired);
 		printf("%-6u %-34s %9s %9s %12.0f   %.2fx of floor pages/s (floor run alone)\n", r,
 		       "dsm scan, home store current", "", "", (double)n / ((double)rd.ns / 1e9),
 		       (double)fns / (double)rd.ns);
