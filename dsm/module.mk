@@ -63,3 +63,12 @@ endif
 DSM_LDLIBS := $(IC_LDLIBS)
 
 # --- tests, benchmarks, model: see interconnect/module.mk for the template variables.
+
+# --- model: spin model of the protocol engine (dsm/model/dsm.pml; docs/dsm-model.md). `make model` runs the
+# quick set (also a CHECK_SCRIPTS step of make check, ~2-3 min on 2 shared cores); `make model-full` the big one.
+CHECK_SCRIPTS += dsm/model/check.sh
+.PHONY: model-full
+model:
+	$(Q)BUILD=$(BUILD) bash dsm/model/check.sh quick
+model-full:
+	$(Q)BUILD=$(BUILD) bash dsm/model/check.sh full

@@ -112,6 +112,7 @@ byte hstable[P], hphase[P], hkind[P], gflags[P], hver[P];
 bool hnw[P];            /* never_written */
 byte howner[P], hserv[P], hsreq[P];
 byte hsh[P], hpend[P];  /* sharer and pending bitmaps */
+byte hrg[P];            /* unacknowledged read grants (rgrants bitmap) */
 bool lease[P];          /* now < lease_until: the lease timer has not fired yet */
 byte qlen[P];
 byte q[P * N];          /* FIFO of queued requesters (qhead/qtail list in C) */
@@ -395,6 +396,12 @@ inline send_grant() {
 		 ((gflags[t_hp] & F_DATA) != 0 -> D_HOME : D_NONE))
 }
 
+/* never_written, version and the home store cannot change while a read grant is out (no write starts) */
+inline send_rgrant(node) {
+	eng_send(node, GRANT, (hnw[t_hp] -> F_ZERO : 0), t_hp, hver[t_hp], seen[QI(t_hp, node)], node,
+		 (hnw[t_hp] -> D_NONE : D_HOME))
+}
+
 inline grant(rw) {
 	t_r = hserv[t_hp];
 	if
@@ -409,16 +416,19 @@ inline grant(rw) {
 		howner[t_hp] = t_r;
 		hnw[t_hp] = 0;
 #ifndef NOLEASE
-		lease[t_hp] = 1
+		lease[t_hp] = 1;
 #endif
+		gflags[t_hp] = t_gf;
+		hphase[t_hp] = P_GRANT;
+		send_grant()
 	:: else ->
-		t_gf = (hnw[t_hp] -> F_ZERO : F_DATA);
+		/* read-only: the entry stays idle so the next queued reads are granted at once */
 		hsh[t_hp] = hsh[t_hp] | BIT(t_r);
-		hstable[t_hp] = H_SHARED
-	fi;
-	gflags[t_hp] = t_gf;
-	hphase[t_hp] = P_GRANT;
-	send_grant()
+		hstable[t_hp] = H_SHARED;
+		finish();               /* serving = NONE, phase = IDLE, pending cleared (timer kept: rgrants) */
+		hrg[t_hp] = hrg[t_hp] | BIT(t_r);                 /* rgrant_add() */
+		send_rgrant(t_r)
+	fi
 }
 
 inline send_take(node) {
@@ -465,7 +475,9 @@ inline proceed() {
 
 inline home_kick() {
 	do
-	:: hphase[t_hp] == P_IDLE && qlen[t_hp] > 0 ->
+	:: hphase[t_hp] == P_IDLE && qlen[t_hp] > 0 &&
+	   /* a write takes copies away: not before every read grant is known installed */
+	   !(rkind[QI(t_hp, q[QI(t_hp, 0)])] == K_WRITE && hrg[t_hp] != 0) ->
 		/* queue_pop() */
 		t_r = q[QI(t_hp, 0)];
 		t_k = 0;
@@ -494,11 +506,17 @@ inline home_request() {
 	:: m_rq == seen[t_qi] ->                                      /* DUPLICATE: resend a lost GRANT */
 		if
 		:: hserv[t_hp] == src && hsreq[t_hp] == m_rq && hphase[t_hp] == P_GRANT -> send_grant()
+		:: !(hserv[t_hp] == src && hsreq[t_hp] == m_rq && hphase[t_hp] == P_GRANT) && (hrg[t_hp] & BIT(src)) ->
+			send_rgrant(src)
 		:: else -> skip
 		fi
 	:: m_rq > seen[t_qi] && queued[t_qi] -> BAD_STATE()
 	:: m_rq > seen[t_qi] && !queued[t_qi] && hserv[t_hp] == src && hphase[t_hp] != P_GRANT -> BAD_STATE()
 	:: m_rq > seen[t_qi] && !queued[t_qi] && !(hserv[t_hp] == src && hphase[t_hp] != P_GRANT) ->
+		if
+		:: hrg[t_hp] & BIT(src) -> hrg[t_hp] = hrg[t_hp] & ~BIT(src)     /* proves the read grant arrived */
+		:: else -> skip
+		fi;
 		if
 		:: hserv[t_hp] == src -> finish()     /* a newer request proves the grant arrived */
 		:: else -> skip
@@ -516,10 +534,20 @@ inline home_request() {
 inline home_grant_ack() {
 	t_hp = m_pg;
 	if
-	:: hphase[t_hp] == P_GRANT && hserv[t_hp] == src && hsreq[t_hp] == m_rq ->
+	:: (hrg[t_hp] & BIT(src)) && m_rq == seen[QI(t_hp, src)] ->
+		hrg[t_hp] = hrg[t_hp] & ~BIT(src);                 /* rgrant_clear() */
+#ifndef BUG_NO_KICK
+		home_kick()
+#else
+		skip
+#endif
+	:: !((hrg[t_hp] & BIT(src)) && m_rq == seen[QI(t_hp, src)]) &&
+	   hphase[t_hp] == P_GRANT && hserv[t_hp] == src && hsreq[t_hp] == m_rq ->
 		finish();
 #ifndef BUG_NO_KICK
 		home_kick()
+#else
+		skip
 #endif
 	:: else -> skip                                             /* DUPLICATE / STALE */
 	fi
@@ -613,8 +641,22 @@ inline home_timeout(pg) {
 			t_i++
 		:: else -> break
 		od
-	:: hphase[t_hp] == P_GRANT && hserv[t_hp] != self -> send_grant()
-	:: else -> skip
+	:: hphase[t_hp] == P_GRANT ->
+		if
+		:: hserv[t_hp] != self -> send_grant()
+		:: else -> skip
+		fi
+	:: hphase[t_hp] == P_IDLE ->            /* resend each unacknowledged read grant */
+		t_i = 0;
+		do
+		:: t_i < N ->
+			if
+			:: t_i != self && (hrg[t_hp] & BIT(t_i)) -> send_rgrant(t_i)
+			:: else -> skip
+			fi;
+			t_i++
+		:: else -> break
+		od
 	fi;
 	home_kick()
 }
@@ -668,6 +710,8 @@ inline check_invariant() {
 		:: else -> break
 		od;
 		assert(t_nrw <= 1 && (t_nrw == 0 || t_nro == 0));                           /* SWMR */
+		/* docs/dsm.md: rgrants is non-empty only while the entry is idle and SHARED */
+		assert(hrg[t_k] == 0 || (hphase[t_k] == P_IDLE && hstable[t_k] == H_SHARED));
 		t_k++
 	:: else -> break
 	od
@@ -750,14 +794,14 @@ end:
 #define CTIMERS (CT(0, 0) || CT(0, 1) || CT(1, 0) || CT(1, 1) || CT(2, 0) || CT(2, 1) || CT(3, 0) || CT(3, 1))
 #endif
 /* a timer item is armed: eng_ctimer_set()/eng_htimer_set() without a matching _del() */
-#define ARMED (CTIMERS || hphase[0] != P_IDLE || hphase[1] != P_IDLE)
+#define ARMED (CTIMERS || hphase[0] != P_IDLE || hphase[1] != P_IDLE || hrg[0] != 0 || hrg[1] != 0)
 
-/* Early firing of one armed retransmission item (no self-addressed message can result: the requests go to a
- * remote home, the home resends only to remote nodes and kicks nothing while busy). */
+/* Early firing of one armed retransmission item: a slow peer, the answer is still coming (a cache request to a
+ * remote home cannot cause a self-addressed message; the home's timeout runs the engine loop like any input). */
 #define CRETRY(n, p) :: atomic { retries > 0 && CT(n, p) -> retries--; self = n; printf("MSC: node %d timer: retransmit request page %d\n", n, p); cache_retransmit(p); \
 	assert(len(lq) == 0); check_invariant() }
-#define HRETRY(p) :: atomic { retries > 0 && hphase[p] >= P_INV -> retries--; self = HOME(p); printf("MSC: node %d timer: home page %d\n", self, p); home_timeout(p); \
-	assert(len(lq) == 0); check_invariant() }
+#define HRETRY(p) :: atomic { retries > 0 && (hphase[p] >= P_INV || hrg[p] != 0) -> retries--; self = HOME(p); printf("MSC: node %d timer: home page %d\n", self, p); home_timeout(p); \
+	have_msg = 0; run_engine(); check_invariant() }
 
 proctype timers()
 {
@@ -775,7 +819,7 @@ end:
 	CRETRY(2, 0)
 	CRETRY(2, 1)
 #if N > 3
-	CRETRY(0, 2)
+	CRETRY(1, 1)
 	CRETRY(3, 0)
 	CRETRY(3, 1)
 #endif
@@ -840,7 +884,7 @@ end:
 			do
 			:: pg < P ->
 				if
-				:: HOME(pg) == n && hphase[pg] != P_IDLE ->
+				:: HOME(pg) == n && (hphase[pg] != P_IDLE || hrg[pg] != 0) ->
 					home_timeout(pg);
 					have_msg = 0;
 					run_engine()
@@ -909,7 +953,8 @@ init
 	/* Deadlock check: when nothing can move and no timer is armed, every access must be done and the
 	 * directory idle. (Timeouts with armed timers are the clock's, under TICK.) */
 	timeout && !ARMED;
-	assert(QUIET && qlen[0] == 0 && qlen[1] == 0 && hphase[0] == P_IDLE && hphase[1] == P_IDLE)
+	assert(QUIET && qlen[0] == 0 && qlen[1] == 0 && hphase[0] == P_IDLE && hphase[1] == P_IDLE &&
+	       hrg[0] == 0 && hrg[1] == 0)
 }
 
 /* Liveness: every access a thread starts is eventually performed (hence every request is served). */
