@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -837,9 +838,13 @@ int main(int argc, char **argv)
 	}
 	if (busy) {
 		spinner = fork();
-		if (spinner == 0)
+		if (spinner == 0) {
+			/* dies with the benchmark, also when that exits through die() */
+			if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
+				_exit(0);
 			for (;;)
 				__asm__ __volatile__("" ::: "memory");
+		}
 	}
 	getloadavg(la, 3);
 	cpu_sample(&b0, &t0);
