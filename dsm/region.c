@@ -52,8 +52,8 @@
 #define ACK_DEFER_NS (200 * 1000)   /* a deferred GRANT_ACK goes out after this at the latest (+ up to ~1 ms: the
 				     * I/O thread's poll has millisecond timeouts); 0 = never defer */
 #endif
-#define STREAK_GAP_NS (100 * 1000)   /* a fault this soon after the previous remote fault was mapped continues a
-				     * streak of back-to-back faults */
+#define STREAK_GAP_NS (100 * 1000)   /* default: a fault this soon after the previous remote fault was mapped
+				     * continues a streak of back-to-back faults (dsm_region_config.streak_gap_ns) */
 #define STREAK_MIN 2                /* streak length from which the next fault is expected to follow */
 
 /*
@@ -118,7 +118,8 @@ struct dsm_region {
 	uint64_t deferred_since;        /* when the oldest of them was held back */
 	bool in_io;                     /* the input being executed is a frame, on the I/O thread */
 	uint64_t last_remote_map;       /* when the last remote fault was mapped */
-	uint32_t fault_streak;          /* faults in a row that came within STREAK_GAP_NS of the previous mapping */
+	uint32_t fault_streak;          /* faults in a row that came within streak_gap_ns of the previous mapping */
+	uint64_t streak_gap_ns;
 
 	/* Sends (r->outbox[p].lock each, never held while taking r->lock). */
 	struct region_outbox *outbox;   /* n_nodes (self's unused) */
@@ -713,7 +714,7 @@ static void *region_fault_main(void *arg)
 				r->stats.faults_read++;
 			if (!r->fault_t0[f[i].page])
 				r->fault_t0[f[i].page] = now;
-			if (now - r->last_remote_map < STREAK_GAP_NS)
+			if (now - r->last_remote_map < r->streak_gap_ns)
 				r->fault_streak++;
 			else
 				r->fault_streak = 0;
@@ -896,6 +897,7 @@ int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **o
 	r->n_nodes = (uint32_t)cfg->n_members;
 	r->size = cfg->size;
 	r->n_pages = cfg->size / DSM_PAGE_SIZE;
+	r->streak_gap_ns = cfg->streak_gap_ns ? cfg->streak_gap_ns : STREAK_GAP_NS;
 	r->on_fatal = cfg->on_fatal;
 	r->opaque = cfg->opaque;
 	r->cur_fault_page = UINT64_MAX;

@@ -42,6 +42,8 @@ struct dsm_region_config {
 	size_t size;                         /* bytes, a multiple of 4 KiB */
 	const uint32_t *home_map;            /* page -> node id (size/4096 entries); NULL = contiguous blocks */
 	uint64_t lease_ns;                   /* 0 = engine default */
+	uint64_t streak_gap_ns;              /* a fault this soon after the previous remote page was mapped makes a
+	                                      * streak, during which GRANT_ACKs ride with the next request; 0 = 100 us */
 	uint64_t retry_ns;                   /* 0 = engine default */
 	uint32_t epoch;                      /* membership epoch; 0 = 1 */
 	uint32_t heartbeat_ms, dead_ms;      /* transport liveness; 0 = transport defaults */
