@@ -138,7 +138,7 @@ bench: all
 	$(Q)set -e; for b in $(foreach t,$(BENCHES),$($(t)_BIN)); do echo "== $$b"; $$b; done
 
 soak: all
-	$(Q)set -e; for s in $(SOAK_SCRIPTS); do echo "== $$s"; BUILD=$(BUILD) $$s; done
+	$(Q)set -e; for s in $(SOAK_SCRIPTS); do echo "== $$s"; BUILD=$(BUILD) bash $$s; done
 
 # fuzz_template(name): $(BUILD)/fuzz/<name> built by clang with libFuzzer from $(name_FUZZ_SRCS)
 define fuzz_template

@@ -67,6 +67,7 @@ DSM_LDLIBS := $(IC_LDLIBS)
 # --- model: spin model of the protocol engine (dsm/model/dsm.pml; docs/dsm-model.md). `make model` runs the
 # quick set (also a CHECK_SCRIPTS step of make check, ~2-3 min on 2 shared cores); `make model-full` the big one.
 CHECK_SCRIPTS += dsm/model/check.sh
+SOAK_SCRIPTS += dsm/model/soak.sh
 .PHONY: model-full
 model:
 	$(Q)BUILD=$(BUILD) bash dsm/model/check.sh quick
