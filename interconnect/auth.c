@@ -14,6 +14,7 @@
 #include "interconnect/auth.h"
 #include "interconnect/frame_codec.h"
 #include "interconnect/ic.h"
+#include "interconnect/ic_internal.h"
 #include "interconnect/ic.pb-c.h"
 #include "util/log.h"
 
@@ -446,4 +447,50 @@ int ic_mac_verify(struct ic_mac *m, const void *hdr, const void *payload, size_t
 	if (ic_mac_tag(m, hdr, &iov, 1, expect))
 		return -EBADMSG;
 	return CRYPTO_memcmp(expect, tag, IC_TAG_LEN) ? -EBADMSG : 0;
+}
+
+/* ---- what every transport's connections share -------------------------------------------------------- */
+
+bool ic_conn_peer_may_dial(const struct ic_transport *t, uint32_t id)
+{
+	return id < t->cfg.self && ic_base_peer_index(t, id) >= 0;
+}
+
+static bool conn_peer_ok(void *opaque, uint32_t id)
+{
+	return ic_conn_peer_may_dial(opaque, id);
+}
+
+int ic_conn_hs_create(const struct ic_transport *t, bool dialler, uint32_t expect_peer, struct ic_hs **out)
+{
+	struct ic_hs_params hp = {
+		.self = t->cfg.self,
+		.key = t->key,
+		.key_len = t->cfg.key_len,
+		.dialler = dialler,
+		.expect_peer = expect_peer,
+		.peer_ok = conn_peer_ok,
+		.opaque = (void *)t,
+	};
+
+	return ic_hs_create(&hp, out);
+}
+
+int ic_conn_macs_create(const struct ic_hs *hs, bool dialler, struct ic_mac **rx, struct ic_mac **tx)
+{
+	uint8_t key[IC_SESSION_KEY_LEN];
+	int ret;
+
+	*rx = *tx = NULL;
+	ic_hs_session_key(hs, key);
+	ret = ic_mac_create(key, dialler ? IC_DIR_L2D : IC_DIR_D2L, rx);
+	if (!ret)
+		ret = ic_mac_create(key, dialler ? IC_DIR_D2L : IC_DIR_L2D, tx);
+	OPENSSL_cleanse(key, sizeof(key));
+	if (ret) {
+		ic_mac_destroy(*rx);
+		ic_mac_destroy(*tx);
+		*rx = *tx = NULL;
+	}
+	return ret;
 }

@@ -93,6 +93,21 @@ uint32_t ic_hs_peer(const struct ic_hs *hs);
 /* Copy the session key out (valid once done). */
 void ic_hs_session_key(const struct ic_hs *hs, uint8_t key[IC_SESSION_KEY_LEN]);
 
+/* ---- what every transport's connections share -------------------------------------------------------- */
+
+struct ic_transport;
+struct ic_mac;
+
+/* The connection rule (the smaller id dials): may a listener admit a HELLO from id? Only ids smaller than ours
+ * that are in our peer list. */
+bool ic_conn_peer_may_dial(const struct ic_transport *t, uint32_t id);
+/* A handshake for one connection of transport t: its id and cluster key, the dialling rule above. */
+int ic_conn_hs_create(const struct ic_transport *t, bool dialler, uint32_t expect_peer, struct ic_hs **out);
+/* Once hs is done: the MAC for frames we receive (rx) and for frames we send (tx), keyed by the session key,
+ * each bound to its direction so the two never share a nonce. The copied session key is wiped. 0 or -errno
+ * (then neither is created). */
+int ic_conn_macs_create(const struct ic_hs *hs, bool dialler, struct ic_mac **rx, struct ic_mac **tx);
+
 /* ---- per-frame MAC ------------------------------------------------------------------------------------- */
 
 /* MAC state of one direction of one connection. Not thread-safe: the sender uses its tx MAC under its send

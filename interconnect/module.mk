@@ -56,7 +56,7 @@ bench_mac_DEPLIBS := ic util
 bench_mac_LDLIBS := $(IC_LDLIBS)
 ifneq ($(wildcard tests/fuzz/fuzz_frame.c),)
 FUZZERS += fuzz_frame
-fuzz_frame_FUZZ_SRCS := tests/fuzz/fuzz_frame.c interconnect/frame.c interconnect/auth.c util/log.c \
+fuzz_frame_FUZZ_SRCS := tests/fuzz/fuzz_frame.c interconnect/frame.c interconnect/auth.c interconnect/transport.c util/log.c \
 	$(BUILD)/gen/interconnect/ic.pb-c.c
 fuzz_frame_FUZZ_LDLIBS := $(PROTOBUF_LIBS) $(CRYPTO_LIBS)
 endif

@@ -687,30 +687,14 @@ static int rtr_send(struct ic_transport *it, uint32_t dst, uint8_t type, uint16_
 
 /* ---- handshake and receive ---- */
 
-static bool rtr_peer_ok(void *opaque, uint32_t id)
-{
-	struct rdma_tr *t = opaque;
-
-	return id < t->base.cfg.self && ic_base_peer_index(&t->base, id) >= 0;
-}
-
 static int conn_start_handshake(struct rconn *c)
 {
 	struct rdma_tr *t = c->t;
-	struct ic_hs_params hp = {
-		.self = t->base.cfg.self,
-		.key = t->base.key,
-		.key_len = t->base.cfg.key_len,
-		.dialler = c->dialler,
-		.expect_peer = c->peer ? c->peer->id : 0,
-		.peer_ok = rtr_peer_ok,
-		.opaque = t,
-	};
 	struct ic_hs_msg msg;
 	int ret;
 
 	c->state = C_HANDSHAKE;
-	ret = ic_hs_create(&hp, &c->hs);
+	ret = ic_conn_hs_create(&t->base, c->dialler, c->peer ? c->peer->id : 0, &c->hs);
 	if (ret)
 		return ret;
 	ret = ic_hs_start(c->hs, &msg);
@@ -722,7 +706,6 @@ static int conn_start_handshake(struct rconn *c)
 static int conn_established(struct rconn *c)
 {
 	struct rdma_tr *t = c->t;
-	uint8_t key[IC_SESSION_KEY_LEN];
 	struct ic_mac *rx = NULL, *tx = NULL;
 	struct rpeer *p;
 	int idx, ret;
@@ -731,16 +714,9 @@ static int conn_established(struct rconn *c)
 	if (idx < 0)
 		return -EPERM;
 	p = &t->peers[idx];
-	ic_hs_session_key(c->hs, key);
-	ret = ic_mac_create(key, c->dialler ? IC_DIR_L2D : IC_DIR_D2L, &rx);
-	if (!ret)
-		ret = ic_mac_create(key, c->dialler ? IC_DIR_D2L : IC_DIR_L2D, &tx);
-	memset(key, 0, sizeof(key));
-	if (ret) {
-		ic_mac_destroy(rx);
-		ic_mac_destroy(tx);
+	ret = ic_conn_macs_create(c->hs, c->dialler, &rx, &tx);
+	if (ret)
 		return ret;
-	}
 	c->rx_mac = rx;
 	c->rules.established = true;
 	c->rules.max_frame = t->base.cfg.max_frame;
@@ -992,7 +968,7 @@ static void on_connect_request(struct rdma_tr *t, struct rdma_cm_id *id, const v
 		return;
 	}
 	ret = priv_parse(c, priv, priv_len, &node);
-	if (ret || !rtr_peer_ok(t, node)) {
+	if (ret || !ic_conn_peer_may_dial(&t->base, node)) {
 		stat_add(&t->proto_errors, 1);
 		pr_warn("rdma: refusing a connection request (%s)", ret ? "not a rackvm peer" : "node not allowed");
 		rdma_reject(id, NULL, 0);

@@ -494,31 +494,14 @@ static int tcp_send(struct ic_transport *it, uint32_t dst, uint8_t type, uint16_
 
 /* ---- handshake and receive ---------------------------------------------------------------------------- */
 
-static bool tcp_peer_ok(void *opaque, uint32_t id)
-{
-	struct tcp_transport *t = opaque;
-
-	/* the smaller id dials: only smaller ids from our peer list may connect to us */
-	return id < t->base.cfg.self && ic_base_peer_index(&t->base, id) >= 0;
-}
-
 static int conn_start_handshake(struct tcp_conn *c)
 {
 	struct tcp_transport *t = c->t;
-	struct ic_hs_params hp = {
-		.self = t->base.cfg.self,
-		.key = t->base.key,
-		.key_len = t->base.cfg.key_len,
-		.dialler = c->dialler,
-		.expect_peer = c->peer ? c->peer->id : 0,
-		.peer_ok = tcp_peer_ok,
-		.opaque = t,
-	};
 	struct ic_hs_msg msg;
 	int ret;
 
 	c->state = C_HANDSHAKE;
-	ret = ic_hs_create(&hp, &c->hs);
+	ret = ic_conn_hs_create(&t->base, c->dialler, c->peer ? c->peer->id : 0, &c->hs);
 	if (ret)
 		return ret;
 	ret = ic_hs_start(c->hs, &msg);
@@ -531,7 +514,6 @@ static int conn_start_handshake(struct tcp_conn *c)
 static int conn_established(struct tcp_conn *c)
 {
 	struct tcp_transport *t = c->t;
-	uint8_t key[IC_SESSION_KEY_LEN];
 	struct tcp_conn *old = NULL;
 	struct ic_mac *rx = NULL, *tx = NULL;
 	struct tcp_peer *p;
@@ -542,11 +524,7 @@ static int conn_established(struct tcp_conn *c)
 	if (idx < 0)
 		return -EPERM;
 	p = &t->peers[idx];
-	ic_hs_session_key(c->hs, key);
-	ret = ic_mac_create(key, c->dialler ? IC_DIR_L2D : IC_DIR_D2L, &rx);
-	if (!ret)
-		ret = ic_mac_create(key, c->dialler ? IC_DIR_D2L : IC_DIR_L2D, &tx);
-	memset(key, 0, sizeof(key));
+	ret = ic_conn_macs_create(c->hs, c->dialler, &rx, &tx);
 	nb = ret ? NULL : realloc(c->rbuf, TCP_RBUF_UP);
 	if (!nb) {
 		ic_mac_destroy(rx);
