@@ -40,6 +40,20 @@ struct ic_transport {
 	_Atomic uint32_t epoch;
 };
 
+/* The counters every transport keeps, bumped from any thread (relaxed: they are statistics, not sync). */
+struct ic_counters {
+	_Atomic uint64_t frames_tx, frames_rx, bytes_tx, bytes_rx;
+	_Atomic uint64_t proto_errors, auth_failures, connects, disconnects;
+};
+
+static inline void ic_count(_Atomic uint64_t *c, uint64_t v)
+{
+	atomic_fetch_add_explicit(c, v, memory_order_relaxed);
+}
+
+/* Copy the counters into a transport's ic_get_stats answer (fields ic_counters lacks are left alone). */
+void ic_counters_read(struct ic_counters *c, struct ic_stats *out);
+
 void ic_transport_register(struct ic_transport_ops *ops);
 const struct ic_transport_ops *ic_transport_lookup(const char *name);
 

@@ -83,11 +83,6 @@ struct loop_link {
 	uint64_t tx_seq;
 };
 
-struct loop_stats {
-	_Atomic uint64_t frames_tx, frames_rx, bytes_tx, bytes_rx;
-	_Atomic uint64_t proto_errors, auth_failures, connects, disconnects;
-};
-
 struct loop_hub;
 
 struct loop_ep {
@@ -99,7 +94,7 @@ struct loop_ep {
 	uint8_t nonce[LOOP_NONCE_LEN];
 	uint8_t proof[LOOP_PROOF_LEN];
 	struct loop_link *links;    /* indexed like base.peers */
-	struct loop_stats stats;
+	struct ic_counters stats;
 };
 
 struct loop_hub {
@@ -244,8 +239,8 @@ static void loop_connect(struct loop_hub *h, struct loop_ep *a, struct loop_ep *
 	pthread_mutex_unlock(&lb->tx_lock);
 	atomic_store(&la->conn, conn);
 	atomic_store(&lb->conn, conn);
-	atomic_fetch_add(&a->stats.connects, 1);
-	atomic_fetch_add(&b->stats.connects, 1);
+	ic_count(&a->stats.connects, 1);
+	ic_count(&b->stats.connects, 1);
 	loop_post_event(a, b->base.cfg.self, LOOP_MSG_UP, conn, why);
 	loop_post_event(b, a->base.cfg.self, LOOP_MSG_UP, conn, why);
 }
@@ -260,13 +255,13 @@ static void loop_disconnect(struct loop_hub *h, struct loop_ep *a, uint32_t peer
 	if (!conn)
 		return;
 	atomic_store(&la->conn, 0);
-	atomic_fetch_add(&a->stats.disconnects, 1);
+	ic_count(&a->stats.disconnects, 1);
 	loop_post_event(a, peer, LOOP_MSG_DOWN, conn, why);
 	if (b) {
 		struct loop_link *lb = loop_link_of(b, a->base.cfg.self);
 
 		atomic_store(&lb->conn, 0);
-		atomic_fetch_add(&b->stats.disconnects, 1);
+		ic_count(&b->stats.disconnects, 1);
 		loop_post_event(b, a->base.cfg.self, LOOP_MSG_DOWN, conn, why);
 	}
 }
@@ -284,8 +279,8 @@ static void loop_join(struct loop_hub *h, struct loop_ep *ep)
 		    CRYPTO_memcmp(expect, other->proof, LOOP_PROOF_LEN)) {
 			pr_warn("hub %s: node %u and node %u do not share the cluster key; not connecting", h->name,
 				ep->base.cfg.self, other->base.cfg.self);
-			atomic_fetch_add(&ep->stats.auth_failures, 1);
-			atomic_fetch_add(&other->stats.auth_failures, 1);
+			ic_count(&ep->stats.auth_failures, 1);
+			ic_count(&other->stats.auth_failures, 1);
 			continue;
 		}
 		loop_connect(h, ep, other, "connected");
@@ -478,8 +473,8 @@ static int loop_send(struct ic_transport *t, uint32_t dst, uint8_t type, uint16_
 	loop_post(to, m);
 	pthread_mutex_unlock(&link->tx_lock);
 	pthread_rwlock_unlock(&ep->hub->lock);
-	atomic_fetch_add(&ep->stats.frames_tx, 1);
-	atomic_fetch_add(&ep->stats.bytes_tx, len);
+	ic_count(&ep->stats.frames_tx, 1);
+	ic_count(&ep->stats.bytes_tx, len);
 	return 0;
 }
 
@@ -519,15 +514,15 @@ static int loop_handle(struct loop_ep *ep, struct loop_msg *m)
 	if (!link || atomic_load(&link->conn) != m->conn)
 		return 0;   /* sent on a connection that has been closed or reset since */
 	if (!ic_type_accepted(cfg->accept_types, m->type) || m->len > cfg->max_frame) {
-		atomic_fetch_add(&ep->stats.proto_errors, 1);
+		ic_count(&ep->stats.proto_errors, 1);
 		pr_err("loop: node %u sent %s (type %#x, %u bytes); resetting the connection", m->src,
 		       m->len > cfg->max_frame ? "an oversized frame" : "a frame of a type not accepted", m->type,
 		       m->len);
 		loop_reset(ep, m->src, m->conn, "protocol error");
 		return 0;
 	}
-	atomic_fetch_add(&ep->stats.frames_rx, 1);
-	atomic_fetch_add(&ep->stats.bytes_rx, m->len);
+	ic_count(&ep->stats.frames_rx, 1);
+	ic_count(&ep->stats.bytes_rx, m->len);
 	f = (struct ic_frame){
 		.type = m->type,
 		.flags = m->flags,
@@ -601,16 +596,7 @@ static bool loop_peer_is_up(struct ic_transport *t, uint32_t peer)
 
 static void loop_get_stats(struct ic_transport *t, struct ic_stats *out)
 {
-	struct loop_stats *s = &((struct loop_ep *)t)->stats;
-
-	out->frames_tx = atomic_load(&s->frames_tx);
-	out->frames_rx = atomic_load(&s->frames_rx);
-	out->bytes_tx = atomic_load(&s->bytes_tx);
-	out->bytes_rx = atomic_load(&s->bytes_rx);
-	out->proto_errors = atomic_load(&s->proto_errors);
-	out->auth_failures = atomic_load(&s->auth_failures);
-	out->connects = atomic_load(&s->connects);
-	out->disconnects = atomic_load(&s->disconnects);
+	ic_counters_read(&((struct loop_ep *)t)->stats, out);
 }
 
 static struct ic_transport_ops loop_ops = {

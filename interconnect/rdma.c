@@ -182,8 +182,7 @@ struct rdma_tr {
 	_Atomic bool check_broken;
 	int delivered;
 
-	_Atomic uint64_t frames_tx, frames_rx, bytes_tx, bytes_rx;
-	_Atomic uint64_t proto_errors, auth_failures, connects, disconnects;
+	struct ic_counters ctr;
 };
 
 static struct ic_transport_ops rdma_ops;
@@ -191,11 +190,6 @@ static struct ic_transport_ops rdma_ops;
 static inline struct rdma_tr *to_rdma(struct ic_transport *t)
 {
 	return (struct rdma_tr *)t;
-}
-
-static void stat_add(_Atomic uint64_t *c, uint64_t v)
-{
-	atomic_fetch_add_explicit(c, v, memory_order_relaxed);
 }
 
 static void rtr_wake(struct ic_transport *it)
@@ -344,7 +338,7 @@ static void conn_close(struct rconn *c, const char *why)
 	c->next = t->graveyard;
 	t->graveyard = c;
 	if (published) {
-		stat_add(&t->disconnects, 1);
+		ic_count(&t->ctr.disconnects, 1);
 		pr_info("peer %u down: %s", p->id, why);
 		if (t->base.cfg.on_peer)
 			t->base.cfg.on_peer(t->base.cfg.opaque, p->id, IC_PEER_DOWN, why);
@@ -353,14 +347,14 @@ static void conn_close(struct rconn *c, const char *why)
 
 static void conn_proto_error(struct rconn *c, const char *what)
 {
-	stat_add(&c->t->proto_errors, 1);
+	ic_count(&c->t->ctr.proto_errors, 1);
 	pr_err("%s: protocol error: %s; closing", c->name, what);
 	conn_close(c, what);
 }
 
 static void conn_auth_failure(struct rconn *c, const char *what)
 {
-	stat_add(&c->t->auth_failures, 1);
+	ic_count(&c->t->ctr.auth_failures, 1);
 	pr_err("%s: authentication failed: %s; closing", c->name, what);
 	conn_close(c, what);
 }
@@ -679,8 +673,8 @@ static int rtr_send(struct ic_transport *it, uint32_t dst, uint8_t type, uint16_
 	pthread_mutex_unlock(&p->conn->tx_lock);
 	pthread_mutex_unlock(&p->lock);
 	if (!ret) {
-		stat_add(&t->frames_tx, 1);
-		stat_add(&t->bytes_tx, len);
+		ic_count(&t->ctr.frames_tx, 1);
+		ic_count(&t->ctr.bytes_tx, len);
 	}
 	return ret;
 }
@@ -741,7 +735,7 @@ static int conn_established(struct rconn *c)
 	p->conn = c;
 	atomic_store(&p->up, true);
 	pthread_mutex_unlock(&p->lock);
-	stat_add(&t->connects, 1);
+	ic_count(&t->ctr.connects, 1);
 	pr_info("peer %u up over rdma (%s)", p->id, c->dialler ? "dialled" : "accepted");
 	if (t->base.cfg.on_peer)
 		t->base.cfg.on_peer(t->base.cfg.opaque, p->id, IC_PEER_UP, "authenticated");
@@ -817,8 +811,8 @@ static void conn_on_frame(struct rconn *c, const struct ic_frame_hdr *hdr, const
 			conn_proto_error(c, "data frame before authentication");
 			return;
 		}
-		stat_add(&t->frames_rx, 1);
-		stat_add(&t->bytes_rx, hdr->length);
+		ic_count(&t->ctr.frames_rx, 1);
+		ic_count(&t->ctr.bytes_rx, hdr->length);
 		t->delivered++;
 		t->base.cfg.on_frame(t->base.cfg.opaque, c->peer->id, &f);
 		return;
@@ -969,7 +963,7 @@ static void on_connect_request(struct rdma_tr *t, struct rdma_cm_id *id, const v
 	}
 	ret = priv_parse(c, priv, priv_len, &node);
 	if (ret || !ic_conn_peer_may_dial(&t->base, node)) {
-		stat_add(&t->proto_errors, 1);
+		ic_count(&t->ctr.proto_errors, 1);
 		pr_warn("rdma: refusing a connection request (%s)", ret ? "not a rackvm peer" : "node not allowed");
 		rdma_reject(id, NULL, 0);
 		conn_free(c);
@@ -1212,16 +1206,7 @@ static bool rtr_peer_is_up(struct ic_transport *it, uint32_t peer)
 
 static void rtr_get_stats(struct ic_transport *it, struct ic_stats *out)
 {
-	struct rdma_tr *t = to_rdma(it);
-
-	out->frames_tx = atomic_load(&t->frames_tx);
-	out->frames_rx = atomic_load(&t->frames_rx);
-	out->bytes_tx = atomic_load(&t->bytes_tx);
-	out->bytes_rx = atomic_load(&t->bytes_rx);
-	out->proto_errors = atomic_load(&t->proto_errors);
-	out->auth_failures = atomic_load(&t->auth_failures);
-	out->connects = atomic_load(&t->connects);
-	out->disconnects = atomic_load(&t->disconnects);
+	ic_counters_read(&to_rdma(it)->ctr, out);
 }
 
 static void rtr_destroy(struct ic_transport *it)

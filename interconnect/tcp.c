@@ -133,18 +133,12 @@ struct tcp_transport {
 	unsigned int spin_served;        /* consecutive polls served by reading `hot` without epoll */
 	_Atomic bool tx_recent;          /* a user frame was sent since the last poll (any thread) */
 
-	_Atomic uint64_t frames_tx, frames_rx, bytes_tx, bytes_rx;
-	_Atomic uint64_t proto_errors, auth_failures, connects, disconnects;
+	struct ic_counters ctr;
 };
 
 static inline struct tcp_transport *to_tcp(struct ic_transport *t)
 {
 	return (struct tcp_transport *)t;
-}
-
-static void stat_add(_Atomic uint64_t *c, uint64_t v)
-{
-	atomic_fetch_add_explicit(c, v, memory_order_relaxed);
 }
 
 static void tcp_wake(struct ic_transport *it)
@@ -265,7 +259,7 @@ static void conn_close(struct tcp_conn *c, const char *why)
 	c->next = t->graveyard;
 	t->graveyard = c;
 	if (published) {
-		stat_add(&t->disconnects, 1);
+		ic_count(&t->ctr.disconnects, 1);
 		pr_info("peer %u down: %s", p->id, why);
 		if (t->base.cfg.on_peer)
 			t->base.cfg.on_peer(t->base.cfg.opaque, p->id, IC_PEER_DOWN, why);
@@ -274,7 +268,7 @@ static void conn_close(struct tcp_conn *c, const char *why)
 
 static void conn_auth_failure(struct tcp_conn *c, const char *what)
 {
-	stat_add(&c->t->auth_failures, 1);
+	ic_count(&c->t->ctr.auth_failures, 1);
 	pr_err("%s: authentication failed: %s; closing", c->name, what);
 	conn_close(c, what);
 }
@@ -484,8 +478,8 @@ static int tcp_send(struct ic_transport *it, uint32_t dst, uint8_t type, uint16_
 	ret = conn_send_locked(p->conn, type, flags, iov, iovcnt, len);
 	pthread_mutex_unlock(&p->lock);
 	if (!ret) {
-		stat_add(&t->frames_tx, 1);
-		stat_add(&t->bytes_tx, len);
+		ic_count(&t->ctr.frames_tx, 1);
+		ic_count(&t->ctr.bytes_tx, len);
 		if (t->busy_ns && !atomic_load_explicit(&t->tx_recent, memory_order_relaxed))
 			atomic_store_explicit(&t->tx_recent, true, memory_order_relaxed);
 	}
@@ -558,7 +552,7 @@ static int conn_established(struct tcp_conn *c)
 	p->conn = c;
 	atomic_store(&p->up, true);
 	pthread_mutex_unlock(&p->lock);
-	stat_add(&t->connects, 1);
+	ic_count(&t->ctr.connects, 1);
 	pr_info("peer %u up (%s)", p->id, c->dialler ? "dialled" : "accepted");
 	if (t->base.cfg.on_peer)
 		t->base.cfg.on_peer(t->base.cfg.opaque, p->id, IC_PEER_UP, "authenticated");
@@ -634,8 +628,8 @@ static void conn_on_frame(struct tcp_conn *c, const struct ic_frame_hdr *hdr, co
 			.len = hdr->length,
 		};
 
-		stat_add(&t->frames_rx, 1);
-		stat_add(&t->bytes_rx, hdr->length);
+		ic_count(&t->ctr.frames_rx, 1);
+		ic_count(&t->ctr.bytes_rx, hdr->length);
 		t->delivered++;
 		t->hot = c;
 		t->last_rx_frame_ns = t->now_ns;
@@ -676,7 +670,7 @@ static void conn_parse(struct tcp_conn *c)
 		}
 		if (st != IC_FRAME_OK) {
 			/* ic_frame_receive logged the details */
-			stat_add(&c->t->proto_errors, 1);
+			ic_count(&c->t->ctr.proto_errors, 1);
 			conn_close(c, ic_frame_strerror(st));
 			return;
 		}
@@ -1059,16 +1053,7 @@ static bool tcp_peer_is_up(struct ic_transport *it, uint32_t peer)
 
 static void tcp_get_stats(struct ic_transport *it, struct ic_stats *out)
 {
-	struct tcp_transport *t = to_tcp(it);
-
-	out->frames_tx = atomic_load(&t->frames_tx);
-	out->frames_rx = atomic_load(&t->frames_rx);
-	out->bytes_tx = atomic_load(&t->bytes_tx);
-	out->bytes_rx = atomic_load(&t->bytes_rx);
-	out->proto_errors = atomic_load(&t->proto_errors);
-	out->auth_failures = atomic_load(&t->auth_failures);
-	out->connects = atomic_load(&t->connects);
-	out->disconnects = atomic_load(&t->disconnects);
+	ic_counters_read(&to_tcp(it)->ctr, out);
 }
 
 /* ---- create / destroy --------------------------------------------------------------------------------- */

@@ -121,6 +121,18 @@ int ic_base_peer_index(const struct ic_transport *t, uint32_t id)
 	return -1;
 }
 
+void ic_counters_read(struct ic_counters *c, struct ic_stats *out)
+{
+	out->frames_tx = atomic_load(&c->frames_tx);
+	out->frames_rx = atomic_load(&c->frames_rx);
+	out->bytes_tx = atomic_load(&c->bytes_tx);
+	out->bytes_rx = atomic_load(&c->bytes_rx);
+	out->proto_errors = atomic_load(&c->proto_errors);
+	out->auth_failures = atomic_load(&c->auth_failures);
+	out->connects = atomic_load(&c->connects);
+	out->disconnects = atomic_load(&c->disconnects);
+}
+
 int ic_create(const char *name, const struct ic_config *cfg, struct ic_transport **out)
 {
 	const struct ic_transport_ops *ops = ic_transport_lookup(name);

@@ -229,7 +229,7 @@ static void test_peer_input_closes_connection(void **state)
 	conn_on_message(c, junk, sizeof(junk), false);
 	assert_int_equal(c->state, C_DEAD);
 	assert_null(t->pending);
-	assert_int_equal(atomic_load(&t->proto_errors), 1);
+	assert_int_equal(atomic_load(&t->ctr.proto_errors), 1);
 	rtr_bury(t);
 
 	/* a well-formed user frame before authentication */
@@ -237,7 +237,7 @@ static void test_peer_input_closes_connection(void **state)
 	ic_frame_hdr_encode(junk, T_DATA, 0, 8, 0, 0);
 	conn_on_message(c, junk, IC_HDR_LEN + 8, false);
 	assert_int_equal(c->state, C_DEAD);
-	assert_int_equal(atomic_load(&t->proto_errors), 2);
+	assert_int_equal(atomic_load(&t->ctr.proto_errors), 2);
 	rtr_bury(t);
 
 	/* a handshake frame that is not a valid HELLO */
@@ -257,7 +257,7 @@ static void test_peer_input_closes_connection(void **state)
 	wc.imm_data = htonl(5);
 	conn_on_wc(c, &wc);
 	assert_int_equal(c->state, C_DEAD);
-	assert_int_equal(atomic_load(&t->proto_errors), 4);
+	assert_int_equal(atomic_load(&t->ctr.proto_errors), 4);
 	rtr_bury(t);
 
 	/* a failed work completion */
