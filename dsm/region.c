@@ -877,6 +877,22 @@ static void region_outboxes_free(struct dsm_region *r)
 	free(r->deferred);
 }
 
+/* The tables dsm_region_create() allocates, whichever of them exist (unwind and destroy alike). */
+static void region_tables_free(struct dsm_region *r, size_t n_homed)
+{
+	if (r->home_store)
+		munmap(r->home_store, n_homed * DSM_PAGE_SIZE);
+	free(r->acts);
+	free(r->stash);
+	free(r->fault_t0);
+	free(r->stash_pool);
+	free(r->peer_up);
+	free(r->peer_ever_up);
+	free(r->peer_left);
+	region_outboxes_free(r);
+	dsm_engine_destroy(r->eng);
+}
+
 int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **out)
 {
 	struct dsm_config ec;
@@ -992,17 +1008,7 @@ out_efd:
 out_uffd:
 	dsm_uffd_destroy(r->uffd);
 out_tables:
-	free(r->acts);
-	if (r->home_store)
-		munmap(r->home_store, n_homed * DSM_PAGE_SIZE);
-	free(r->stash);
-	free(r->fault_t0);
-	free(r->stash_pool);
-	free(r->peer_up);
-	free(r->peer_ever_up);
-	free(r->peer_left);
-	region_outboxes_free(r);
-	dsm_engine_destroy(r->eng);
+	region_tables_free(r, n_homed);
 out_free:
 	pthread_cond_destroy(&r->timer_cond);
 	pthread_cond_destroy(&r->st_cond);
@@ -1059,7 +1065,6 @@ static void region_leave(struct dsm_region *r)
 void dsm_region_destroy(struct dsm_region *r)
 {
 	uint64_t one = 1;
-	uint64_t n_homed;
 
 	if (!r)
 		return;
@@ -1086,18 +1091,7 @@ void dsm_region_destroy(struct dsm_region *r)
 	for (uint64_t p = 0; p < r->n_pages; p++)
 		if (r->stash[p])
 			region_stash_put(r, r->stash[p]);
-	n_homed = dsm_engine_n_homed(r->eng);
-	if (r->home_store)
-		munmap(r->home_store, n_homed * DSM_PAGE_SIZE);
-	free(r->acts);
-	free(r->stash);
-	free(r->fault_t0);
-	free(r->stash_pool);
-	free(r->peer_up);
-	free(r->peer_ever_up);
-	free(r->peer_left);
-	region_outboxes_free(r);
-	dsm_engine_destroy(r->eng);
+	region_tables_free(r, dsm_engine_n_homed(r->eng));
 	pthread_cond_destroy(&r->timer_cond);
 	pthread_cond_destroy(&r->st_cond);
 	pthread_mutex_destroy(&r->st_lock);
