@@ -76,6 +76,8 @@ GEN_HDRS :=        # generated headers that objects depend on
 include util/module.mk
 include interconnect/module.mk
 include dsm/module.mk
+include hypervisor/module.mk
+include cluster/module.mk
 include tests/module.mk
 -include sim/guest/module.mk
 

@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A node's VM: guest RAM (a dsm region, or plain memory for tests), the accelerator VM, the vCPUs placed on this
+ * node (each a thread running an explicit state machine), the buses and devices, the APIC bus.
+ *
+ * vCPU states: CREATED -> PAUSED <-> RUNNING -> STOPPED, driven by messages posted to the vCPU
+ * (vm_vcpu_post: PAUSE, RESUME, STOP) and by the guest (INIT puts an AP in wait-for-SIPI, which is RUNNING from
+ * the state machine's view but not executing). A paused vCPU's registers can be read and written (migration, issue
+ * 5+). The VM stops when the guest exits (isa-debug-exit, reset, triple fault: reported with registers), on
+ * vm_stop() (SIGINT, a peer's death) or on an internal error; vm_wait() returns the exit status.
+ *
+ * One node or many: with one node (rackvm run) every vCPU and device is local. With several (rackvm node), the
+ * caller passes placement (node_of[vcpu]) and a struct vm_cluster_hooks: vm.c then runs only its own vCPUs,
+ * forwards port/MMIO accesses for devices placed on another node through forward_io, and sends interrupts for
+ * remote vCPUs through the APIC bus's remote hook. Incoming requests from peers enter through vm_remote_io(),
+ * vm_remote_irq() and vm_remote_logical().
+ */
+#ifndef RACKVM_HYPERVISOR_VM_H
+#define RACKVM_HYPERVISOR_VM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hypervisor/bus.h"
+#include "hypervisor/irq.h"
+
+struct vm;
+struct dsm_region;
+
+#define VM_MAX_VCPUS 64
+
+struct vm_cluster_hooks {
+	void *opaque;
+	/* Interrupt and LDR replication to another node (see irq.h). */
+	struct apicbus_remote apic;
+	/* Perform a port/MMIO access on the node that owns the device; blocks until done (a read fills a->data).
+	 * 0 or -errno (-EHOSTDOWN: the owner died; the VM then stops with an error). */
+	int (*forward_io)(void *opaque, uint32_t node, enum bus_space space, struct io_access *a);
+	/* The guest's exit (or a fatal error) happened on this node: tell every other node. */
+	void (*exit_broadcast)(void *opaque, int code, const char *why);
+};
+
+struct vm_config {
+	const char *accel;            /* "auto", "kvm" or "emu" */
+	unsigned n_vcpus;             /* vCPUs of the whole guest */
+	uint64_t ram_size;            /* bytes */
+	/* Guest RAM: a dsm region of ram_size bytes (NULL = private anonymous memory, for tests). */
+	struct dsm_region *region;
+	/* Placement; NULL = everything on node `self`. */
+	const uint32_t *node_of;      /* n_vcpus entries */
+	uint32_t self;
+	uint32_t io_node;             /* node owning the devices (UART, debug-exit, fw_cfg, PIT, RTC, IOAPIC) */
+	unsigned n_nodes;             /* proximity domains for SRAT/SLIT (1 for rackvm run) */
+	const uint64_t *node_mem_base, *node_mem_size; /* RAM range each node is home for (n_nodes entries) */
+	const struct vm_cluster_hooks *hooks;         /* NULL for one node */
+
+	/* What to boot (loaders). */
+	const char *kernel;
+	const char *cmdline;
+	const char *initrd;
+	const char *const *modules;   /* multiboot modules, "path[ args]" */
+	size_t n_modules;
+
+	/* Console: the UART's output goes to console_fd (default 1); stdin feeds its input if console_input. */
+	int console_fd;
+	bool console_input;
+	bool verbose;
+};
+
+/* Build everything and load the kernel; vCPUs are CREATED. One-line errors are printed; returns -errno. */
+int vm_create(const struct vm_config *cfg, struct vm **out);
+/* Start every local vCPU (BSP runs, APs wait for INIT/SIPI). */
+int vm_start(struct vm *vm);
+/* Ask the VM to stop (any thread, async-signal-safe): vCPUs leave their loop, vm_wait returns `code`. */
+void vm_stop(struct vm *vm, int code);
+/* Wait until the VM stopped; returns the process exit status (guest exit code, or 1 after an error). */
+int vm_wait(struct vm *vm);
+void vm_destroy(struct vm *vm);
+
+/* Requests from other nodes (cluster receive thread). */
+int vm_remote_io(struct vm *vm, enum bus_space space, struct io_access *a);
+void vm_remote_irq(struct vm *vm, const struct irq_msg *m);
+void vm_remote_logical(struct vm *vm, uint32_t apic_id, uint32_t ldr, uint32_t dfr);
+/* Another node reported the guest's exit or a fatal error. */
+void vm_remote_exit(struct vm *vm, int code, const char *why);
+
+struct vm_stats {
+	unsigned n_local_vcpus;
+	uint64_t exits_io, exits_mmio, exits_msr, exits_hlt, irqs_injected, io_forwarded;
+	uint64_t guest_insns;         /* emu only */
+};
+void vm_get_stats(struct vm *vm, struct vm_stats *out);
+
+#endif
