@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hypervisor/irq.h"
+
 struct io_access {
 	uint64_t addr;      /* port number, or guest-physical address */
 	uint64_t offset;    /* addr - base of the claimed range */
@@ -58,6 +60,8 @@ struct vm_services {
 	void (*request_exit)(void *opaque, int code, const char *why);
 	/* Monotonic host time in ns (devices use it for PIT/RTC; tests make it a fake clock). */
 	uint64_t (*now_ns)(void *opaque);
+	/* Route an interrupt message (the IOAPIC's output; apicbus_deliver). */
+	int (*deliver)(void *opaque, const struct irq_msg *m);
 };
 
 /* The machine a device is created for. */

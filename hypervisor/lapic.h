@@ -22,6 +22,9 @@
 #define MSR_IA32_TSC_DEADLINE 0x6e0
 #define MSR_X2APIC_FIRST 0x800
 #define MSR_X2APIC_LAST 0x8ff
+/* The APIC timer's input clock (the "core crystal"): CPUID 0x15 reports ECX = LAPIC_TIMER_HZ and
+ * EBX/EAX = tsc_hz / LAPIC_TIMER_HZ, so guests can calibrate without a PIT. */
+#define LAPIC_TIMER_HZ 25000000ull
 
 struct lapic;
 
