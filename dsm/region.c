@@ -95,6 +95,7 @@ struct dsm_region {
 	uint64_t n_pages;
 	uint32_t self, n_nodes;
 	dsm_fatal_fn on_fatal;
+	dsm_owner_frame_fn on_owner_frame;
 	void *opaque;
 
 	/* r->lock: the engine, everything it names, and the fields below down to `stats`. */
@@ -602,6 +603,12 @@ static void region_on_frame(void *opaque, uint32_t src, const struct ic_frame *f
 		pthread_mutex_unlock(&r->st_lock);
 		return;
 	}
+	if (f->type >= DSM_REGION_OWNER_TYPE_MIN && f->type <= DSM_REGION_OWNER_TYPE_MAX) {
+		/* only accepted by the transport when on_owner_frame is set */
+		if (r->on_owner_frame && src < r->n_nodes)
+			r->on_owner_frame(r->opaque, src, f->type, f->payload, f->len);
+		return;
+	}
 	if (f->type == DSM_REGION_T_PAIR) {
 		/* header-only GRANT_ACK, then one whole message; the engine validates each (a short frame is
 		 * dropped there as a short message) */
@@ -851,6 +858,9 @@ static int region_transport_create(struct dsm_region *r, const struct dsm_region
 		ic_accept_type(&ic, (uint8_t)t);
 	ic_accept_type(&ic, DSM_REGION_T_LEAVE);
 	ic_accept_type(&ic, DSM_REGION_T_PAIR);
+	if (cfg->on_owner_frame)
+		for (unsigned t = DSM_REGION_OWNER_TYPE_MIN; t <= DSM_REGION_OWNER_TYPE_MAX; t++)
+			ic_accept_type(&ic, (uint8_t)t);
 	ic.on_frame = region_on_frame;
 	ic.on_peer = region_on_peer;
 	ic.opaque = r;
@@ -915,6 +925,7 @@ int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **o
 	r->n_pages = cfg->size / DSM_PAGE_SIZE;
 	r->streak_gap_ns = cfg->streak_gap_ns ? cfg->streak_gap_ns : STREAK_GAP_NS;
 	r->on_fatal = cfg->on_fatal;
+	r->on_owner_frame = cfg->on_owner_frame;
 	r->opaque = cfg->opaque;
 	r->cur_fault_page = UINT64_MAX;
 	r->stop_efd = -1;
@@ -1107,6 +1118,16 @@ void *dsm_region_base(const struct dsm_region *r)
 size_t dsm_region_size(const struct dsm_region *r)
 {
 	return r->size;
+}
+
+int dsm_region_send(struct dsm_region *r, uint32_t to, uint8_t type, const void *payload, size_t len)
+{
+	struct iovec iov = { (void *)payload, len };
+
+	if (type < DSM_REGION_OWNER_TYPE_MIN || type > DSM_REGION_OWNER_TYPE_MAX || to >= r->n_nodes ||
+	    to == r->self || len > DSM_REGION_OWNER_MAX_LEN || (len && !payload))
+		return -EINVAL;
+	return ic_send(r->ic, to, type, 0, &iov, len ? 1 : 0);
 }
 
 uint32_t dsm_region_home_of(const struct dsm_region *r, uint64_t page)

@@ -29,6 +29,16 @@ struct dsm_region;
 
 typedef void (*dsm_fatal_fn)(void *opaque, uint32_t node, const char *reason);
 
+/* Frame types the region's owner (the cluster layer) may send and receive over the region's own connections, so
+ * a node pair has one authenticated connection, not two. The region never interprets them. */
+#define DSM_REGION_OWNER_TYPE_MIN 0x40u
+#define DSM_REGION_OWNER_TYPE_MAX 0x4fu
+
+/* A received owner frame, called on the region's I/O thread; payload is valid only during the call. The callback
+ * must not block for long (DSM frames from every peer wait behind it) and must not touch the region's memory (a
+ * fault would wait for this very thread). */
+typedef void (*dsm_owner_frame_fn)(void *opaque, uint32_t from, uint8_t type, const void *payload, size_t len);
+
 struct dsm_region_config {
 	uint32_t self;                       /* this node's id; must appear in members */
 	const struct ic_peer_addr *members;  /* every node, self included; self's addr is where it listens */
@@ -49,6 +59,9 @@ struct dsm_region_config {
 	uint32_t heartbeat_ms, dead_ms;      /* transport liveness; 0 = transport defaults */
 	dsm_fatal_fn on_fatal;               /* may be NULL */
 	void *opaque;
+	/* Added for the cluster layer (issue 5): owner frames (types DSM_REGION_OWNER_TYPE_MIN..MAX) are accepted and
+	 * handed here with `opaque`; NULL = not accepted (a peer sending one is a protocol error). */
+	dsm_owner_frame_fn on_owner_frame;
 };
 
 struct dsm_region_stats {
@@ -85,5 +98,11 @@ int dsm_region_wait_peers(struct dsm_region *r, uint64_t timeout_ns);
 /* True once the region failed; node/reason (if not NULL) say why. */
 bool dsm_region_failed(struct dsm_region *r, uint32_t *node, char *reason, size_t reason_len);
 void dsm_region_get_stats(struct dsm_region *r, struct dsm_region_stats *out);
+
+/* Send an owner frame (type DSM_REGION_OWNER_TYPE_MIN..MAX, len <= DSM_REGION_OWNER_MAX_LEN) to node `to`; any
+ * thread. Not ordered with the region's own DSM frames. 0, or ic_send's -errno (-ENOTCONN: peer down,
+ * -ENOBUFS: its send queue is full), -EINVAL for a bad type, node or length. */
+#define DSM_REGION_OWNER_MAX_LEN 4096u
+int dsm_region_send(struct dsm_region *r, uint32_t to, uint8_t type, const void *payload, size_t len);
 
 #endif

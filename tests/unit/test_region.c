@@ -551,6 +551,86 @@ static void test_garbled_peer_messages_dropped(void **state)
 	ic_destroy(rg.t);
 }
 
+/* ---- owner frames: the cluster layer's messages over the region's connections ---- */
+
+struct owner_rx {
+	atomic_uint n;
+	uint32_t from;
+	uint8_t type;
+	uint8_t buf[64];
+	size_t len;
+};
+
+static void owner_on_frame(void *opaque, uint32_t from, uint8_t type, const void *payload, size_t len)
+{
+	struct owner_rx *rx = opaque;
+
+	rx->from = from;
+	rx->type = type;
+	rx->len = len;
+	memcpy(rx->buf, payload, len < sizeof(rx->buf) ? len : sizeof(rx->buf));
+	atomic_fetch_add(&rx->n, 1);
+}
+
+static void test_owner_frames_both_ways(void **state)
+{
+	struct ic_peer_addr m[2];
+	struct dsm_region *r[2] = { NULL, NULL };
+	struct owner_rx rx[2];
+	char hub[32];
+	uint64_t deadline;
+
+	memset(rx, 0, sizeof(rx));
+	snprintf(hub, sizeof(hub), "owner%u-%d", hub_seq++, (int)getpid());
+	for (unsigned i = 0; i < 2; i++) {
+		m[i].id = i;
+		snprintf(m[i].addr, sizeof(m[i].addr), "%s/%u", hub, i);
+	}
+	for (unsigned i = 0; i < 2; i++) {
+		struct dsm_region_config cfg = {
+			.self = i, .members = m, .n_members = 2, .transport = "loop",
+			.key = key, .key_len = sizeof(key), .size = 4 * PG,
+			.on_owner_frame = owner_on_frame, .opaque = &rx[i],
+		};
+		int err = dsm_region_create(&cfg, &r[i]);
+
+		if (err && (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP)) {
+			printf("SKIP: userfaultfd with write-protect unavailable\n");
+			if (i)
+				dsm_region_destroy(r[0]);
+			skip();
+		}
+		assert_int_equal(err, 0);
+	}
+	for (unsigned i = 0; i < 2; i++)
+		assert_int_equal(dsm_region_wait_peers(r[i], 5 * NSEC_PER_SEC), 0);
+	assert_int_equal(dsm_region_send(r[0], 1, 0x41, "hello", 5), 0);
+	assert_int_equal(dsm_region_send(r[1], 0, DSM_REGION_OWNER_TYPE_MAX, NULL, 0), 0);
+	deadline = clock_now_ns() + 5 * NSEC_PER_SEC;
+	while ((atomic_load(&rx[0].n) < 1 || atomic_load(&rx[1].n) < 1) && clock_now_ns() < deadline)
+		usleep(1000);
+	assert_int_equal(atomic_load(&rx[1].n), 1);
+	assert_int_equal(rx[1].from, 0);
+	assert_int_equal(rx[1].type, 0x41);
+	assert_int_equal(rx[1].len, 5);
+	assert_memory_equal(rx[1].buf, "hello", 5);
+	assert_int_equal(atomic_load(&rx[0].n), 1);
+	assert_int_equal(rx[0].from, 1);
+	assert_int_equal(rx[0].type, DSM_REGION_OWNER_TYPE_MAX);
+	assert_int_equal(rx[0].len, 0);
+	/* outside the owner range, to self, to a non-member, too long: refused */
+	assert_int_equal(dsm_region_send(r[0], 1, 0x31, "x", 1), -EINVAL);
+	assert_int_equal(dsm_region_send(r[0], 1, 0x50, "x", 1), -EINVAL);
+	assert_int_equal(dsm_region_send(r[0], 0, 0x41, "x", 1), -EINVAL);
+	assert_int_equal(dsm_region_send(r[0], 2, 0x41, "x", 1), -EINVAL);
+	assert_int_equal(dsm_region_send(r[0], 1, 0x41, hub, DSM_REGION_OWNER_MAX_LEN + 1), -EINVAL);
+	/* the DSM still works next to them */
+	((volatile uint8_t *)dsm_region_base(r[0]))[3 * PG] = 7;
+	assert_int_equal(((volatile uint8_t *)dsm_region_base(r[1]))[3 * PG], 7);
+	struct cluster c = { .n = 2, .r = { r[0], r[1] } };
+	cluster_stop(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -563,6 +643,7 @@ int main(void)
 		cmocka_unit_test(test_bad_membership_refused),
 		cmocka_unit_test(test_sequential_faults_pair_acks),
 		cmocka_unit_test(test_garbled_peer_messages_dropped),
+		cmocka_unit_test(test_owner_frames_both_ways),
 	};
 
 	log_set_tag("test_region");
