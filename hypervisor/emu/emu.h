@@ -127,6 +127,25 @@ struct emu_cpu {
 
 	struct emu_tlb_entry tlb_r[EMU_TLB_SIZE], tlb_w[EMU_TLB_SIZE];
 	uint64_t insns;              /* retired instructions (stats) */
+
+	/* Added by emu-sys (owner of emu_mmu/emu_sys/emu.c); emu_exec.c may read these, only emu_sys writes them. */
+	struct emu_tlb_entry tlb_x[EMU_TLB_SIZE]; /* instruction fetch (execute permission, NX) */
+	bool exit_pending;           /* an exit (OUT, MMIO write, WRMSR, HLT) is recorded in *exit and is taken as
+	                              * soon as the current instruction retires. REP string instructions must stop
+	                              * iterating (leave RIP on the instruction, registers updated for the iterations
+	                              * done) when they see it set, so one iteration = at most one MMIO write exit. */
+	bool exit_restart;           /* the EMU_JMP_EXIT in flight restarts the instruction (read exits) */
+	struct {                     /* the read exit waiting for (or holding) the VMM's value */
+		int kind;            /* 0 none, else ACCEL_EXIT_IO / ACCEL_EXIT_MMIO / ACCEL_EXIT_MSR_READ */
+		uint64_t addr;       /* port, gpa or MSR index */
+		unsigned size;
+		uint64_t value;
+		bool error;          /* MSR read: the VMM asked for #GP */
+	} pend;
+	struct accel_exit *last_exit; /* exit of the previous run(): read results are taken from here */
+	uint64_t tsc_adjust;         /* per-vCPU offset added by WRMSR IA32_TSC (0x10) */
+	uint64_t msr_mtrr_def_type, msr_mtrr_fixed[11], msr_mtrr_var[16];
+	uint64_t dr[8];              /* debug registers: stored, no breakpoints */
 };
 
 /* ---- emu_exec.c ---- */
@@ -142,6 +161,12 @@ uint64_t emu_read(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size);
 void emu_write(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size, uint64_t val);
 /* Instruction fetch (CS, execute permission). */
 uint8_t emu_fetch8(struct emu_cpu *cpu, uint64_t rip);
+/* Added by emu-sys: fast fetch. Host pointer to the code byte at CS:rip and in *avail how many bytes from there
+ * may be read through it (to the end of the page, clipped to the CS limit outside 64-bit mode; always >= 1).
+ * Raises #PF/#GP like emu_fetch8 when the first byte cannot be fetched. Returns NULL (avail 0) when the code is
+ * not in RAM: fall back to emu_fetch8, which then ends the run with ACCEL_EXIT_ERROR (no execution from MMIO).
+ * An instruction that runs over *avail continues with another call at rip + avail (next page, own checks). */
+const uint8_t *emu_fetch_ptr(struct emu_cpu *cpu, uint64_t rip, unsigned *avail);
 /* Host pointer for an aligned atomic RMW of `size` bytes in RAM (write permission checked); raises on fault;
  * LOCKed access to MMIO raises #GP (documented limitation). */
 void *emu_atomic_ptr(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size);
@@ -151,7 +176,15 @@ void emu_write_linear(struct emu_cpu *cpu, uint64_t lin, unsigned size, uint64_t
 void emu_tlb_flush(struct emu_cpu *cpu);
 void emu_tlb_flush_page(struct emu_cpu *cpu, uint64_t lin);
 
-/* ---- emu_sys.c ---- */
+/* ---- emu_sys.c ----
+ * RIP contract (added by emu-sys): emu_exec.c sets cpu->insn_rip to the instruction's first byte before executing
+ * it, and cpu->rip to the NEXT instruction's address before calling any function of this section (far CALL pushes
+ * cpu->rip as the return address; SYSCALL saves it in RCX; HLT/OUT/WRMSR exits leave it there). On a fault
+ * (emu_raise) or a restarting read exit the run loop sets cpu->rip = cpu->insn_rip itself, so a faulting
+ * instruction needs no undo of RIP. Functions that transfer control (far JMP/CALL/RET, IRET, INT, SYSCALL, SYSRET)
+ * set cpu->rip to the target themselves: emu_exec.c must not overwrite it afterwards.
+ * HLT, OUT, WRMSR (of an MSR the VMM owns) and MMIO writes only record the exit (cpu->exit_pending): the run loop
+ * leaves after the instruction retires. Calling emu_exit_now() after retiring (as for OUT) is also fine. */
 _Noreturn void emu_raise(struct emu_cpu *cpu, int vector, int error);   /* error -1: none */
 _Noreturn void emu_exit_now(struct emu_cpu *cpu);                       /* longjmp EMU_JMP_EXIT */
 void emu_update_mode(struct emu_cpu *cpu);
