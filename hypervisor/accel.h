@@ -118,6 +118,12 @@ struct accel_ops {
 	int (*inject_nmi)(struct accel_vcpu *vcpu);
 	/* Guest TSC now, as RDTSC in this vCPU would read it. */
 	uint64_t (*read_tsc)(struct accel_vcpu *vcpu);
+
+	/* Optional (NULL = not offered), added by the VM's author; fields at the end so existing initializers hold. */
+	/* The CPUID the backend can give a guest (kvm: KVM_GET_SUPPORTED_CPUID), the base of fw_cpuid_build. */
+	int (*supported_cpuid)(struct accel_cpuid_entry *out, size_t max, size_t *n_out);
+	/* Instructions this vCPU retired (emu: for vm_get_stats; kvm cannot count them). */
+	uint64_t (*insn_count)(struct accel_vcpu *vcpu);
 };
 
 /* Backends by name: "kvm", "emu". NULL if unknown. */

@@ -92,4 +92,16 @@ struct vm_stats {
 };
 void vm_get_stats(struct vm *vm, struct vm_stats *out);
 
+/* vCPU control (added by the VM's author): messages to one local vCPU's mailbox, handled in order by its thread
+ * at its next loop iteration (a running vCPU is kicked out of the guest). Legal transitions:
+ * PAUSED -RESUME-> RUNNING, RUNNING -PAUSE-> PAUSED, PAUSED|RUNNING -STOP-> STOPPED; any other is reported as a
+ * bug (one error line) and ignored. vm_start() posts RESUME to every local vCPU. */
+enum vm_vcpu_state { VM_VCPU_CREATED = 0, VM_VCPU_PAUSED, VM_VCPU_RUNNING, VM_VCPU_STOPPED };
+enum vm_vcpu_msg { VM_VCPU_PAUSE = 1, VM_VCPU_RESUME, VM_VCPU_STOP };
+/* 0, -ENOENT (not a vCPU of this node), -ESRCH (already stopped), -EAGAIN (mailbox full). */
+int vm_vcpu_post(struct vm *vm, unsigned vcpu, enum vm_vcpu_msg msg);
+enum vm_vcpu_state vm_vcpu_state(struct vm *vm, unsigned vcpu);
+/* Wait until the vCPU reached `state` (0) or timeout_ns passed (-ETIMEDOUT). */
+int vm_vcpu_wait_state(struct vm *vm, unsigned vcpu, enum vm_vcpu_state state, uint64_t timeout_ns);
+
 #endif
