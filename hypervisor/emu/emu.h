@@ -220,4 +220,11 @@ uint64_t emu_pop(struct emu_cpu *cpu, unsigned size);
 /* Stack address size in bytes: 8 in 64-bit mode, else SS.B ? 4 : 2. */
 unsigned emu_stack_size(const struct emu_cpu *cpu);
 
+/* ---- emu_mmu.c: fast instruction fetch (added for emu_exec.c) ---- */
+/* Host pointer to the instruction bytes at CS:rip and in *avail (>= 1) how many are readable there (up to the end
+ * of the page and of the CS limit), with the checks emu_fetch8() does; NULL when those bytes are not plain RAM (the
+ * caller then uses emu_fetch8). May raise what emu_fetch8 raises. emu_exec.c has a weak fallback returning NULL,
+ * so emu_mmu.c may implement it later. */
+const uint8_t *emu_fetch_ptr(struct emu_cpu *cpu, uint64_t rip, unsigned *avail);
+
 #endif
