@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Small legacy ports that firmware and Linux touch unconditionally, answered the way QEMU's PC answers them:
+ *   - 0x80 POST code / I/O delay port: writes ignored, reads 0xff;
+ *   - 0x92 "fast A20" (system control port A): bit 1 A20 gate (stored and read back; A20 is always enabled in
+ *     this machine), bit 0 fast reset: a 0->1 write asks the VMM to stop with code 0 (we do not reboot; like
+ *     QEMU with -no-reboot);
+ *   - 0xcf8-0xcff PCI configuration mechanism #1: there is no PCI host bridge, so every read returns all ones and
+ *     writes are ignored. Linux's pci_check_type1() reads back 0x80000000 from 0xcf8 and sees ~0, its type-2
+ *     probe reads 0 from 0xcf8/0xcfa and sees 0xff: both conclude "no PCI".
+ * Any other port stays unclaimed, so the VMM reports it as an unknown access.
+ */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "hypervisor/bus.h"
+
+struct legacy {
+	const struct vm_services *svc;
+	uint8_t port92;
+};
+
+static uint64_t size_ones(uint8_t size)
+{
+	return size >= 8 ? ~0ull : (1ull << (8 * size)) - 1;
+}
+
+static int legacy_post_io(void *opaque, struct io_access *a)
+{
+	if (!a->write)
+		a->data = size_ones(a->size);
+	return 0;
+}
+
+static int legacy_port92_io(void *opaque, struct io_access *a)
+{
+	struct legacy *l = opaque;
+	uint8_t v = (uint8_t)a->data;
+
+	if (!a->write) {
+		a->data = l->port92;
+		return 0;
+	}
+	if ((v & 1) && !(l->port92 & 1))
+		l->svc->request_exit(l->svc->opaque, 0, "reset through port 0x92");
+	l->port92 = v & 0x03;
+	return 0;
+}
+
+static int legacy_pci_io(void *opaque, struct io_access *a)
+{
+	if (!a->write)
+		a->data = size_ones(a->size);
+	return 0;
+}
+
+static int legacy_create(struct bus *b, const struct machine_desc *m, const struct vm_services *svc,
+			 void **state)
+{
+	struct legacy *l = calloc(1, sizeof(*l));
+	int r;
+
+	if (!l)
+		return -ENOMEM;
+	l->svc = svc;
+	l->port92 = 0x02;  /* A20 enabled at reset, as QEMU's port92 */
+	r = bus_claim(b, BUS_PIO, 0x80, 1, "post", legacy_post_io, l);
+	if (!r)
+		r = bus_claim(b, BUS_PIO, 0x92, 1, "port92", legacy_port92_io, l);
+	if (!r)
+		r = bus_claim(b, BUS_PIO, 0xcf8, 8, "pci-none", legacy_pci_io, l);
+	if (r) {
+		/* claims cannot be withdrawn; the caller destroys the bus after a failed create */
+		free(l);
+		return r;
+	}
+	*state = l;
+	return 0;
+}
+
+static void legacy_destroy(void *state)
+{
+	free(state);
+}
+
+static const struct device_type legacy_type = {
+	.name = "legacy",
+	.create = legacy_create,
+	.destroy = legacy_destroy,
+};
+DEVICE_REGISTER(legacy_type)
