@@ -10,3 +10,10 @@ rackvm_DEPLIBS := cluster $(HV_DEPLIBS)
 rackvm_LDLIBS = $(HV_LDLIBS)
 
 # ---- tests ----
+# cluster/msg.c, link.c, placement.c: codec, link (fake in-process network), placement. Sources named directly so
+# the test does not need libhv (node.c in libcluster calls the VM).
+TESTS += test_cluster
+test_cluster_PATH := tests/test_cluster
+test_cluster_SRCS := tests/unit/test_cluster.c cluster/msg.c cluster/link.c cluster/placement.c
+test_cluster_DEPLIBS := util
+test_cluster_LDLIBS := $(CMOCKA_LIBS)
