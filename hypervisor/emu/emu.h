@@ -146,7 +146,12 @@ struct emu_cpu {
 	uint64_t tsc_adjust;         /* per-vCPU offset added by WRMSR IA32_TSC (0x10) */
 	uint64_t msr_mtrr_def_type, msr_mtrr_fixed[11], msr_mtrr_var[16];
 	uint64_t dr[8];              /* debug registers: stored, no breakpoints */
+	int dlv_class;               /* event being delivered: -1 none, else EMU_DLV_* (double-fault rules) */
+	uint64_t dlv_rip;            /* its saved RIP (a fault during delivery reports this one) */
+	uint64_t wrmsr_rip;          /* WRMSR that exited: the VMM's error on it becomes #GP at this RIP */
+	bool dlv_ext;                /* the event being delivered is not INT n: error codes get EXT (bit 0) */
 };
+enum { EMU_DLV_BENIGN = 0, EMU_DLV_CONTRIB, EMU_DLV_PF, EMU_DLV_DF };
 
 /* ---- emu_exec.c ---- */
 /* Execute one instruction at cpu->rip (may longjmp to cpu->jmp). */
@@ -175,6 +180,9 @@ uint64_t emu_read_linear(struct emu_cpu *cpu, uint64_t lin, unsigned size, bool 
 void emu_write_linear(struct emu_cpu *cpu, uint64_t lin, unsigned size, uint64_t val, bool supervisor);
 void emu_tlb_flush(struct emu_cpu *cpu);
 void emu_tlb_flush_page(struct emu_cpu *cpu, uint64_t lin);
+/* Added by emu-sys: host address of guest-physical `gpa` if it is RAM (NULL otherwise); *room = bytes of RAM
+ * contiguous from there (room may be NULL). */
+uint8_t *emu_gpa_host(const struct emu_vm *vm, uint64_t gpa, uint64_t *room);
 
 /* ---- emu_sys.c ----
  * RIP contract (added by emu-sys): emu_exec.c sets cpu->insn_rip to the instruction's first byte before executing
@@ -219,6 +227,17 @@ void emu_push(struct emu_cpu *cpu, uint64_t val, unsigned size);
 uint64_t emu_pop(struct emu_cpu *cpu, unsigned size);
 /* Stack address size in bytes: 8 in 64-bit mode, else SS.B ? 4 : 2. */
 unsigned emu_stack_size(const struct emu_cpu *cpu);
+/* Added by emu-sys. */
+/* End the run with ACCEL_EXIT_ERROR (message in exit->error.msg); the instruction does not retire. */
+_Noreturn __attribute__((format(printf, 2, 3))) void emu_exit_error(struct emu_cpu *cpu, const char *fmt, ...);
+/* IN/OUT/INS/OUTS permission: true when CPL <= IOPL (or real mode), else the TSS I/O bitmap decides (a missing or
+ * short bitmap denies). The caller raises #GP(0) when false. */
+bool emu_io_allowed(struct emu_cpu *cpu, uint16_t port, unsigned size);
+/* Deliver exception/interrupt `vector` now (used by the run loop; emu_exec.c uses emu_raise/emu_int). ret_rip is
+ * the RIP saved in the frame; error -1 = none; software: INT n/INT3/INTO (gate DPL is checked, EXT clear). */
+void emu_deliver(struct emu_cpu *cpu, int vector, int error, uint64_t ret_rip, bool software);
+/* Guest TSC of this vCPU now, without RDTSC's CR4.TSD check (accel read_tsc). */
+uint64_t emu_tsc_now(const struct emu_cpu *cpu);
 
 /* ---- emu_mmu.c: fast instruction fetch (added for emu_exec.c) ---- */
 /* Host pointer to the instruction bytes at CS:rip and in *avail (>= 1) how many are readable there (up to the end
