@@ -1,0 +1,15 @@
+/* SPDX-License-Identifier: MIT */
+/* Command-line value parsing shared by rackvm node and rackvm sim. Each returns 0 or -EINVAL. */
+#ifndef RACKVM_CLUSTER_OPTS_H
+#define RACKVM_CLUSTER_OPTS_H
+
+#include <stdint.h>
+
+/* "128M", "2G", "4096", "64K" (binary units) -> bytes. */
+int opts_parse_size(const char *s, uint64_t *out);
+/* Decimal integer in [min, max]. */
+int opts_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+/* Probability in [0, 1]. */
+int opts_parse_prob(const char *s, double *out);
+
+#endif
