@@ -127,6 +127,7 @@ struct lapic {
 	uint32_t icr_lo, icr_hi;
 	uint32_t timer_init, timer_div;    /* initial count; divide configuration register */
 	uint64_t timer_period;             /* TSC ticks of one count-down from timer_init (periodic/one-shot) */
+	uint64_t timer_begin;              /* TSC at which the current count-down started */
 	uint64_t timer_expiry;             /* TSC of the next expiry; UINT64_MAX = not counting */
 	uint64_t tsc_deadline;             /* IA32_TSC_DEADLINE; 0 = disarmed */
 };
@@ -303,12 +304,10 @@ static uint64_t ticks_to_tsc(struct lapic *l, uint64_t ticks)
 	return r ? (uint64_t)r : (ticks ? 1 : 0);
 }
 
-/* TSC ticks -> timer-clock ticks, rounded up. */
+/* TSC ticks -> timer-clock ticks, rounded down (the count has not dropped before a whole tick passed). */
 static uint64_t tsc_to_ticks(struct lapic *l, uint64_t tsc)
 {
-	unsigned __int128 t = (unsigned __int128)tsc * LAPIC_TIMER_HZ;
-
-	return (uint64_t)((t + l->tsc_hz - 1) / l->tsc_hz);
+	return (uint64_t)((unsigned __int128)tsc * LAPIC_TIMER_HZ / l->tsc_hz);
 }
 
 static void timer_stop(struct lapic *l)
@@ -324,28 +323,28 @@ static void timer_start(struct lapic *l, uint64_t now)
 		return;
 	}
 	l->timer_period = ticks_to_tsc(l, (uint64_t)l->timer_init * timer_divisor(l->timer_div));
+	l->timer_begin = now;
 	l->timer_expiry = now + l->timer_period;
 }
 
 static uint32_t timer_current(struct lapic *l)
 {
-	uint64_t now, left, count;
-	unsigned div;
+	uint64_t now, elapsed, counted;
 
 	if (l->timer_expiry == UINT64_MAX || timer_mode(l) == TIMER_DEADLINE)
 		return 0;
 	now = tsc_now(l);
+	if (now < l->timer_begin)
+		return l->timer_init;
+	elapsed = now - l->timer_begin;
 	if (now >= l->timer_expiry) {
 		if (timer_mode(l) != TIMER_PERIODIC)
 			return 0;
-		/* A tick is due but not yet processed: count within the current period. */
-		left = l->timer_period - (now - l->timer_expiry) % l->timer_period;
-	} else {
-		left = l->timer_expiry - now;
+		/* A reload is due but not yet processed: count within the current period. */
+		elapsed = (now - l->timer_expiry) % l->timer_period;
 	}
-	div = timer_divisor(l->timer_div);
-	count = (tsc_to_ticks(l, left) + div - 1) / div;
-	return count > l->timer_init ? l->timer_init : (uint32_t)count;
+	counted = tsc_to_ticks(l, elapsed) / timer_divisor(l->timer_div);
+	return counted >= l->timer_init ? 0 : l->timer_init - (uint32_t)counted;
 }
 
 uint64_t lapic_timer_deadline(struct lapic *l)
@@ -376,6 +375,7 @@ void lapic_timer_tick(struct lapic *l, uint64_t now_tsc)
 		uint64_t base = l->timer_expiry + missed * l->timer_period;
 
 		l->timer_period = ticks_to_tsc(l, (uint64_t)l->timer_init * timer_divisor(l->timer_div));
+		l->timer_begin = base;
 		l->timer_expiry = base + l->timer_period;
 	} else {
 		timer_stop(l);
