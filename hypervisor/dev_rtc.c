@@ -231,9 +231,10 @@ static void rtc_init_cmos(struct rtc *r, const struct machine_desc *m)
 	r->cmos[RTC_REG_A] = 0x26;            /* 32.768 kHz time base, 1024 Hz rate */
 	r->cmos[RTC_REG_B] = REG_B_24H;       /* BCD, 24-hour */
 	r->cmos[0x14] = 0x06;                 /* equipment: FPU, PS/2 mouse; no floppy, EGA/VGA */
-	r->cmos[0x15] = 0x80;                 /* 640 KiB base memory */
-	r->cmos[0x16] = 0x02;
 	kib = below / 1024;
+	v = kib < 640 ? kib : 640;            /* base memory: 640 KiB */
+	r->cmos[0x15] = (uint8_t)v;
+	r->cmos[0x16] = (uint8_t)(v >> 8);
 	v = kib > 1024 ? kib - 1024 : 0;
 	if (v > 0xffff)
 		v = 0xffff;
