@@ -441,11 +441,14 @@ void lapic_destroy(struct lapic *l)
 void lapic_reset(struct lapic *l, bool bsp)
 {
 	uint64_t base = base_get(l);
+	uint32_t ldr = atomic_load(&l->ldr), dfr = atomic_load(&l->dfr);
 
 	/* INIT keeps the id, the base and the mode (SDM 10.12.5.1); pending events stay (a SIPI may follow). */
 	base = (base & ~APICBASE_BSP) | (bsp ? APICBASE_BSP : 0);
 	atomic_store(&l->apicbase, base);
 	regs_reset(l);
+	if (ldr != atomic_load(&l->ldr) || dfr != atomic_load(&l->dfr))
+		logical_publish(l);                      /* other nodes must stop matching the old logical id */
 }
 
 uint64_t lapic_base(const struct lapic *l)
@@ -490,7 +493,6 @@ static int apicbase_write(struct lapic *l, uint64_t val)
 	} else if (!old_x2 && x2) {
 		/* Entering x2APIC: the logical id is set from the x2APIC id. */
 		atomic_store(&l->ldr, x2apic_ldr_of(atomic_load(&l->id)));
-		atomic_store(&l->dfr, 0);
 		logical_publish(l);
 	}
 	return 0;
@@ -588,7 +590,7 @@ static int reg_read(struct lapic *l, uint32_t reg, uint32_t *val)
 	}
 }
 
-static int icr_send(struct lapic *l, uint32_t lo, uint32_t dest, bool x2)
+static void icr_send(struct lapic *l, uint32_t lo, uint32_t dest, bool x2)
 {
 	struct irq_msg m = {
 		.vector = lo & ICR_VECTOR,
@@ -604,16 +606,15 @@ static int icr_send(struct lapic *l, uint32_t lo, uint32_t dest, bool x2)
 
 	if ((m.delivery == IRQ_FIXED || m.delivery == IRQ_LOWEST) && m.vector < 16) {
 		error_raise(l, ESR_SEND_ILLEGAL);
-		return 0;
+		return;
 	}
 	if (m.delivery == 3 || m.delivery == IRQ_EXTINT) {
 		pr_debug("apic %u: ICR delivery mode %u ignored", m.source, m.delivery);
-		return 0;
+		return;
 	}
 	/* A failed remote send is the bus's to count and report; the guest's write itself succeeded. */
 	if (l->env.send)
 		(void)l->env.send(l->env.opaque, &m);
-	return 0;
 }
 
 static void lvt_write(struct lapic *l, int idx, uint32_t val)
@@ -689,7 +690,8 @@ static int reg_write(struct lapic *l, uint32_t reg, uint32_t val, bool strict)
 		return 0;
 	case REG_ICR_LO:
 		l->icr_lo = val & ICR_LO_VALID;
-		return icr_send(l, l->icr_lo, l->icr_hi >> 24, false);
+		icr_send(l, l->icr_lo, l->icr_hi >> 24, false);
+		return 0;
 	case REG_ICR_HI:
 		l->icr_hi = val & 0xff000000u;
 		return 0;
@@ -801,7 +803,8 @@ int lapic_msr_write(struct lapic *l, uint32_t msr, uint64_t val)
 			return -EINVAL;
 		l->icr_lo = (uint32_t)val;
 		l->icr_hi = (uint32_t)(val >> 32);
-		return icr_send(l, l->icr_lo, l->icr_hi, true);
+		icr_send(l, l->icr_lo, l->icr_hi, true);
+		return 0;
 	}
 	if (val >> 32)
 		return -EINVAL;

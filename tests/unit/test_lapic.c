@@ -688,6 +688,19 @@ static void test_ipi_nmi_init_sipi(void **state)
 	assert_int_equal(lapic_take_events(mc.cpu[3].l, &sipi), LAPIC_EV_INIT | LAPIC_EV_SIPI);
 	assert_int_equal(sipi, 0x10);
 	assert_false(lapic_has_work(mc.cpu[3].l));
+	/* INIT's reset of an xAPIC LDR is published (the bus replicates it). */
+	sw_enable(mc.cpu[3].l);
+	wr(mc.cpu[3].l, 0xd0, 0x08000000);
+	assert_int_equal(mc.cpu[3].last_ldr, 0x08000000);
+	ipi(mc.cpu[0].l, 0x08, 0x4855);
+	assert_int_equal(took(&mc, 0x55), 0x8);
+	lapic_reset(mc.cpu[3].l, false);
+	assert_int_equal(mc.cpu[3].logical_calls, 2);
+	assert_int_equal(mc.cpu[3].last_ldr, 0);
+	assert_int_equal(mc.cpu[3].last_dfr, 0xffffffff);
+	sw_enable(mc.cpu[3].l);
+	ipi(mc.cpu[0].l, 0x08, 0x4856);
+	assert_int_equal(took(&mc, 0x56), 0);
 	/* SMI, ExtINT and the reserved mode are not sent. */
 	ipi(mc.cpu[0].l, 1, 0x4200);
 	ipi(mc.cpu[0].l, 1, 0x4300);
