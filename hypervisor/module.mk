@@ -61,16 +61,3 @@ test_kvm_DEPLIBS := $(HV_DEPLIBS)
 test_kvm_LDLIBS = $(CMOCKA_LIBS) $(HV_LDLIBS)
 # rackvm run end to end: every guest workload on emu (and kvm when present), bad inputs, misbehaving guests.
 CHECK_SCRIPTS += tests/integration/test_hv_run.sh
-
-# --- device tests (bus, device table, UART, debug-exit, fw_cfg, PIT, RTC, PIC, legacy ports, IOAPIC)
-ifneq ($(wildcard tests/unit/test_devices.c),)
-TESTS += test_devices
-test_devices_PATH := tests/test_devices
-# own sources (not libhv) while other parts of libhv are being written; switch to DEPLIBS hv util later
-test_devices_SRCS := tests/unit/test_devices.c hypervisor/bus.c hypervisor/ioapic.c hypervisor/dev_uart.c \
-	hypervisor/dev_debugexit.c hypervisor/dev_fwcfg.c hypervisor/dev_pit.c hypervisor/dev_rtc.c \
-	hypervisor/dev_pic.c hypervisor/dev_legacy.c
-test_devices_DEPLIBS := util
-test_devices_LDLIBS := $(CMOCKA_LIBS) -lpthread
-endif
-
