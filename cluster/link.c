@@ -83,6 +83,7 @@ struct clink {
 	pthread_cond_t cond;        /* I/O completions, READY, pongs, failure */
 	struct clink_ops ops;
 	bool have_ops;
+	unsigned ops_users;         /* callbacks running with a copy of ops (detaching waits for 0) */
 	struct io_slot io[IO_SLOTS];
 	uint64_t io_gen;
 	bool failed;
@@ -348,6 +349,7 @@ void clink_hooks(struct clink *l, struct vm_cluster_hooks *out)
 
 /* ---- receiving ------------------------------------------------------------------------------------------- */
 
+/* A copy of ops to call outside l->lock; true (and pinned until link_put_ops) if ops are attached. */
 static bool link_get_ops(struct clink *l, struct clink_ops *ops)
 {
 	bool have;
@@ -355,8 +357,18 @@ static bool link_get_ops(struct clink *l, struct clink_ops *ops)
 	pthread_mutex_lock(&l->lock);
 	have = l->have_ops;
 	*ops = l->ops;
+	if (have)
+		l->ops_users++;
 	pthread_mutex_unlock(&l->lock);
 	return have;
+}
+
+static void link_put_ops(struct clink *l)
+{
+	pthread_mutex_lock(&l->lock);
+	if (--l->ops_users == 0)
+		pthread_cond_broadcast(&l->cond);
+	pthread_mutex_unlock(&l->lock);
 }
 
 static void *link_worker_main(void *arg)
@@ -388,8 +400,12 @@ static void *link_worker_main(void *arg)
 		{
 			struct clink_ops ops;
 
-			err = link_get_ops(l, &ops) && ops.io ? ops.io(ops.opaque, (enum bus_space)w.m.io_req.space, &a)
-							      : -ENODEV;
+			err = -ENODEV;
+			if (link_get_ops(l, &ops)) {
+				if (ops.io)
+					err = ops.io(ops.opaque, (enum bus_space)w.m.io_req.space, &a);
+				link_put_ops(l);
+			}
 		}
 		resp.io_resp.id = w.m.io_req.id;
 		resp.io_resp.err = err <= 0 && err > -4096 ? err : -EIO;
@@ -464,6 +480,8 @@ static void link_deliver(struct clink *l, uint32_t from, const struct cmsg *m)
 		pthread_mutex_unlock(&l->lock);
 		break;
 	}
+	if (have)
+		link_put_ops(l);
 }
 
 void clink_on_frame(struct clink *l, uint32_t from, uint8_t type, const void *payload, size_t len)
@@ -662,6 +680,9 @@ void clink_set_ops(struct clink *l, const struct clink_ops *ops)
 		l->ops = *ops;
 	else
 		memset(&l->ops, 0, sizeof(l->ops));
+	/* detaching: callbacks already running finish before the caller frees what they act on */
+	while (!ops && l->ops_users)
+		pthread_cond_wait(&l->cond, &l->lock);
 	pthread_mutex_unlock(&l->lock);
 }
 

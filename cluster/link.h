@@ -59,7 +59,7 @@ int clink_create(const struct clink_config *cfg, struct clink **out);
 void clink_destroy(struct clink *l);
 
 /* Attach what received messages act on (NULL to detach: they are then counted and ignored, I/O answered with
- * -ENODEV). Call before clink_ready_wait. */
+ * -ENODEV; detaching returns once every callback already running returned). Call before clink_ready_wait. */
 void clink_set_ops(struct clink *l, const struct clink_ops *ops);
 /* Fill the VM's cluster hooks; they stay valid until clink_destroy. */
 void clink_hooks(struct clink *l, struct vm_cluster_hooks *out);

@@ -19,12 +19,8 @@ struct command {
 
 static const struct command commands[] = {
 	{ "run", rackvm_cmd_run, "boot a guest on this host (one node)" },
-#ifdef RACKVM_HAVE_NODE
 	{ "node", rackvm_cmd_node, "run one node hypervisor of a guest spanning several nodes" },
-#endif
-#ifdef RACKVM_HAVE_SIM
 	{ "sim", rackvm_cmd_sim, "run a simulated cluster of node processes on this host" },
-#endif
 };
 
 static void usage(FILE *f)
