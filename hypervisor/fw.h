@@ -60,6 +60,12 @@ void fw_boot_release(struct fw_boot *b);
 int fw_cpuid_build(unsigned n_vcpus, const uint32_t *apic_ids, const struct accel_cpuid_entry *base, size_t n_base,
 		   struct accel_cpuid_entry *out, size_t max, size_t *n_out);
 
+/* Addition to the contract (fw owner): set CPUID 0x15/0x16 for a guest TSC of tsc_hz (0x15: EAX/EBX the TSC to
+ * crystal ratio in lowest terms, ECX = LAPIC_TIMER_HZ; 0x16: TSC MHz, bus MHz) and raise leaf 0's maximum to
+ * 0x16. fw_cpuid_build() assumes 1 GHz for emu; a VM whose tsc_hz differs (and every KVM VM) calls this on the
+ * built table. *n is updated; -ENOSPC when max is too small. */
+int fw_cpuid_set_tsc(struct accel_cpuid_entry *table, size_t max, size_t *n, uint64_t tsc_hz);
+
 /* The smallest --mem a guest needs for our tables plus the kernel image (for a clear "--mem too small"). */
 uint64_t fw_min_ram(void);
 
