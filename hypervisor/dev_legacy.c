@@ -8,6 +8,9 @@
  *   - 0xcf8-0xcff PCI configuration mechanism #1: there is no PCI host bridge, so every read returns all ones and
  *     writes are ignored. Linux's pci_check_type1() reads back 0x80000000 from 0xcf8 and sees ~0, its type-2
  *     probe reads 0 from 0xcf8/0xcfa and sees 0xff: both conclude "no PCI".
+ *   - COM2-COM4 (0x2f8, 0x3e8, 0x2e8, 8 ports each): no UART there, the floating ISA bus reads all ones and
+ *     ignores writes, so Linux's 8250 probe of the legacy ports (IER scratch test) finds nothing instead of the
+ *     VMM stopping on an unknown port.
  * Any other port stays unclaimed, so the VMM reports it as an unknown access.
  */
 #include <errno.h>
@@ -47,6 +50,14 @@ static int legacy_port92_io(void *opaque, struct io_access *a)
 	return 0;
 }
 
+/* Nothing behind these ports: reads float high, writes vanish. */
+static int legacy_absent_io(void *opaque, struct io_access *a)
+{
+	if (!a->write)
+		a->data = size_ones(a->size);
+	return 0;
+}
+
 static int legacy_pci_io(void *opaque, struct io_access *a)
 {
 	if (!a->write)
@@ -69,6 +80,12 @@ static int legacy_create(struct bus *b, const struct machine_desc *m, const stru
 		r = bus_claim(b, BUS_PIO, 0x92, 1, "port92", legacy_port92_io, l);
 	if (!r)
 		r = bus_claim(b, BUS_PIO, 0xcf8, 8, "pci-none", legacy_pci_io, l);
+	if (!r)
+		r = bus_claim(b, BUS_PIO, 0x2f8, 8, "com2-absent", legacy_absent_io, l);
+	if (!r)
+		r = bus_claim(b, BUS_PIO, 0x3e8, 8, "com3-absent", legacy_absent_io, l);
+	if (!r)
+		r = bus_claim(b, BUS_PIO, 0x2e8, 8, "com4-absent", legacy_absent_io, l);
 	if (r) {
 		/* claims cannot be withdrawn; the caller destroys the bus after a failed create */
 		free(l);

@@ -14,7 +14,8 @@
  * and real PCs have it) with an edge pulse irq_set(2, 1), irq_set(2, 0) at every rising edge of OUT0 (each period
  * in modes 2/3, once in modes 0/4). A timer thread delivers them: it is started the first time channel 0 is
  * armed and parks on a condition variable (no CPU, no timeout) whenever channel 0 has nothing to signal. Missed
- * periods (host stalls) are coalesced into one pulse, like a real interrupt line that is still pending.
+ * periods (host stalls) are coalesced into one pulse, like a real interrupt line that is still pending, and pulses
+ * are at least 200 us apart whatever the count (KVM's default min_timer_period_us).
  *
  * Locking: one mutex for all state; irq_set is called without it (the interrupt path takes other locks).
  */
@@ -30,6 +31,7 @@
 #define PIT_HZ 1193182ull
 #define PIT_GSI 2
 #define NSEC_PER_SEC_ 1000000000ull
+#define PIT_MIN_PERIOD_NS 200000ull
 #define REFRESH_NS 15085ull     /* port 0x61 bit 4 toggles every DRAM refresh cycle (~15 us) */
 
 enum { RW_LATCH = 0, RW_LSB = 1, RW_MSB = 2, RW_WORD = 3 };
@@ -386,7 +388,9 @@ static void *pit_timer_main(void *arg)
 		now = pit_now(p);
 		d = chan_ticks(c, now);
 		if (d >= p->irq_next_tick) {
-			p->irq_next_tick = pit_ch0_next_edge(p, now);
+			/* at most one pulse per PIT_MIN_PERIOD_NS, like KVM's min_timer_period_us: a guest
+			 * programming count 1 gets a 5 kHz interrupt, not a vCPU-starving storm */
+			p->irq_next_tick = pit_ch0_next_edge(p, now + PIT_MIN_PERIOD_NS);
 			p->irq_pulses++;
 			pthread_mutex_unlock(&p->lock);
 			p->svc->irq_set(p->svc->opaque, PIT_GSI, 1);

@@ -124,9 +124,14 @@ static void rtc_set_from_regs(struct rtc *r, uint64_t now)
 	tm.tm_mday = (int)from_reg(r, r->cmos[7]);
 	tm.tm_mon = (int)from_reg(r, r->cmos[8]) - 1;
 	tm.tm_year = (int)(from_reg(r, r->cmos[RTC_CENTURY]) * 100 + from_reg(r, r->cmos[9])) - 1900;
+	/* A nonsense date keeps the old time: the fields must be in range (timegm would normalise month 99) and the
+	 * year in what the ns arithmetic holds. */
+	if (tm.tm_sec > 59 || tm.tm_min > 59 || hour > 23 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_mon < 0 ||
+	    tm.tm_mon > 11 || tm.tm_year < 70 || tm.tm_year > 2199 - 1900)
+		return;
 	t = timegm(&tm);
 	if (t == (time_t)-1)
-		return; /* nonsense date: keep the old time, as a guest cannot make us crash or go backwards wildly */
+		return;
 	r->base_sec = (int64_t)t;
 	r->base_ns = now - (uint64_t)(phase < 0 ? 0 : phase);
 }

@@ -802,6 +802,24 @@ static void test_pit_mode0_oneshot_irq(void **state)
 	env_free(e);
 }
 
+static void test_pit_min_period(void **state)
+{
+	struct env *e = env_new();
+
+	env_add(e, "pit");
+	outb(e, 0x43, 0x34);                            /* ch0, mode 2, count 2: a 600 kHz rate */
+	outb(e, 0x40, 2);
+	outb(e, 0x40, 0);
+	for (int i = 0; i < 1000; i++) {                /* 10 ms of device time in 10 us steps */
+		fake_advance(&e->f, 10 * NSEC_PER_USEC);
+		usleep(20);
+	}
+	assert_true(wait_pulses(&e->f, 2, 1, 5 * NSEC_PER_SEC));
+	/* at most one pulse per 200 us of device time (+1 for the first) */
+	assert_true(fake_pulses(&e->f, 2) <= 10 * NSEC_PER_MSEC / (200 * NSEC_PER_USEC) + 1);
+	env_free(e);
+}
+
 static void test_pit_mode3_and_out2(void **state)
 {
 	struct env *e = env_new();
@@ -1153,6 +1171,14 @@ static void test_legacy_ports(void **state)
 	assert_int_equal(inb(e, 0xcfa), 0xff);
 	assert_int_equal(in_sz(e, 0xcfc, 2), 0xffff);
 	assert_int_equal(in_sz(e, 0xcfe, 1), 0xff);
+	/* COM2-COM4: Linux's 8250 IER scratch probe sees no UART */
+	for (size_t i = 0; i < 3; i++) {
+		static const uint16_t com[] = { 0x2f8, 0x3e8, 0x2e8 };
+
+		outb(e, com[i] + 1, 0x00);
+		assert_int_equal(inb(e, com[i] + 1) & 0x0f, 0x0f); /* scratch2 != 0: nothing there */
+		assert_int_equal(inb(e, com[i] + 5), 0xff);
+	}
 	/* everything else stays unknown */
 	assert_int_equal(pio(e, 0x64, 1, false, &v), -ENOENT);
 	assert_int_equal(pio(e, 0xcf7, 1, false, &v), -ENOENT);
@@ -1417,6 +1443,7 @@ int main(void)
 		cmocka_unit_test(test_fwcfg_bad_files),
 		cmocka_unit_test(test_pit_mode2_counting_and_irq),
 		cmocka_unit_test(test_pit_mode0_oneshot_irq),
+		cmocka_unit_test(test_pit_min_period),
 		cmocka_unit_test(test_pit_mode3_and_out2),
 		cmocka_unit_test(test_pit_port61_calibration),
 		cmocka_unit_test(test_pit_latch_and_readback),
