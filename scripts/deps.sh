@@ -15,6 +15,7 @@ PKGS=(
 	libibverbs-dev librdmacm-dev   # RDMA transport
 	spin                           # model checking of the DSM protocol
 	qemu-system-x86                # reference VMM for guest cross-checks
+	acpica-tools                   # iasl -d validates the ACPI tables (test_fw)
 	iproute2 procps psmisc         # network namespaces, process tools used by tests
 )
 
