@@ -62,17 +62,11 @@ test_kvm_LDLIBS = $(CMOCKA_LIBS) $(HV_LDLIBS)
 # rackvm run end to end: every guest workload on emu (and kvm when present), bad inputs, misbehaving guests.
 CHECK_SCRIPTS += tests/integration/test_hv_run.sh
 
-# --- firmware tests (owner: firmware — e820, ACPI, CPUID, multiboot and Linux loaders)
-# The firmware sources are listed explicitly (not through libhv) so the test builds whatever state other files are in.
-FW_SRCS := hypervisor/fw.c hypervisor/acpi.c hypervisor/cpuid.c hypervisor/load_multiboot.c hypervisor/load_linux.c
-ifneq ($(wildcard tests/unit/test_fw.c),)
-TESTS += test_fw
-test_fw_PATH := tests/test_fw
-test_fw_SRCS := tests/unit/test_fw.c $(FW_SRCS)
-test_fw_DEPLIBS := util
-test_fw_LDLIBS := $(CMOCKA_LIBS)
-endif
-# Debian kernel image check: fetches linux-image-cloud-amd64 once into $(BUILD)/cache, runs test_fw --linux-image.
-ifneq ($(wildcard tests/unit/test_linux_image.sh),)
-CHECK_SCRIPTS += tests/unit/test_linux_image.sh
-endif
+# --- emu system tests (owner: emu-sys) ---
+# guest programs are assembled at run time with the system as/ld; the multiboot-entry case runs
+# $(BUILD)/guest/topology.elf when built (SKIP otherwise). About 3 s.
+TESTS += test_emu
+test_emu_PATH := tests/test_emu
+test_emu_SRCS := tests/unit/test_emu.c
+test_emu_DEPLIBS := $(HV_DEPLIBS)
+test_emu_LDLIBS = $(CMOCKA_LIBS) $(HV_LDLIBS)

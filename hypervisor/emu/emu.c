@@ -384,8 +384,7 @@ static void run_loop(struct emu_cpu *cpu, bool wrmsr_fault)
 			}
 		}
 		cpu->irq_shadow = false;
-		emu_step(cpu);
-		cpu->insns++;
+		emu_step(cpu);   /* counts cpu->insns when it retires */
 	}
 shutdown:
 	cpu->dlv_class = -1;
