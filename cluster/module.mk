@@ -17,3 +17,5 @@ test_cluster_PATH := tests/test_cluster
 test_cluster_SRCS := tests/unit/test_cluster.c cluster/msg.c cluster/link.c cluster/placement.c
 test_cluster_DEPLIBS := util
 test_cluster_LDLIBS := $(CMOCKA_LIBS)
+# `rackvm sim` end to end: every SDK workload over 2-4 nodes, fabric, netns, a killed node (docs/cluster.md).
+CHECK_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/integration/test_sim.sh)

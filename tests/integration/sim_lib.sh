@@ -1,0 +1,104 @@
+# Helpers for tests that boot a guest across simulated nodes with `rackvm sim` (tests/integration/test_sim.sh,
+# tests/bench/bench_cluster.sh). Exit convention as qemu and rackvm run: the guest's isa-debug-exit code c makes
+# the sim exit (c << 1) | 1; sim_run sets SIM_CODE to c, or "timeout", or "status:<n>" for anything else.
+
+BUILD=${BUILD:-build}
+RACKVM=${RACKVM:-$BUILD/rackvm}
+GUEST_DIR=$BUILD/guest
+SIM_TIMEOUT=${SIM_TIMEOUT:-120}
+SIM_LOG_DIR=${SIM_LOG_DIR:-$BUILD/test-logs/sim}
+mkdir -p "$SIM_LOG_DIR"
+
+npass=0
+nfail=0
+nskip=0
+
+# sim_run <log-name> <workload> <cmdline> <sim args...>: console in $SIM_LOG, sim/node stderr in $SIM_ERR.
+sim_run() {
+	local name=$1 wl=$2 cmdline=$3
+	shift 3
+	SIM_LOG=$SIM_LOG_DIR/$name.log
+	SIM_ERR=$SIM_LOG_DIR/$name.err
+	local t0 rc
+	t0=${EPOCHREALTIME/./}
+	"$RACKVM" sim --accel emu --kernel "$GUEST_DIR/$wl.elf" --cmdline "$cmdline" --timeout "$SIM_TIMEOUT" "$@" \
+		</dev/null >"$SIM_LOG.raw" 2>"$SIM_ERR"
+	rc=$?
+	tr -d '\r' <"$SIM_LOG.raw" >"$SIM_LOG"
+	rm -f "$SIM_LOG.raw"
+	local us=$((${EPOCHREALTIME/./} - t0))
+	SIM_SECS=$(printf '%d.%02d' $((us / 1000000)) $((us % 1000000 / 10000)))
+	if [ $rc -eq 124 ]; then
+		SIM_CODE=timeout
+	elif [ $((rc % 2)) -eq 1 ]; then
+		SIM_CODE=$(((rc - 1) / 2))
+	else
+		SIM_CODE=status:$rc
+	fi
+}
+
+expect_line() {
+	if ! grep -Eq -- "$1" "$SIM_LOG"; then
+		echo "    missing console line /$1/"
+		return 1
+	fi
+}
+
+expect_err() {
+	if ! grep -Eq -- "$1" "$SIM_ERR"; then
+		echo "    missing sim/node line /$1/"
+		return 1
+	fi
+}
+
+# verdict <case-name> <expected-code> <check-function> [args...]
+verdict() {
+	local name=$1 want=$2 fn=$3
+	shift 3
+	local ok=1
+	if [ "$SIM_CODE" != "$want" ]; then
+		echo "    guest exit $SIM_CODE, expected $want"
+		ok=0
+	fi
+	if ! "$fn" "$@"; then
+		ok=0
+	fi
+	if [ $ok -eq 1 ]; then
+		npass=$((npass + 1))
+		printf 'PASS %-44s %6ss\n' "$name" "$SIM_SECS"
+	else
+		nfail=$((nfail + 1))
+		printf 'FAIL %-44s %6ss  (logs %s, %s)\n' "$name" "$SIM_SECS" "$SIM_LOG" "$SIM_ERR"
+		tail -n 15 "$SIM_LOG" | sed 's/^/    | /'
+		grep -v '^\[node [0-9]*\] \[ *[0-9.]*\] node[0-9]* info:' "$SIM_ERR" | tail -n 25 | sed 's/^/    ! /'
+	fi
+}
+
+skip_case() {
+	nskip=$((nskip + 1))
+	echo "SKIP: $1: $2"
+}
+
+sim_preflight() {
+	if [ ! -x "$RACKVM" ]; then
+		echo "sim: $RACKVM missing (run make BUILD=$BUILD first)"
+		exit 1
+	fi
+	local w
+	for w in topology litmus memtest compute ipi; do
+		if [ ! -f "$GUEST_DIR/$w.elf" ]; then
+			echo "sim: $GUEST_DIR/$w.elf missing (run make BUILD=$BUILD first)"
+			exit 1
+		fi
+	done
+	if [ ! -e /dev/userfaultfd ] && [ "$(cat /proc/sys/vm/unprivileged_userfaultfd 2>/dev/null)" != 1 ] &&
+		[ "$(id -u)" != 0 ]; then
+		echo "SKIP: userfaultfd is not available to this user (the DSM needs it)"
+		exit 77
+	fi
+}
+
+sim_summary() {
+	echo "sim: $npass passed, $nfail failed, $nskip skipped"
+	[ "$nfail" -eq 0 ]
+}
