@@ -308,7 +308,6 @@ int rackvm_cmd_run(int argc, char **argv)
 		fprintf(stderr, "rackvm: --accel %s: %s\n", cfg.accel, why);
 		return 1;
 	}
-	pr_info("accelerator %s (%s)", accel->name, why);
 	cfg.accel = accel->name;
 
 	region = run_region_create(cfg.ram_size);
@@ -319,6 +318,7 @@ int rackvm_cmd_run(int argc, char **argv)
 			dsm_region_destroy(region);
 		return 1;
 	}
+	pr_info("accelerator %s (%s)", accel->name, why);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = run_on_signal;
 	sigemptyset(&sa.sa_mask);

@@ -288,11 +288,11 @@ static int vcpu_exit_io(struct vcpu *v)
 		}
 		if (err) {
 			if (err == -ENOENT)
-				vcpu_fail(v, "vcpu %u: guest accessed unknown port 0x%x (%s, %u bytes%s%llx)", v->index,
+				vcpu_fail(v, "vcpu %u: guest accessed unknown port 0x%x (%s, size %u%s%llx)", v->index,
 					  x->io.port, x->io.in ? "in" : "out", x->io.size, x->io.in ? "" : ", value 0x",
 					  x->io.in ? 0ull : (unsigned long long)acc.data);
 			else
-				vcpu_fail(v, "vcpu %u: port 0x%x (%s, %u bytes) failed in %s: %s", v->index, x->io.port,
+				vcpu_fail(v, "vcpu %u: port 0x%x (%s, size %u) failed in %s: %s", v->index, x->io.port,
 					  x->io.in ? "in" : "out", x->io.size,
 					  v->vm->io_local ? (bus_owner(v->vm->bus, BUS_PIO, x->io.port) ?: "?") :
 							    "forwarding", strerror(-err));

@@ -268,20 +268,6 @@ static int vm_ram_setup(struct vm *vm, const struct vm_config *cfg)
 	return 0;
 }
 
-/* CPUID 0x15 tells the guest its TSC rate against the APIC timer's crystal (lapic.h); fw does not know tsc_hz. */
-static void vm_cpuid_patch(struct vm *vm)
-{
-	for (size_t i = 0; i < vm->n_cpuid; i++) {
-		struct accel_cpuid_entry *e = &vm->cpuid[i];
-
-		if (e->function == 0x15) {
-			e->eax = 1;
-			e->ebx = (uint32_t)(vm->tsc_hz / LAPIC_TIMER_HZ);
-			e->ecx = (uint32_t)LAPIC_TIMER_HZ;
-		}
-	}
-}
-
 static int vm_cpuid_setup(struct vm *vm)
 {
 	struct accel_cpuid_entry *base = NULL;
@@ -305,7 +291,12 @@ static int vm_cpuid_setup(struct vm *vm)
 		vm_report("CPUID table: %s", strerror(-err));
 		return err;
 	}
-	vm_cpuid_patch(vm);
+	/* CPUID 0x15/0x16: the guest's TSC rate against the APIC timer's crystal (lapic.h) */
+	err = fw_cpuid_set_tsc(vm->cpuid, VM_MAX_CPUID, &vm->n_cpuid, vm->tsc_hz);
+	if (err) {
+		vm_report("CPUID table (TSC leaves): %s", strerror(-err));
+		return err;
+	}
 	return 0;
 }
 
