@@ -67,6 +67,7 @@ PROGRAMS :=        # installed binaries
 TESTS :=           # unit/integration test programs run by make check (each prints cmocka results)
 CHECK_SCRIPTS :=   # extra check steps (shell), run by make check after the test programs
 BENCHES :=         # benchmark programs run by make bench
+BENCH_SCRIPTS :=   # benchmark scripts (bash, BUILD set) run by make bench after the programs
 FUZZERS :=         # libFuzzer targets (built with clang) run by make fuzz
 SOAK_SCRIPTS :=    # long runs for make soak
 GEN_HDRS :=        # generated headers that objects depend on
@@ -135,7 +136,8 @@ check: all
 	$(Q)BUILD=$(BUILD) tests/run-check.sh $(foreach t,$(TESTS),$($(t)_BIN)) -- $(CHECK_SCRIPTS)
 
 bench: all
-	$(Q)set -e; for b in $(foreach t,$(BENCHES),$($(t)_BIN)); do echo "== $$b"; $$b; done
+	$(Q)set -e; for b in $(foreach t,$(BENCHES),$($(t)_BIN)); do echo "== $$b"; $$b; done; \
+	for s in $(BENCH_SCRIPTS); do echo "== $$s"; BUILD=$(BUILD) bash $$s; done
 
 soak: all
 	$(Q)set -e; for s in $(SOAK_SCRIPTS); do echo "== $$s"; BUILD=$(BUILD) bash $$s; done
