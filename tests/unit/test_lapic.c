@@ -22,6 +22,7 @@
 #include "hypervisor/lapic.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/rand.h"
 
 #define MAX_CPUS 8
 
@@ -1152,6 +1153,159 @@ static void test_bus_errors(void **state)
 	apicbus_destroy(b);
 }
 
+/* ---- randomized register and message traffic ---- */
+
+static uint32_t reg_get(struct lapic *l, uint32_t off, bool *ok)
+{
+	uint64_t v = 0;
+
+	*ok = lapic_x2apic(l) ? lapic_msr_read(l, 0x800 + (off >> 4), &v) == 0
+			      : lapic_mmio_enabled(l) && lapic_mmio_read(l, off, 4, &v) == 0;
+	return (uint32_t)v;
+}
+
+/* Invariants that must hold whatever the guest and the bus did. */
+static void check_invariants(struct lapic *l, uint32_t id)
+{
+	static const uint32_t lvt_off[] = { 0x2f0, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370 };
+	static const uint32_t lvt_ok[] = { 0x107ff, 0x700ff, 0x107ff, 0x107ff, 0x1a7ff, 0x1a7ff, 0x100ff };
+	bool ok;
+	int v = lapic_pending_vector(l);
+	uint32_t ppr = reg_get(l, 0xa0, &ok);
+
+	assert_false(lapic_x2apic(l) && lapic_mmio_enabled(l));
+	if (!ok) {
+		/* hardware-disabled */
+		assert_false(lapic_x2apic(l) || lapic_mmio_enabled(l));
+		assert_int_equal(v, -1);
+		assert_int_equal(lapic_timer_deadline(l), UINT64_MAX);
+		return;
+	}
+	if (v >= 0) {
+		assert_true(v >= 16);
+		assert_true(((uint32_t)v & 0xf0) > (ppr & 0xf0));
+	}
+	assert_int_equal(reg_get(l, 0xf0, &ok) & ~0x3ffu, 0);
+	for (unsigned i = 0; i < sizeof(lvt_off) / sizeof(lvt_off[0]); i++) {
+		uint32_t lvt = reg_get(l, lvt_off[i], &ok);
+
+		assert_true(ok);
+		assert_int_equal(lvt & ~lvt_ok[i], 0);
+		if (i == 1)
+			assert_true((lvt & 0x60000) != 0x60000);
+		if (!(reg_get(l, 0xf0, &ok) & 0x100))
+			assert_true(lvt & 0x10000);
+	}
+	assert_int_equal(reg_get(l, 0x100, &ok) & 0xffff, 0);          /* vectors 0-15 never in ISR/IRR */
+	assert_int_equal(reg_get(l, 0x200, &ok) & 0xffff, 0);
+	assert_int_equal(reg_get(l, 0x3e0, &ok) & ~0xbu, 0);
+	if (lapic_x2apic(l)) {
+		assert_int_equal(reg_get(l, 0xd0, &ok), ((id >> 4) << 16) | (1u << (id & 0xf)));
+		assert_int_equal(reg_get(l, 0x20, &ok), id);
+	} else {
+		assert_int_equal(reg_get(l, 0x20, &ok), id << 24);
+		assert_int_equal(reg_get(l, 0xd0, &ok) & 0x00ffffffu, 0);
+		assert_int_equal(reg_get(l, 0xe0, &ok) & 0x0fffffffu, 0x0fffffffu);
+	}
+}
+
+static uint64_t rand_value(struct rng *r)
+{
+	switch (rng_next(r) % 4) {
+	case 0:
+		return rng_next(r);
+	case 1:
+		return rng_next(r) & 0xffffffffu;
+	case 2:
+		return rng_next(r) & 0x1ffff;
+	default:
+		return rng_next(r) & 0xff;
+	}
+}
+
+static void test_random_traffic(void **state)
+{
+	static const uint32_t ids[] = { 0, 1, 17 };
+	static const uint64_t bases[] = { 0xfee00800, 0xfee00c00, 0xfee00000, 0xfec00800, 0xfee00400 };
+	struct machine mc;
+	struct rng r;
+	unsigned ops = 200000;
+
+	rng_seed(&r, 0x1a91c);
+	machine_init(&mc, 3, ids);
+	for (unsigned n = 0; n < ops; n++) {
+		unsigned who = (unsigned)(rng_next(&r) % 3);
+		struct lapic *l = mc.cpu[who].l;
+		uint64_t v = 0;
+		int pv;
+
+		switch (rng_next(&r) % 12) {
+		case 0:
+		case 1: {
+			uint64_t off = rng_next(&r) % 0x400, size = 1u << (rng_next(&r) % 4);
+
+			if (rng_next(&r) % 2)
+				off &= ~0xfull;
+			(void)lapic_mmio_read(l, off, (uint8_t)size, &v);
+			break;
+		}
+		case 2:
+		case 3: {
+			uint64_t off = (rng_next(&r) % 0x40) << 4;
+
+			if (off == 0x300 && rng_next(&r) % 4)
+				break;                        /* keep IPIs from flooding everything */
+			(void)lapic_mmio_write(l, off, 4, rand_value(&r));
+			break;
+		}
+		case 4:
+			(void)lapic_msr_read(l, 0x800 + (uint32_t)(rng_next(&r) % 0x100), &v);
+			break;
+		case 5:
+			(void)lapic_msr_write(l, 0x800 + (uint32_t)(rng_next(&r) % 0x40), rand_value(&r));
+			break;
+		case 6:
+			if (rng_next(&r) % 8 == 0)
+				(void)lapic_msr_write(l, MSR_IA32_APICBASE, bases[rng_next(&r) % 5]);
+			else
+				(void)lapic_msr_write(l, MSR_IA32_TSC_DEADLINE, fake_tsc + rng_next(&r) % 100000);
+			break;
+		case 7: {
+			struct irq_msg m = {
+				.vector = (uint8_t)rng_next(&r), .delivery = (uint8_t)(rng_next(&r) % 8),
+				.shorthand = (uint8_t)(rng_next(&r) % 4), .logical = rng_next(&r) % 2,
+				.level = rng_next(&r) % 2, .trigger_level = rng_next(&r) % 2,
+				.x2apic = rng_next(&r) % 2, .dest = (uint32_t)rand_value(&r), .source = ids[who],
+			};
+
+			(void)apicbus_deliver(mc.bus, &m);
+			break;
+		}
+		case 8:
+		case 9:
+			pv = lapic_pending_vector(l);
+			if (pv >= 0)
+				lapic_ack(l, (uint8_t)pv);
+			break;
+		case 10:
+			if (lapic_x2apic(l))
+				(void)lapic_msr_write(l, 0x80b, 0);
+			else if (lapic_mmio_enabled(l))
+				(void)lapic_mmio_write(l, 0xb0, 4, 0);
+			break;
+		default:
+			fake_tsc += rng_next(&r) % 50000;
+			lapic_timer_tick(l, fake_tsc);
+			if (rng_next(&r) % 64 == 0)
+				lapic_reset(l, who == 0);
+			(void)lapic_take_events(l, NULL);
+			break;
+		}
+		check_invariants(l, ids[who]);
+	}
+	machine_fini(&mc);
+}
+
 /* ---- concurrency ---- */
 
 #define CONC_PER_SENDER 100000
@@ -1271,6 +1425,7 @@ int main(void)
 		cmocka_unit_test_setup(test_timer_fractional_clock, setup),
 		cmocka_unit_test_setup(test_two_nodes, setup),
 		cmocka_unit_test_setup(test_bus_errors, setup),
+		cmocka_unit_test_setup(test_random_traffic, setup),
 		cmocka_unit_test_setup(test_concurrent_ipis, setup),
 	};
 
