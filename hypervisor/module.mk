@@ -22,12 +22,10 @@ endif
 ifneq ($(wildcard tests/unit/test_devices.c),)
 TESTS += test_devices
 test_devices_PATH := tests/test_devices
-# own sources (not libhv) while other parts of libhv are being written; switch to DEPLIBS hv util later
-test_devices_SRCS := tests/unit/test_devices.c hypervisor/bus.c hypervisor/ioapic.c hypervisor/dev_uart.c \
-	hypervisor/dev_debugexit.c hypervisor/dev_fwcfg.c hypervisor/dev_pit.c hypervisor/dev_rtc.c \
-	hypervisor/dev_pic.c hypervisor/dev_legacy.c
-test_devices_DEPLIBS := util
-test_devices_LDLIBS := $(CMOCKA_LIBS) -lpthread
+# linked with libhv whole, so the device table holds exactly what the VMM registers
+test_devices_SRCS := tests/unit/test_devices.c
+test_devices_DEPLIBS := $(HV_DEPLIBS)
+test_devices_LDLIBS = $(CMOCKA_LIBS) $(HV_LDLIBS)
 endif
 
 # --- firmware tests (owner: firmware — e820, ACPI, CPUID, multiboot and Linux loaders)
