@@ -68,3 +68,12 @@ test_emu_PATH := tests/test_emu
 test_emu_SRCS := tests/unit/test_emu.c
 test_emu_DEPLIBS := $(HV_DEPLIBS)
 test_emu_LDLIBS = $(CMOCKA_LIBS) $(HV_LDLIBS)
+
+# --- emu exec tests: the interpreter's decoder/executor alone, against a flat-memory fake of emu.h (in the test)
+TESTS += test_emu_exec
+test_emu_exec_PATH := tests/test_emu_exec
+test_emu_exec_SRCS := tests/unit/test_emu_exec.c $(wildcard hypervisor/emu/emu_exec*.c)
+test_emu_exec_DEPLIBS := util
+test_emu_exec_LDLIBS := $(CMOCKA_LIBS) -lpthread
+# start-to-first-byte and compute wall time, rackvm vs qemu in the same run (make bench)
+BENCH_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/bench/bench_hv.sh)

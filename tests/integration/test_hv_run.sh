@@ -1,0 +1,345 @@
+#!/usr/bin/env bash
+# rackvm run end to end (issue 4): every guest SDK workload with 1, 2 and 4 vCPUs on the emu accelerator (and on
+# kvm when /dev/kvm is usable, else one SKIP line), with the assertions of tests/guest/run-qemu.sh; bad inputs
+# (one-line error, non-zero exit, no core dump); misbehaving guests (tiny multiboot images assembled here:
+# triple fault, unknown port, unknown MMIO, unknown MSR, IPI to a missing APIC id) reported with registers and a
+# clean exit; SIGINT/SIGTERM.
+#
+# The emu is an interpreter, so workloads run with smaller sizes than under qemu (memtest max=8M, compute n=20000
+# rounds=8, litmus iters=100, ipi iters=50). Budget: about 2-3 minutes on the 2-core dev machine.
+# Exit 0 pass, 1 on any failure. Logs: $BUILD/test-logs/hv-run/.
+set -u
+cd "$(dirname "$0")/../.."
+BUILD=${BUILD:-build}
+RACKVM=$BUILD/rackvm
+GUEST_DIR=$BUILD/guest
+LOG_DIR=$BUILD/test-logs/hv-run
+HV_TIMEOUT=${HV_TIMEOUT:-120}
+mkdir -p "$LOG_DIR"
+
+npass=0 nfail=0 nskip=0
+t_start=$SECONDS
+
+if [ ! -x "$RACKVM" ]; then
+	echo "test_hv_run: $RACKVM missing (make BUILD=$BUILD)"
+	exit 1
+fi
+for w in topology litmus memtest compute ipi; do
+	if [ ! -f "$GUEST_DIR/$w.elf" ]; then
+		echo "test_hv_run: $GUEST_DIR/$w.elf missing (make BUILD=$BUILD guest)"
+		exit 1
+	fi
+done
+
+# hv_run <log-name> <accel> <kernel> <vcpus> <cmdline> [extra rackvm args]
+# Sets GUEST_LOG (console, CR removed), GUEST_ERR (stderr), RC (exit status) and GUEST_CODE: the guest's
+# isa-debug-exit code ((RC - 1) / 2 for odd RC), "timeout", "signal" (killed: a crash) or "noexit".
+hv_run() {
+	local name=$1 accel=$2 kernel=$3 vcpus=$4 append=$5
+	shift 5
+	GUEST_LOG=$LOG_DIR/$name.log
+	GUEST_ERR=$LOG_DIR/$name.err
+	local t0=${EPOCHREALTIME/./}
+	timeout -k 5 "$HV_TIMEOUT" "$RACKVM" run --accel "$accel" --kernel "$kernel" --vcpus "$vcpus" --mem 128M \
+		--cmdline "$append" "$@" </dev/null >"$GUEST_LOG.raw" 2>"$GUEST_ERR"
+	RC=$?
+	tr -d '\r' <"$GUEST_LOG.raw" >"$GUEST_LOG"
+	rm -f "$GUEST_LOG.raw"
+	local us=$((${EPOCHREALTIME/./} - t0))
+	GUEST_SECS=$(printf '%d.%02d' $((us / 1000000)) $((us % 1000000 / 10000)))
+	if [ $RC -eq 124 ] || [ $RC -eq 137 ]; then
+		GUEST_CODE=timeout
+	elif [ $RC -gt 128 ]; then
+		GUEST_CODE=signal
+	elif [ $((RC % 2)) -eq 1 ]; then
+		GUEST_CODE=$(((RC - 1) / 2))
+	else
+		GUEST_CODE=noexit
+	fi
+}
+
+expect_line() {
+	if ! grep -Eq -- "$1" "$GUEST_LOG"; then
+		echo "    missing console line /$1/"
+		return 1
+	fi
+}
+
+expect_err() {
+	if ! grep -Eq -- "$1" "$GUEST_ERR"; then
+		echo "    missing stderr line /$1/"
+		return 1
+	fi
+}
+
+pass() {
+	npass=$((npass + 1))
+	printf 'PASS %-44s %6ss\n' "$1" "${GUEST_SECS:-0}"
+}
+
+fail() {
+	nfail=$((nfail + 1))
+	printf 'FAIL %-44s %6ss  (logs %s)\n' "$1" "${GUEST_SECS:-0}" "$GUEST_LOG"
+	tail -n 15 "$GUEST_LOG" 2>/dev/null | sed 's/^/    | /'
+	tail -n 5 "$GUEST_ERR" 2>/dev/null | sed 's/^/    ! /'
+}
+
+# verdict <case-name> <expected-guest-code> <check-function> [args...]
+verdict() {
+	local name=$1 want=$2 fn=$3
+	shift 3
+	local ok=1
+	if [ "$GUEST_CODE" != "$want" ]; then
+		echo "    guest exit $GUEST_CODE (status $RC), expected $want"
+		ok=0
+	fi
+	"$fn" "$@" || ok=0
+	if [ $ok -eq 1 ]; then pass "$name"; else fail "$name"; fi
+}
+
+# ---- the workloads (run-qemu.sh's assertions, sizes for an interpreter) --------------------------------------
+check_topology() {
+	local n=$1 i ok=0
+	expect_line "^topology: $n cpus up \(madt $n\), 1 numa nodes, [0-9]+ bytes usable RAM, apic (xapic|x2apic)\$" || ok=1
+	for ((i = 0; i < n; i++)); do
+		expect_line "^topology: cpu $i apic $i node [0-9]+ cpuid_apic $i\$" || ok=1
+	done
+	expect_line "^topology: mmap 0x0000000000100000-0x[0-9a-f]+ type 1\$" || ok=1
+	expect_line "^rackvm-guest: exit 0 \(ok\)" || ok=1
+	return $ok
+}
+
+LIT_ITERS=100
+check_litmus() {
+	local n=$1 iters=$2 t ok=0 run=0
+	for t in SB MP LB 2+2W; do
+		if [ "$n" -ge 2 ]; then
+			expect_line "^litmus: ${t/+/\\+} iters $iters forbidden 0 relaxed [0-9]+\$" || ok=1
+			run=$((run + 1))
+		else
+			expect_line "^litmus: ${t/+/\\+} skipped \(needs 2 cpus, have 1\)\$" || ok=1
+		fi
+	done
+	if [ "$n" -ge 3 ]; then run=$((run + 1)); expect_line "^litmus: WRC iters $iters forbidden 0 " || ok=1; fi
+	if [ "$n" -ge 4 ]; then run=$((run + 1)); expect_line "^litmus: IRIW iters $iters forbidden 0 " || ok=1; fi
+	expect_line "^litmus: $run tests run, $((6 - run)) skipped, forbidden 0\$" || ok=1
+	return $ok
+}
+check_litmus_injected() {
+	expect_line "^litmus: MP outcome r0=1,r1=0 count [0-9]+ FORBIDDEN\$" &&
+		expect_line "^litmus: 4 tests run, 2 skipped, forbidden [1-9]"
+}
+
+MT_MAX=8M
+check_memtest() {
+	local n=$1
+	expect_line "^memtest: tested 8388608 bytes \(8 MiB\) in 1 ranges, 6 patterns, $n cpus, errors 0\$" || return 1
+	[ "$(grep -c '^memtest: pattern .* errors 0 ' "$GUEST_LOG")" -eq 6 ]
+}
+check_memtest_corrupt() {
+	local base
+	base=$(sed -n 's/^memtest: range 0x\([0-9a-f]*\)-.*/\1/p' "$GUEST_LOG" | head -1)
+	[ -n "$base" ] || return 1
+	expect_line "^memtest: error cpu 1 addr 0x$(printf '%x' $((0x$base + 4096))) expect 0x[0-9a-f]+ got 0x[0-9a-f]+\$" &&
+		expect_line "^memtest: pattern address errors 1 " &&
+		expect_line "^memtest: tested 8388608 bytes \(8 MiB\) in 1 ranges, 6 patterns, 2 cpus, errors 1\$"
+}
+
+CN=20000 CR=8
+CEXP=$("$GUEST_DIR/compute-ref" $CN $CR)
+check_compute() {
+	local n=$1
+	expect_line "^compute: n $CN rounds $CR cpus $n checksum $CEXP expect $CEXP ok ticks [0-9]+\$" &&
+		[ "$(grep -c '^compute: cpu [0-9]* items ' "$GUEST_LOG")" -eq "$n" ]
+}
+check_compute_wrong() {
+	expect_line "^compute: n 1000 rounds 4 cpus 2 checksum 0x[0-9a-f]{16} expect 0x0000000000000001 MISMATCH "
+}
+
+IPI_ITERS=50
+check_ipi() {
+	local n=$1 mode=$2 k ok=0
+	expect_line "^ipi: self iters $IPI_ITERS received $IPI_ITERS\$" || ok=1
+	for ((k = 1; k < n; k++)); do
+		expect_line "^ipi: cpu $k apic $k pings $IPI_ITERS pongs $IPI_ITERS rtt_min [0-9]+ rtt_avg [0-9]+ rtt_max [0-9]+ ticks\$" ||
+			ok=1
+	done
+	local total=$((IPI_ITERS + 2 * IPI_ITERS * (n - 1)))
+	expect_line "^ipi: mode $mode cpus $n delivered $total expected $total lost 0\$" || ok=1
+	expect_line "^rackvm-guest: ring-0 entries: [0-9]+ syscalls, $total interrupts\$" || ok=1
+	return $ok
+}
+
+check_gp() {
+	expect_line "^EXCEPTION: vector 13 \(#GP\) error 0x0 cpu 0 ring 3\$" &&
+		expect_line "^  RIP=[0-9a-f]{16} CS=0023 RFLAGS=[0-9a-f]{16} RSP=[0-9a-f]{16} SS=001b\$" &&
+		expect_line "^rackvm-guest: exit 2 \(exception\)"
+}
+check_pf() {
+	expect_line "^EXCEPTION: vector 14 \(#PF\) error 0x4 cpu 0 ring 3\$" && expect_line " CR2=0000123456789000\$"
+}
+check_ud_ap() {
+	expect_line "^EXCEPTION: vector 6 \(#UD\) error 0x0 cpu 2 ring 3\$"
+}
+check_usage() {
+	expect_line "^rackvm-guest: bad number in option iters\$"
+}
+
+run_workloads() {
+	local accel=$1 n mode
+	for n in 1 2 4; do
+		hv_run "$accel-topology-smp$n" "$accel" "$GUEST_DIR/topology.elf" $n ""
+		verdict "$accel topology vcpus=$n" 0 check_topology $n
+	done
+	for n in 1 2 4; do
+		hv_run "$accel-litmus-smp$n" "$accel" "$GUEST_DIR/litmus.elf" $n "iters=$LIT_ITERS"
+		verdict "$accel litmus vcpus=$n" 0 check_litmus $n $LIT_ITERS
+	done
+	hv_run "$accel-litmus-inject" "$accel" "$GUEST_DIR/litmus.elf" 2 "iters=32 inject=MP"
+	verdict "$accel litmus inject=MP (negative)" 1 check_litmus_injected
+	for n in 1 2 4; do
+		hv_run "$accel-memtest-smp$n" "$accel" "$GUEST_DIR/memtest.elf" $n "max=$MT_MAX"
+		verdict "$accel memtest vcpus=$n max=$MT_MAX" 0 check_memtest $n
+	done
+	hv_run "$accel-memtest-corrupt" "$accel" "$GUEST_DIR/memtest.elf" 2 "max=8M corrupt=4096"
+	verdict "$accel memtest corrupt=4096 (negative)" 1 check_memtest_corrupt
+	for n in 1 2 4; do
+		hv_run "$accel-compute-smp$n" "$accel" "$GUEST_DIR/compute.elf" $n "n=$CN rounds=$CR expect=$CEXP"
+		verdict "$accel compute vcpus=$n" 0 check_compute $n
+	done
+	hv_run "$accel-compute-wrong" "$accel" "$GUEST_DIR/compute.elf" 2 "n=1000 rounds=4 expect=1"
+	verdict "$accel compute wrong expect (negative)" 1 check_compute_wrong
+	for mode in xapic x2apic; do
+		for n in 1 2 4; do
+			hv_run "$accel-ipi-$mode-smp$n" "$accel" "$GUEST_DIR/ipi.elf" $n "apic=$mode iters=$IPI_ITERS"
+			verdict "$accel ipi apic=$mode vcpus=$n" 0 check_ipi $n $mode
+		done
+	done
+	hv_run "$accel-crash-gp" "$accel" "$GUEST_DIR/topology.elf" 2 "crash=1"
+	verdict "$accel crash=1 -> #GP report (negative)" 2 check_gp
+	hv_run "$accel-crash-pf" "$accel" "$GUEST_DIR/compute.elf" 1 "crash=pf n=1000 rounds=1"
+	verdict "$accel crash=pf -> #PF report (negative)" 2 check_pf
+	hv_run "$accel-crash-ud-ap" "$accel" "$GUEST_DIR/litmus.elf" 4 "crash=ud crash_cpu=2 iters=10"
+	verdict "$accel crash=ud on vcpu 2 (negative)" 2 check_ud_ap
+	hv_run "$accel-bad-option" "$accel" "$GUEST_DIR/litmus.elf" 1 "iters=12x"
+	verdict "$accel iters=12x -> usage exit (negative)" 4 check_usage
+}
+
+run_workloads emu
+if [ -w /dev/kvm ]; then
+	run_workloads kvm
+else
+	nskip=$((nskip + 1))
+	echo "SKIP: kvm workloads: /dev/kvm: $( [ -e /dev/kvm ] && echo 'not writable' || echo 'No such file or directory')"
+fi
+
+# ---- bad inputs: one line on stderr, non-zero exit, no crash --------------------------------------------------
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+# bad_input <case-name> <stderr-regex> <rackvm run args...>
+bad_input() {
+	local name=$1 re=$2
+	shift 2
+	GUEST_LOG=$LOG_DIR/bad-$name.log
+	GUEST_ERR=$LOG_DIR/bad-$name.err
+	GUEST_SECS=0
+	timeout -k 5 30 "$RACKVM" run "$@" </dev/null >"$GUEST_LOG" 2>"$GUEST_ERR"
+	RC=$?
+	local ok=1 lines
+	lines=$(grep -vc '^\[ *[0-9.]*\] rackvm info: ' "$GUEST_ERR")
+	if [ $RC -eq 0 ] || [ $RC -ge 124 ]; then echo "    exit status $RC, want an error status"; ok=0; fi
+	if [ "$lines" -ne 1 ]; then echo "    $lines lines on stderr, want 1"; ok=0; fi
+	grep -Eq -- "$re" "$GUEST_ERR" || { echo "    stderr does not match /$re/"; ok=0; }
+	if [ $ok -eq 1 ]; then pass "bad input: $name"; else fail "bad input: $name"; fi
+}
+
+K=$GUEST_DIR/topology.elf
+bad_input missing-kernel '^rackvm: --kernel /nonexistent/k\.elf: No such file or directory$' --kernel /nonexistent/k.elf
+bad_input missing-initrd '^rackvm: --initrd /nonexistent/i: No such file or directory$' --kernel "$K" --initrd /nonexistent/i
+bad_input missing-module '^rackvm: --module /nonexistent/m: No such file or directory$' --kernel "$K" --module "/nonexistent/m arg"
+printf 'this is not a kernel\n' >"$T/text"
+bad_input not-bootable '^rackvm: .+' --accel emu --kernel "$T/text"
+head -c 300 "$K" >"$T/truncated.elf"
+bad_input corrupt-image '^rackvm: .+' --accel emu --kernel "$T/truncated.elf"
+bad_input mem-too-small '^rackvm: --mem 1024K is too small' --kernel "$K" --mem 1M
+bad_input mem-junk '^rackvm: --mem 12Q: not a size' --kernel "$K" --mem 12Q
+bad_input vcpus-zero '^rackvm: --vcpus 0: must be a number from 1 to 64$' --kernel "$K" --vcpus 0
+bad_input vcpus-too-many '^rackvm: --vcpus 65: must be a number from 1 to 64$' --kernel "$K" --vcpus 65
+bad_input unknown-option "^rackvm: run: unknown option '--frobnicate'" --kernel "$K" --frobnicate
+bad_input unknown-accel '^rackvm: --accel xen: unknown accelerator' --kernel "$K" --accel xen
+bad_input no-kernel '^rackvm: run: --kernel FILE is required' --vcpus 2
+if [ ! -e /dev/kvm ]; then
+	bad_input accel-kvm-absent '^rackvm: --accel kvm: /dev/kvm: No such file or directory$' --kernel "$K" --accel kvm
+fi
+
+# ---- misbehaving guests ------------------------------------------------------------------------------------
+build_bad() {
+	local c=$1 addr=${2:-0x100000}
+	as --32 --defsym CASE="$c" -o "$T/bad$c.o" tests/integration/hv_bad_guest.S &&
+		ld -N -m elf_i386 --no-warn-rwx-segments -Ttext="$addr" -e _start -o "$T/bad$c.elf" "$T/bad$c.o"
+}
+have_as=1
+for c in 1 2 3 4 5 6; do build_bad $c || have_as=0; done
+build_bad 7 0x40000000 || have_as=0
+if [ $have_as -eq 0 ]; then
+	nfail=$((nfail + 1))
+	echo "FAIL could not assemble the tiny guests (as/ld --32)"
+else
+	bad_input segments-outside-ram '^rackvm: .*outside guest RAM' --accel emu --kernel "$T/bad7.elf" --mem 128M
+
+	REGS='^rackvm: vcpu 0: RIP=[0-9a-f]{16} RSP=[0-9a-f]{16} RFLAGS=[0-9a-f]+ CR0=[0-9a-f]+ CR3=[0-9a-f]{16} CR4=[0-9a-f]+ EFER=[0-9a-f]+ CS=[0-9a-f]{4} SS=[0-9a-f]{4} '
+	# misbehaving <case> <name> <first-line-regex> [second regex]
+	misbehaving() {
+		local c=$1 name=$2 re=$3 re2=${4:-}
+		for accel in emu kvm; do
+			if [ $accel = kvm ] && [ ! -w /dev/kvm ]; then continue; fi
+			hv_run "bad-guest-$name-$accel" $accel "$T/bad$c.elf" 1 ""
+			local ok=1
+			[ "$RC" -eq 1 ] || { echo "    exit status $RC, want 1"; ok=0; }
+			expect_err "$re" || ok=0
+			expect_err "$REGS" || ok=0
+			[ -z "$re2" ] || expect_err "$re2" || ok=0
+			[ "$(grep -c '^rackvm: vcpu 0: RIP=' "$GUEST_ERR")" -eq 1 ] || { echo "    want exactly one register dump"; ok=0; }
+			if [ $ok -eq 1 ]; then pass "$accel misbehaving guest: $name"; else fail "$accel misbehaving guest: $name"; fi
+		done
+	}
+	misbehaving 1 triple-fault '^rackvm: vcpu 0: triple fault \(shutdown\)'
+	misbehaving 2 unknown-port '^rackvm: vcpu 0: guest accessed unknown port 0x1234 \(out, size 1, value 0x5a\)$'
+	misbehaving 3 unknown-mmio '^rackvm: vcpu 0: guest accessed unknown MMIO address 0xd0000000 \(write, 4 bytes\)$'
+	misbehaving 4 unknown-msr '^rackvm: vcpu 0: triple fault' 'rdmsr of unhandled MSR 0xdeadbeef at RIP 0x[0-9a-f]+: #GP'
+
+	# an IPI to an APIC id nobody has is dropped (as hardware): the guest goes on and exits with 0x10
+	hv_run bad-guest-wild-ipi emu "$T/bad5.elf" 2 ""
+	if [ "$GUEST_CODE" = 16 ] && ! grep -q 'RIP=' "$GUEST_ERR"; then
+		pass "emu misbehaving guest: IPI to missing APIC id"
+	else
+		echo "    guest exit $GUEST_CODE (status $RC), expected 16 and no error"
+		fail "emu misbehaving guest: IPI to missing APIC id"
+	fi
+
+	# SIGINT / SIGTERM: clean teardown with 130 / 143 while 4 vCPUs halt (BSP) or wait for SIPI (APs)
+	for sig in INT TERM; do
+		want=$([ $sig = INT ] && echo 130 || echo 143)
+		GUEST_LOG=$LOG_DIR/sig-$sig.log GUEST_ERR=$LOG_DIR/sig-$sig.err GUEST_SECS=0
+		"$RACKVM" run --accel emu --kernel "$T/bad6.elf" --vcpus 4 </dev/null >"$GUEST_LOG" 2>"$GUEST_ERR" &
+		pid=$!
+		for _ in $(seq 100); do grep -q 'accelerator emu' "$GUEST_ERR" && break; sleep 0.05; done
+		sleep 0.2
+		kill -$sig $pid
+		rc=0
+		for _ in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.05; done
+		if kill -0 $pid 2>/dev/null; then kill -9 $pid; fi
+		wait $pid
+		rc=$?
+		if [ $rc -eq "$want" ]; then
+			pass "SIG$sig -> exit $want"
+		else
+			echo "    exit status $rc, want $want"
+			fail "SIG$sig -> exit $want"
+		fi
+	done
+fi
+
+echo "test_hv_run: $npass passed, $nfail failed, $nskip skipped in $((SECONDS - t_start))s"
+[ $nfail -eq 0 ]
