@@ -353,7 +353,7 @@ int fw_acpi_build(struct fw_ctx *c)
 	size_t n = 0;
 	int r;
 
-	uint8_t *rsdp = acpi_alloc(&b, 36, 16, &rsdp_gpa);
+	uint8_t *rsdp = acpi_alloc(&b, 36, 16, &rsdp_gpa); /* first: FW_ACPI_BASE, as fw_files_only() states */
 	r = build_facs(&b, &facs);
 	if (!r)
 		r = build_dsdt(&b, &dsdt);

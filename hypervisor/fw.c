@@ -305,6 +305,14 @@ int fw_setup(const struct fw_config *cfg, void *ram, struct fw_boot *out, char *
 		goto out_free_img;
 	}
 
+	if (kind == FW_MULTIBOOT && cfg->initrd) {
+		r = fw_fail(&c, EINVAL, "an initrd is for Linux kernels; %s is multiboot (pass it as a module)", cfg->kernel);
+		goto out_free_img;
+	}
+	if (kind != FW_MULTIBOOT && cfg->n_modules) {
+		r = fw_fail(&c, EINVAL, "modules are for multiboot kernels; %s is Linux (use an initrd)", cfg->kernel);
+		goto out_free_img;
+	}
 	r = fw_acpi_build(&c);
 	if (r < 0)
 		goto out_free_img;
@@ -323,6 +331,24 @@ out_release:
 	fw_boot_release(out);
 out_free_img:
 	free(img);
+	return r;
+}
+
+int fw_files_only(const struct fw_config *cfg, struct fw_boot *out, char *err, size_t err_len)
+{
+	struct fw_ctx c = { .cfg = cfg, .err = err, .err_len = err_len };
+	if (err && err_len)
+		err[0] = '\0';
+	memset(out, 0, sizeof(*out));
+	int r = config_check(&c, cfg);
+	if (r < 0)
+		return r;
+	e820_build(&c);
+	c.rsdp_gpa = FW_ACPI_BASE;         /* acpi.c puts the RSDP first */
+	out->rsdp_gpa = c.rsdp_gpa;
+	r = files_publish(&c, out);
+	if (r < 0)
+		fw_boot_release(out);
 	return r;
 }
 

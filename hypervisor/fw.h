@@ -66,6 +66,11 @@ int fw_cpuid_build(unsigned n_vcpus, const uint32_t *apic_ids, const struct acce
  * built table. *n is updated; -ENOSPC when max is too small. */
 int fw_cpuid_set_tsc(struct accel_cpuid_entry *table, size_t max, size_t *n, uint64_t tsc_hz);
 
+/* Addition to the contract (fw owner): only the fw_cfg files and rsdp_gpa fw_setup would publish for cfg (no RAM
+ * written, no kernel read; regs/sregs/kind left zero) — for a node that owns the devices but does not load the
+ * image. Release with fw_boot_release. */
+int fw_files_only(const struct fw_config *cfg, struct fw_boot *out, char *err, size_t err_len);
+
 /* The smallest --mem a guest needs for our tables plus the kernel image (for a clear "--mem too small"). */
 uint64_t fw_min_ram(void);
 

@@ -1106,6 +1106,18 @@ static void test_bad_inputs(void **state)
 	fw_wr64(img + 64 + 24, 0x10000000);
 	cfg.kernel = tmp_write("far.vmlinux", img, len);
 	expect_fail(&cfg, ram, "outside guest RAM (64 MiB)");
+	/* initrd for multiboot, modules for Linux */
+	len = make_mb_elf(img, 0x3, 0x100000);
+	cfg.kernel = tmp_write("ok3.elf", img, len);
+	cfg.initrd = cfg.kernel;
+	expect_fail(&cfg, ram, "an initrd is for Linux kernels");
+	cfg.initrd = NULL;
+	len = make_bzimage(img, 0x020f);
+	cfg.kernel = tmp_write("ok2.bz", img, len);
+	cfg.modules = mods;
+	cfg.n_modules = 1;
+	expect_fail(&cfg, ram, "modules are for multiboot kernels");
+	cfg.n_modules = 0;
 	/* configuration errors */
 	len = make_mb_elf(img, 0x3, 0x100000);
 	cfg.kernel = tmp_write("ok2.elf", img, len);
@@ -1115,6 +1127,30 @@ static void test_bad_inputs(void **state)
 	cfg.n_nodes = 2;
 	expect_fail(&cfg, ram, "no per-node memory ranges");
 	log_set_quiet(false);
+	ram_free(ram, rs);
+}
+
+/* fw_files_only publishes what fw_setup publishes, without touching RAM. */
+static void test_files_only(void **state)
+{
+	uint64_t rs = 64 * MIB;
+	uint8_t *ram = ram_new(rs);
+	size_t len = make_mb_elf(mb_img, 0x3, 0x100000);
+	struct fw_config cfg = cfg_basic(rs, tmp_write("mb.elf", mb_img, len));
+	struct fw_boot a, b;
+	char err[256];
+	assert_int_equal(setup(&cfg, ram, &a, err), 0);
+	cfg.kernel = NULL;
+	assert_int_equal(fw_files_only(&cfg, &b, err, sizeof(err)), 0);
+	assert_int_equal(a.rsdp_gpa, b.rsdp_gpa);
+	assert_int_equal(a.n_files, b.n_files);
+	for (size_t i = 0; i < a.n_files; i++) {
+		assert_string_equal(a.files[i].name, b.files[i].name);
+		assert_int_equal(a.files[i].size, b.files[i].size);
+		assert_memory_equal(a.files[i].data, b.files[i].data, a.files[i].size);
+	}
+	fw_boot_release(&a);
+	fw_boot_release(&b);
 	ram_free(ram, rs);
 }
 
@@ -1269,6 +1305,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_linux_bzimage),
 		cmocka_unit_test(test_linux_vmlinux),
 		cmocka_unit_test(test_bad_inputs),
+		cmocka_unit_test(test_files_only),
 		cmocka_unit_test(test_corrupt_images),
 	};
 	return cmocka_run_group_tests_name("fw", tests, tmp_setup, tmp_teardown);
