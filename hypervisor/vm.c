@@ -318,12 +318,14 @@ static int vm_firmware(struct vm *vm)
 	char err[256] = "";
 	int r;
 
-	/* Only the node that runs vCPU 0 writes the image: with DSM every node sees those bytes.
-	 * Issue 5: a node that owns the devices but not vCPU 0 still needs the fw_cfg files (fw.h could offer a
-	 * "files only" mode); until then fw_cfg on such a node is empty. */
-	if (!vm_boot_here(vm))
+	/* Only the node that runs vCPU 0 writes the image: with DSM every node sees those bytes. A node that owns
+	 * the devices but not vCPU 0 still needs the fw_cfg files; other nodes need nothing. */
+	if (vm_boot_here(vm))
+		r = fw_setup(&fc, vm->ram, &vm->boot, err, sizeof(err));
+	else if (vm->io_local)
+		r = fw_files_only(&fc, &vm->boot, err, sizeof(err));
+	else
 		return 0;
-	r = fw_setup(&fc, vm->ram, &vm->boot, err, sizeof(err));
 	if (r) {
 		vm_report("%s", err[0] ? err : strerror(-r));
 		return r;
@@ -497,7 +499,7 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 		apicbus_attach(vm->apicbus, i, vm->vcpus[i]->lapic);
 		vm->n_local++;
 	}
-	if (vm->vcpus[0] && vm->boot_loaded) {
+	if (vm->vcpus[0] && vm->boot_loaded && vm_boot_here(vm)) {
 		err = vcpu_load_boot(vm->vcpus[0], &vm->boot);
 		if (err) {
 			vm_report("cannot load the boot CPU's entry state: %s", strerror(-err));
