@@ -166,12 +166,6 @@ uint64_t emu_read(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size);
 void emu_write(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size, uint64_t val);
 /* Instruction fetch (CS, execute permission). */
 uint8_t emu_fetch8(struct emu_cpu *cpu, uint64_t rip);
-/* Added by emu-sys: fast fetch. Host pointer to the code byte at CS:rip and in *avail how many bytes from there
- * may be read through it (to the end of the page, clipped to the CS limit outside 64-bit mode; always >= 1).
- * Raises #PF/#GP like emu_fetch8 when the first byte cannot be fetched. Returns NULL (avail 0) when the code is
- * not in RAM: fall back to emu_fetch8, which then ends the run with ACCEL_EXIT_ERROR (no execution from MMIO).
- * An instruction that runs over *avail continues with another call at rip + avail (next page, own checks). */
-const uint8_t *emu_fetch_ptr(struct emu_cpu *cpu, uint64_t rip, unsigned *avail);
 /* Host pointer for an aligned atomic RMW of `size` bytes in RAM (write permission checked); raises on fault;
  * LOCKed access to MMIO raises #GP (documented limitation). */
 void *emu_atomic_ptr(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size);
@@ -243,7 +237,8 @@ uint64_t emu_tsc_now(const struct emu_cpu *cpu);
 /* Host pointer to the instruction bytes at CS:rip and in *avail (>= 1) how many are readable there (up to the end
  * of the page and of the CS limit), with the checks emu_fetch8() does; NULL when those bytes are not plain RAM (the
  * caller then uses emu_fetch8). May raise what emu_fetch8 raises. emu_exec.c has a weak fallback returning NULL,
- * so emu_mmu.c may implement it later. */
+ * so emu_mmu.c may implement it later. (emu-sys: implemented; emu_fetch8 on code outside RAM ends the run with
+ * ACCEL_EXIT_ERROR — no execution from MMIO.) */
 const uint8_t *emu_fetch_ptr(struct emu_cpu *cpu, uint64_t rip, unsigned *avail);
 
 #endif

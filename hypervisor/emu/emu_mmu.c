@@ -97,7 +97,7 @@ static _Noreturn void seg_fault(struct emu_cpu *cpu, int seg)
 
 static inline bool canonical(uint64_t a)
 {
-	return (uint64_t)(((int64_t)a << 16) >> 16) == a;
+	return (uint64_t)((int64_t)(a << 16) >> 16) == a;
 }
 
 uint64_t emu_linear(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size, bool write)

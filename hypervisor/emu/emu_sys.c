@@ -274,7 +274,7 @@ static void code_check_direct(struct emu_cpu *cpu, uint16_t sel, const struct kv
 
 static bool canonical(uint64_t a)
 {
-	return (uint64_t)(((int64_t)a << 16) >> 16) == a;
+	return (uint64_t)((int64_t)(a << 16) >> 16) == a;
 }
 
 /* #GP(0) unless `rip` is valid in code segment `cs` (canonical for a 64-bit segment, else within its limit). */
