@@ -7,7 +7,10 @@
  *     QEMU with -no-reboot);
  *   - 0xcf8-0xcff PCI configuration mechanism #1: there is no PCI host bridge, so every read returns all ones and
  *     writes are ignored. Linux's pci_check_type1() reads back 0x80000000 from 0xcf8 and sees ~0, its type-2
- *     probe reads 0 from 0xcf8/0xcfa and sees 0xff: both conclude "no PCI".
+ *     probe reads 0 from 0xcf8/0xcfa and sees 0xff: both conclude "no PCI". One exception: a byte write to
+ *     0xcf9 is the PIIX/ICH reset control register, which the FADT names as the ACPI reset register (value
+ *     0x06): bit 2 set asks the VMM to stop with code 0, like the fast reset of port 0x92. (Wider writes at
+ *     0xcf8 are CONFIG_ADDRESS writes and never reset.)
  *   - COM2-COM4 (0x2f8, 0x3e8, 0x2e8, 8 ports each): no UART there, the floating ISA bus reads all ones and
  *     ignores writes, so Linux's 8250 probe of the legacy ports (IER scratch test) finds nothing instead of the
  *     VMM stopping on an unknown port.
@@ -60,8 +63,12 @@ static int legacy_absent_io(void *opaque, struct io_access *a)
 
 static int legacy_pci_io(void *opaque, struct io_access *a)
 {
+	struct legacy *l = opaque;
+
 	if (!a->write)
 		a->data = size_ones(a->size);
+	else if (a->offset == 1 && a->size == 1 && (a->data & 0x04))
+		l->svc->request_exit(l->svc->opaque, 0, "reset through port 0xcf9");
 	return 0;
 }
 

@@ -292,7 +292,8 @@ static void test_bus_dispatch_and_owner(void **state)
 
 static void test_device_table(void **state)
 {
-	static const char *const names[] = { "uart", "isa-debug-exit", "fw_cfg", "pit", "rtc", "pic", "legacy" };
+	static const char *const names[] = { "uart", "isa-debug-exit", "fw_cfg", "pit", "rtc", "pic", "legacy",
+					     "acpi-pm" };
 	size_t n = device_type_count();
 	struct env *e = env_new();
 
@@ -323,6 +324,7 @@ static void test_device_table(void **state)
 	assert_string_equal(bus_owner(e->bus, BUS_PIO, 0xa1), "pic-slave");
 	assert_string_equal(bus_owner(e->bus, BUS_PIO, 0x4d1), "elcr");
 	assert_string_equal(bus_owner(e->bus, BUS_PIO, 0xcfc), "pci-none");
+	assert_string_equal(bus_owner(e->bus, BUS_PIO, 0x608), "acpi-pm");
 	assert_string_equal(bus_owner(e->bus, BUS_MMIO, 0xfec00010), "ioapic");
 	assert_null(bus_owner(e->bus, BUS_PIO, 0x64));
 	env_free(e);
@@ -1171,6 +1173,14 @@ static void test_legacy_ports(void **state)
 	assert_int_equal(inb(e, 0xcfa), 0xff);
 	assert_int_equal(in_sz(e, 0xcfc, 2), 0xffff);
 	assert_int_equal(in_sz(e, 0xcfe, 1), 0xff);
+	/* 0xcf9: only a byte write with bit 2 is the reset control register */
+	outl(e, 0xcf8, 0x80000400);
+	outw(e, 0xcf8, 0x0400);
+	outb(e, 0xcf9, 0x02);
+	assert_int_equal(e->f.n_exits, 1);
+	outb(e, 0xcf9, 0x06);                           /* the FADT's reset register and value */
+	assert_int_equal(e->f.n_exits, 2);
+	assert_int_equal(e->f.exit_code, 0);
 	/* COM2-COM4: Linux's 8250 IER scratch probe sees no UART */
 	for (size_t i = 0; i < 3; i++) {
 		static const uint16_t com[] = { 0x2f8, 0x3e8, 0x2e8 };
@@ -1183,6 +1193,50 @@ static void test_legacy_ports(void **state)
 	assert_int_equal(pio(e, 0x64, 1, false, &v), -ENOENT);
 	assert_int_equal(pio(e, 0xcf7, 1, false, &v), -ENOENT);
 	assert_int_equal(pio(e, 0xd00, 1, false, &v), -ENOENT);
+	env_free(e);
+}
+
+/* ---- ACPI PM block ---- */
+
+static void test_acpi_pm(void **state)
+{
+	struct env *e = env_new();
+	uint64_t v = 0;
+
+	env_add(e, "acpi-pm");
+	assert_int_equal(in_sz(e, 0x608, 4), 0);
+	fake_advance(&e->f, NSEC_PER_SEC);
+	assert_int_equal(in_sz(e, 0x608, 4), 3579545);  /* 3.579545 MHz */
+	assert_int_equal(in_sz(e, 0x608, 2), 3579545 & 0xffff);
+	assert_int_equal(in_sz(e, 0x60a, 1), (3579545 >> 16) & 0xff);
+	fake_advance(&e->f, 1200 * NSEC_PER_SEC);       /* 32-bit wrap after ~1200 s */
+	assert_int_equal(in_sz(e, 0x608, 4), (uint32_t)(1201ull * 3579545));
+	outl(e, 0x608, 0);                              /* read-only */
+	assert_int_equal(in_sz(e, 0x608, 4), (uint32_t)(1201ull * 3579545));
+	/* PM1_STS (write 1 to clear, never set), PM1_EN stored */
+	assert_int_equal(in_sz(e, 0x600, 2), 0);
+	outw(e, 0x602, 0x0121);
+	assert_int_equal(in_sz(e, 0x602, 2), 0x0121);
+	assert_int_equal(in_sz(e, 0x600, 4), 0x01210000);
+	outw(e, 0x600, 0xffff);
+	assert_int_equal(in_sz(e, 0x600, 2), 0);
+	/* PM1_CNT: SCI_EN always set; SLP_EN with SLP_TYP 0 (the DSDT's S5) powers off */
+	assert_int_equal(in_sz(e, 0x604, 2), 0x0001);
+	outw(e, 0x604, 0x0000);
+	assert_int_equal(in_sz(e, 0x604, 2), 0x0001);
+	log_set_quiet(true);
+	outw(e, 0x604, (5 << 10) | 0x2000);             /* S-state other than S5: ignored */
+	log_set_quiet(false);
+	assert_int_equal(e->f.n_exits, 0);
+	assert_int_equal(in_sz(e, 0x604, 2), (5 << 10) | 0x0001);
+	outw(e, 0x604, 0x2000);
+	assert_int_equal(e->f.n_exits, 1);
+	assert_int_equal(e->f.exit_code, 0);
+	assert_int_equal(in_sz(e, 0x604, 2) & 0x2000, 0);
+	outb(e, 0x605, 0x20);                           /* byte write of the high half works as well */
+	assert_int_equal(e->f.n_exits, 2);
+	assert_int_equal(in_sz(e, 0x606, 2), 0xffff);   /* hole between the blocks */
+	assert_int_equal(pio(e, 0x60c, 1, false, &v), -ENOENT);
 	env_free(e);
 }
 
@@ -1394,6 +1448,7 @@ static void test_all_ports_odd_accesses(void **state)
 	uint64_t seed = 12345;
 
 	e->m.n_vcpus = 1;
+	log_set_quiet(true);                            /* random PM1_CNT writes ask for sleep states */
 	for (size_t i = 0; i < device_type_count(); i++)
 		env_add(e, device_type_at(i)->name);
 	assert_int_equal(ioapic_create(e->bus, &e->svc, &e->ioapic), 0);
@@ -1422,6 +1477,7 @@ static void test_all_ports_odd_accesses(void **state)
 		assert_int_equal(pio(e, ports[(seed >> 33) % (sizeof(ports) / sizeof(ports[0]))],
 				     sizes[(seed >> 40) % 3], (seed >> 45) & 1, &d), 0);
 	}
+	log_set_quiet(false);
 	env_free(e);
 }
 
@@ -1453,6 +1509,7 @@ int main(void)
 		cmocka_unit_test(test_rtc_cmos_memory_8g),
 		cmocka_unit_test(test_pic_init_and_masks),
 		cmocka_unit_test(test_legacy_ports),
+		cmocka_unit_test(test_acpi_pm),
 		cmocka_unit_test(test_ioapic_id_version),
 		cmocka_unit_test(test_ioapic_edge_delivery),
 		cmocka_unit_test(test_ioapic_masked),
