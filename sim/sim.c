@@ -43,6 +43,7 @@
 
 #include "cluster/commands.h"
 #include "cluster/opts.h"
+#include "cluster/placement.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -555,6 +556,11 @@ static int sim_run(struct sim *s, int sfd)
 	case END_EXITED: {
 		struct sim_node *io = &s->node[s->o.io_node];
 
+		if (WIFEXITED(io->status) && !io->summary[0]) {
+			fprintf(stderr, "sim: FAILED: node %u exited with status %d before the guest ran to its end\n",
+				io->id, WEXITSTATUS(io->status));
+			return 1;
+		}
 		if (WIFEXITED(io->status)) {
 			rc = WEXITSTATUS(io->status);
 			fprintf(stderr, "sim: guest exit code %d\n", rc);
@@ -685,6 +691,17 @@ static int sim_parse(int argc, char **argv, struct sim_opts *o)
 		fprintf(stderr, "rackvm sim: --nodes, --vcpus, --mem and --kernel are required\n");
 		usage(stderr);
 		return -EINVAL;
+	}
+	if (o->vcpus < o->nodes && !o->placement) {
+		fprintf(stderr, "rackvm sim: %u vCPUs cannot cover %u nodes (each node runs at least one)\n", o->vcpus,
+			o->nodes);
+		return -EINVAL;
+	}
+	if (o->placement) {
+		uint32_t node_of[64];
+
+		if (placement_parse(o->placement, o->vcpus, o->nodes, node_of))
+			return -EINVAL;
 	}
 	if (o->io_node >= o->nodes) {
 		fprintf(stderr, "rackvm sim: --io-node %u is not one of the %u nodes\n", o->io_node, o->nodes);

@@ -11,6 +11,31 @@ cd "$(dirname "$0")/../.."
 sim_preflight
 T0=$SECONDS
 
+# ---- refusals before anything runs: a key file others can read, a bad placement, a missing option
+check_refusals() {
+	local d ok=0 out
+	d=$(mktemp -d)
+	printf '%064x\n' 7 >"$d/key"
+	chmod 644 "$d/key"
+	out=$("$RACKVM" node --id 0 --listen 127.0.0.1:1 --key-file "$d/key" --vcpus 1 --mem 16M \
+		--kernel "$GUEST_DIR/ipi.elf" 2>&1)
+	[ $? -eq 1 ] && grep -q "accessible by group or others (mode 0644): chmod 600" <<<"$out" ||
+		{ echo "    world-readable key accepted: $out"; ok=1; }
+	chmod 600 "$d/key"
+	printf 'xyz\n' >"$d/key"
+	out=$("$RACKVM" node --id 0 --listen 127.0.0.1:1 --key-file "$d/key" --vcpus 1 --mem 16M \
+		--kernel "$GUEST_DIR/ipi.elf" 2>&1)
+	[ $? -eq 1 ] && grep -q "must hold 32-128 hex digits" <<<"$out" || { echo "    bad key accepted: $out"; ok=1; }
+	rm -rf "$d"
+	out=$("$RACKVM" sim --nodes 2 --vcpus 2 --mem 64M --kernel "$GUEST_DIR/ipi.elf" --placement 0,0 2>&1)
+	[ $? -eq 2 ] && grep -q "node 1 runs no vCPU" <<<"$out" || { echo "    bad placement accepted: $out"; ok=1; }
+	out=$("$RACKVM" sim --nodes 2 --vcpus 2 --kernel "$GUEST_DIR/ipi.elf" 2>&1)
+	[ $? -eq 2 ] || { echo "    missing --mem accepted"; ok=1; }
+	return $ok
+}
+SIM_CODE=0 SIM_SECS=0 SIM_LOG=/dev/null SIM_ERR=/dev/null
+verdict "refusals (key mode, key text, placement, options)" 0 check_refusals
+
 # ---- topology: N cpus up, one proximity domain per node, each cpu in its node's domain
 check_topology() {
 	local v=$1 n=$2 i ok=0
