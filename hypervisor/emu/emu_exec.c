@@ -336,7 +336,8 @@ static void exec_shift_grp(struct emu_insn *d, uint8_t op)
 		count = (uint8_t)d->cpu->gpr[R_CX];
 	a = emu_rm_read(d, size);
 	r = emu_shift(d->cpu, d->reg & 7, size, a, count);
-	if ((count & (size == 8 ? 0x3f : 0x1f)) != 0)
+	/* a zero count changes nothing, but a 32-bit register destination is still zero-extended */
+	if ((count & (size == 8 ? 0x3f : 0x1f)) != 0 || (!d->mem && size == 4))
 		emu_rm_write(d, size, r);
 	emu_insn_retire(d);
 }
@@ -738,7 +739,7 @@ static void exec_one(struct emu_insn *d, uint8_t op)
 
 	if (d->lock) {
 		/* lockable one-byte opcodes check their ModRM form themselves */
-		bool maybe = (op < 0x40 && (op & 7) < 2 && (op & 0x38) != 0x38) || (op >= 0x80 && op <= 0x83) ||
+		bool maybe = (op < 0x40 && (op & 7) < 2 && (op & 0x38) != 0x38) || op == 0x0f || (op >= 0x80 && op <= 0x83) ||
 			     op == 0x86 || op == 0x87 || op == 0xf6 || op == 0xf7 || op == 0xfe || op == 0xff;
 		if (!maybe)
 			emu_ud(d);
@@ -998,9 +999,7 @@ static void exec_one(struct emu_insn *d, uint8_t op)
 		emu_insn_retire(d);
 		return;
 	case 0x9f:                    /* LAHF */
-		emu_reg_set(d, R_SP, 1, (cpu->rflags & 0xd5) | 2);    /* r=4 without REX is AH */
-		if (d->rex)
-			emu_ud(d);
+		cpu->gpr[R_AX] = (cpu->gpr[R_AX] & ~0xff00ull) | (((cpu->rflags & 0xd5) | 2) << 8);
 		emu_insn_retire(d);
 		return;
 	case 0xa0: case 0xa1: case 0xa2: case 0xa3: {

@@ -208,8 +208,10 @@ static void exec_cmpxchg(struct emu_insn *d, uint8_t op)
 	} else {
 		cur = emu_rm_read(d, size);
 		emu_alu(cpu, ALU_CMP, size, acc, cur);
-		/* the destination is written either way (the processor writes back the old value on failure) */
-		emu_rm_write(d, size, cur == acc ? src : cur);
+		/* memory is written either way (the processor writes back the old value on failure); a register
+		 * destination is left alone on failure (no zero-extension of a 32-bit one, as measured on an AMD EPYC host) */
+		if (cur == acc || d->mem)
+			emu_rm_write(d, size, cur == acc ? src : cur);
 	}
 	if (cur != acc)
 		emu_reg_set(d, R_AX, size, cur);
@@ -333,7 +335,7 @@ void emu_exec_0f(struct emu_insn *d)
 		emu_insn_retire(d);
 		return;
 	}
-	if (op >= 0xc8) {                  /* BSWAP */
+	if (op >= 0xc8 && op <= 0xcf) {    /* BSWAP */
 		unsigned r = (op & 7) | ((d->rex & 1) << 3);
 
 		emu_reg_set(d, r, d->opsize, bswap(emu_reg_get(d, r, d->opsize), d->opsize));
@@ -450,7 +452,7 @@ void emu_exec_0f(struct emu_insn *d)
 		count = (op & 1) ? (uint8_t)cpu->gpr[R_CX] : emu_imm8(d);
 		v = emu_rm_read(d, d->opsize);
 		v = emu_shxd(cpu, op >= 0xac, d->opsize, v, emu_reg_get(d, d->reg, d->opsize), count);
-		if (count & (d->opsize == 8 ? 0x3f : 0x1f))
+		if ((count & (d->opsize == 8 ? 0x3f : 0x1f)) || (!d->mem && d->opsize == 4))
 			emu_rm_write(d, d->opsize, v);
 		emu_insn_retire(d);
 		return;
@@ -495,7 +497,8 @@ void emu_exec_0f(struct emu_insn *d)
 		if (op == 0xbd && d->rep == 0xf3) {    /* LZCNT */
 			unsigned bits = d->opsize * 8, n = v ? (unsigned)__builtin_clzll(v) - (64 - bits) : bits;
 
-			emu_flags_set(cpu, EFL_CF | EFL_ZF, (v ? 0 : EFL_CF) | (n ? 0 : EFL_ZF));
+			/* OF/SF/AF/PF are undefined: SF/AF/PF cleared and OF kept, as measured on an AMD EPYC host */
+			emu_flags_set(cpu, EFL_ARITH & ~EFL_OF, (v ? 0 : EFL_CF) | (n ? 0 : EFL_ZF));
 			emu_reg_set(d, d->reg, d->opsize, n);
 		} else {
 			emu_reg_set(d, d->reg, d->opsize,

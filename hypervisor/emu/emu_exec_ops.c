@@ -6,32 +6,46 @@
  */
 #include "hypervisor/emu/emu_exec_internal.h"
 
+/*
+ * Flags an instruction leaves undefined are, on real CPUs, often the previous values: so the guest's flags are
+ * loaded into the host's first (AH = SF:ZF:AF:PF:CF for SAHF, AL = 0x7f iff OF so that adding 1 sets OF), and the
+ * result matches the host for undefined flags too. LOAD_FL needs the value in EAX; XLOAD_FL swaps it in from %[p]
+ * for the instructions that use RAX themselves (XCHG does not touch the flags).
+ */
+static inline uint64_t fl_pre(uint64_t rflags)
+{
+	return ((rflags & 0xd5) << 8) | ((rflags & EFL_OF) ? 0x7f : 0);
+}
+
+#define LOAD_FL "addb $1,%%al\n\tsahf\n\t"
+#define XLOAD_FL "xchg %%rax,%[p]\n\taddb $1,%%al\n\tsahf\n\txchg %%rax,%[p]\n\t"
+
 /* One-operand op `insn` on x (in/out) with count in CL and carry-in bit 0 of cf. */
 #define ASM_SHIFT(insn)                                                                                        \
 	do {                                                                                                   \
 		switch (size) {                                                                                \
 		case 1: { uint8_t x_ = (uint8_t)a;                                                             \
-			__asm__("bt $0,%k[c]\n\t" insn "b %%cl,%[x]\n\tlahf\n\tseto %%al"                      \
-				: [x] "+q"(x_), "=&a"(ax) : "c"(count), [c] "r"(cf) : "cc");                   \
+			__asm__(LOAD_FL insn "b %%cl,%[x]\n\tlahf\n\tseto %%al"                      \
+				: [x] "+q"(x_), "+a"(ax) : "c"(count) : "cc");                   \
 			res = x_; break; }                                                                     \
 		case 2: { uint16_t x_ = (uint16_t)a;                                                           \
-			__asm__("bt $0,%k[c]\n\t" insn "w %%cl,%[x]\n\tlahf\n\tseto %%al"                      \
-				: [x] "+r"(x_), "=&a"(ax) : "c"(count), [c] "r"(cf) : "cc");                   \
+			__asm__(LOAD_FL insn "w %%cl,%[x]\n\tlahf\n\tseto %%al"                      \
+				: [x] "+r"(x_), "+a"(ax) : "c"(count) : "cc");                   \
 			res = x_; break; }                                                                     \
 		case 4: { uint32_t x_ = (uint32_t)a;                                                           \
-			__asm__("bt $0,%k[c]\n\t" insn "l %%cl,%[x]\n\tlahf\n\tseto %%al"                      \
-				: [x] "+r"(x_), "=&a"(ax) : "c"(count), [c] "r"(cf) : "cc");                   \
+			__asm__(LOAD_FL insn "l %%cl,%[x]\n\tlahf\n\tseto %%al"                      \
+				: [x] "+r"(x_), "+a"(ax) : "c"(count) : "cc");                   \
 			res = x_; break; }                                                                     \
 		default: { uint64_t x_ = a;                                                                    \
-			__asm__("bt $0,%k[c]\n\t" insn "q %%cl,%[x]\n\tlahf\n\tseto %%al"                      \
-				: [x] "+r"(x_), "=&a"(ax) : "c"(count), [c] "r"(cf) : "cc");                   \
+			__asm__(LOAD_FL insn "q %%cl,%[x]\n\tlahf\n\tseto %%al"                      \
+				: [x] "+r"(x_), "+a"(ax) : "c"(count) : "cc");                   \
 			res = x_; break; }                                                                     \
 		}                                                                                              \
 	} while (0)
 
 uint64_t emu_shift(struct emu_cpu *cpu, unsigned op, unsigned size, uint64_t a, uint8_t count)
 {
-	uint64_t res = a, ax = 0, cf = cpu->rflags & EFL_CF;
+	uint64_t res = a, ax = fl_pre(cpu->rflags);
 	uint32_t mask;
 
 	count &= size == 8 ? 0x3f : 0x1f;
@@ -55,23 +69,23 @@ uint64_t emu_shift(struct emu_cpu *cpu, unsigned op, unsigned size, uint64_t a, 
 	do {                                                                                                   \
 		switch (size) {                                                                                \
 		case 2: { uint16_t x_ = (uint16_t)dst;                                                         \
-			__asm__(insn "w %%cl,%[s],%[x]\n\tlahf\n\tseto %%al"                                   \
-				: [x] "+r"(x_), "=&a"(ax) : "c"(count), [s] "r"((uint16_t)src) : "cc");        \
+			__asm__(LOAD_FL insn "w %%cl,%[s],%[x]\n\tlahf\n\tseto %%al"                                   \
+				: [x] "+r"(x_), "+a"(ax) : "c"(count), [s] "r"((uint16_t)src) : "cc");        \
 			res = x_; break; }                                                                     \
 		case 4: { uint32_t x_ = (uint32_t)dst;                                                         \
-			__asm__(insn "l %%cl,%[s],%[x]\n\tlahf\n\tseto %%al"                                   \
-				: [x] "+r"(x_), "=&a"(ax) : "c"(count), [s] "r"((uint32_t)src) : "cc");        \
+			__asm__(LOAD_FL insn "l %%cl,%[s],%[x]\n\tlahf\n\tseto %%al"                                   \
+				: [x] "+r"(x_), "+a"(ax) : "c"(count), [s] "r"((uint32_t)src) : "cc");        \
 			res = x_; break; }                                                                     \
 		default: { uint64_t x_ = dst;                                                                  \
-			__asm__(insn "q %%cl,%[s],%[x]\n\tlahf\n\tseto %%al"                                   \
-				: [x] "+r"(x_), "=&a"(ax) : "c"(count), [s] "r"(src) : "cc");                  \
+			__asm__(LOAD_FL insn "q %%cl,%[s],%[x]\n\tlahf\n\tseto %%al"                                   \
+				: [x] "+r"(x_), "+a"(ax) : "c"(count), [s] "r"(src) : "cc");                  \
 			res = x_; break; }                                                                     \
 		}                                                                                              \
 	} while (0)
 
 uint64_t emu_shxd(struct emu_cpu *cpu, bool right, unsigned size, uint64_t dst, uint64_t src, uint8_t count)
 {
-	uint64_t res = dst, ax = 0;
+	uint64_t res = dst, ax = fl_pre(cpu->rflags);
 
 	count &= size == 8 ? 0x3f : 0x1f;
 	if (!count)
@@ -124,21 +138,21 @@ uint64_t emu_neg(struct emu_cpu *cpu, unsigned size, uint64_t a)
 }
 
 #define MUL_ASM(insn, mod, cons)                                                                               \
-	__asm__(insn " %" mod "[b]\n\tmov %%rax,%[l]\n\tmov %%rdx,%[h]\n\tlahf\n\tseto %%al"                \
-		: "+a"(rax), [l] "=&r"(l), [h] "=&r"(h) : [b] "r"(cons) : "rdx", "cc")
+	__asm__(XLOAD_FL insn " %" mod "[b]\n\tmov %%rax,%[l]\n\tmov %%rdx,%[h]\n\tlahf\n\tseto %%al"                \
+		: "+a"(rax), [l] "=&r"(l), [h] "=&r"(h), [p] "+r"(pre) : [b] "r"(cons) : "rdx", "cc")
 
 void emu_mul1(struct emu_cpu *cpu, bool sign, unsigned size, uint64_t a, uint64_t b, uint64_t *lo, uint64_t *hi)
 {
-	uint64_t rax = a, l, h;
+	uint64_t rax = a, l, h, pre = fl_pre(cpu->rflags);
 
 	switch (size) {
 	case 1:
 		if (sign)
-			__asm__("imulb %[b]\n\tmov %%rax,%[l]\n\tlahf\n\tseto %%al"
-				: "+a"(rax), [l] "=&r"(l) : [b] "q"((uint8_t)b) : "cc");
+			__asm__(XLOAD_FL "imulb %[b]\n\tmov %%rax,%[l]\n\tlahf\n\tseto %%al"
+				: "+a"(rax), [l] "=&r"(l), [p] "+r"(pre) : [b] "q"((uint8_t)b) : "cc");
 		else
-			__asm__("mulb %[b]\n\tmov %%rax,%[l]\n\tlahf\n\tseto %%al"
-				: "+a"(rax), [l] "=&r"(l) : [b] "q"((uint8_t)b) : "cc");
+			__asm__(XLOAD_FL "mulb %[b]\n\tmov %%rax,%[l]\n\tlahf\n\tseto %%al"
+				: "+a"(rax), [l] "=&r"(l), [p] "+r"(pre) : [b] "q"((uint8_t)b) : "cc");
 		h = 0;
 		l &= 0xffff;
 		break;
@@ -168,17 +182,17 @@ void emu_mul1(struct emu_cpu *cpu, bool sign, unsigned size, uint64_t a, uint64_
 
 uint64_t emu_imul2(struct emu_cpu *cpu, unsigned size, uint64_t a, uint64_t b)
 {
-	uint64_t res, ax;
+	uint64_t res, ax = fl_pre(cpu->rflags);
 
 	switch (size) {
 	case 2: { uint16_t x = (uint16_t)a;
-		__asm__("imulw %[b],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "=&a"(ax) : [b] "r"((uint16_t)b) : "cc");
+		__asm__(LOAD_FL "imulw %[b],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "+a"(ax) : [b] "r"((uint16_t)b) : "cc");
 		res = x; break; }
 	case 4: { uint32_t x = (uint32_t)a;
-		__asm__("imull %[b],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "=&a"(ax) : [b] "r"((uint32_t)b) : "cc");
+		__asm__(LOAD_FL "imull %[b],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "+a"(ax) : [b] "r"((uint32_t)b) : "cc");
 		res = x; break; }
 	default: { uint64_t x = a;
-		__asm__("imulq %[b],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "=&a"(ax) : [b] "r"(b) : "cc");
+		__asm__(LOAD_FL "imulq %[b],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "+a"(ax) : [b] "r"(b) : "cc");
 		res = x; break; }
 	}
 	emu_flags_set(cpu, EFL_ARITH, emu_lahf_flags(ax));
@@ -189,7 +203,7 @@ bool emu_div(struct emu_cpu *cpu, bool sign, unsigned size, uint64_t lo, uint64_
 	     uint64_t *r)
 {
 	unsigned bits = size * 8;
-	uint64_t m = emu_mask(size), fl;
+	uint64_t m = emu_mask(size), fl, pre = fl_pre(cpu->rflags);
 
 	b &= m;
 	if (b == 0)
@@ -221,11 +235,11 @@ bool emu_div(struct emu_cpu *cpu, bool sign, unsigned size, uint64_t lo, uint64_
 		uint64_t x = (lo & 0xff) | (hi & 0xff) << 8;
 
 		if (sign)
-			__asm__("idivb %[b]\n\tmov %%rax,%[f]\n\tlahf\n\tseto %%al\n\txchg %%rax,%[f]"
-				: "+a"(x), [f] "=&r"(fl) : [b] "q"((uint8_t)b) : "cc");
+			__asm__(XLOAD_FL "idivb %[b]\n\tmov %%rax,%[f]\n\tlahf\n\tseto %%al\n\txchg %%rax,%[f]"
+				: "+a"(x), [f] "=&r"(fl), [p] "+r"(pre) : [b] "q"((uint8_t)b) : "cc");
 		else
-			__asm__("divb %[b]\n\tmov %%rax,%[f]\n\tlahf\n\tseto %%al\n\txchg %%rax,%[f]"
-				: "+a"(x), [f] "=&r"(fl) : [b] "q"((uint8_t)b) : "cc");
+			__asm__(XLOAD_FL "divb %[b]\n\tmov %%rax,%[f]\n\tlahf\n\tseto %%al\n\txchg %%rax,%[f]"
+				: "+a"(x), [f] "=&r"(fl), [p] "+r"(pre) : [b] "q"((uint8_t)b) : "cc");
 		*q = x & 0xff;
 		*r = (x >> 8) & 0xff;
 		break;
@@ -234,8 +248,8 @@ bool emu_div(struct emu_cpu *cpu, bool sign, unsigned size, uint64_t lo, uint64_
 		uint64_t x = lo, y = hi;
 
 #define DIV_ASM(insn, sfx, cons)                                                                               \
-	__asm__(insn " %" sfx "[b]\n\tmov %%rax,%[f]\n\tlahf\n\tseto %%al\n\txchg %%rax,%[f]"                   \
-		: "+a"(x), "+d"(y), [f] "=&r"(fl) : [b] "r"(cons) : "cc")
+	__asm__(XLOAD_FL insn " %" sfx "[b]\n\tmov %%rax,%[f]\n\tlahf\n\tseto %%al\n\txchg %%rax,%[f]"                   \
+		: "+a"(x), "+d"(y), [f] "=&r"(fl), [p] "+r"(pre) : [b] "r"(cons) : "cc")
 		if (size == 2) {
 			if (sign)
 				DIV_ASM("idivw", "w", (uint16_t)b);
@@ -266,23 +280,23 @@ bool emu_div(struct emu_cpu *cpu, bool sign, unsigned size, uint64_t lo, uint64_
 	do {                                                                                                   \
 		switch (size) {                                                                                \
 		case 2: { uint16_t x_ = (uint16_t)a;                                                           \
-			__asm__(insn "w %[i],%[x]\n\tlahf\n\tseto %%al"                                        \
-				: [x] "+r"(x_), "=&a"(ax) : [i] "r"((uint16_t)bit) : "cc");                    \
+			__asm__(LOAD_FL insn "w %[i],%[x]\n\tlahf\n\tseto %%al"                                        \
+				: [x] "+r"(x_), "+a"(ax) : [i] "r"((uint16_t)bit) : "cc");                    \
 			res = x_; break; }                                                                     \
 		case 4: { uint32_t x_ = (uint32_t)a;                                                           \
-			__asm__(insn "l %[i],%[x]\n\tlahf\n\tseto %%al"                                        \
-				: [x] "+r"(x_), "=&a"(ax) : [i] "r"((uint32_t)bit) : "cc");                    \
+			__asm__(LOAD_FL insn "l %[i],%[x]\n\tlahf\n\tseto %%al"                                        \
+				: [x] "+r"(x_), "+a"(ax) : [i] "r"((uint32_t)bit) : "cc");                    \
 			res = x_; break; }                                                                     \
 		default: { uint64_t x_ = a;                                                                    \
-			__asm__(insn "q %[i],%[x]\n\tlahf\n\tseto %%al"                                        \
-				: [x] "+r"(x_), "=&a"(ax) : [i] "r"((uint64_t)bit) : "cc");                    \
+			__asm__(LOAD_FL insn "q %[i],%[x]\n\tlahf\n\tseto %%al"                                        \
+				: [x] "+r"(x_), "+a"(ax) : [i] "r"((uint64_t)bit) : "cc");                    \
 			res = x_; break; }                                                                     \
 		}                                                                                              \
 	} while (0)
 
 uint64_t emu_bitop(struct emu_cpu *cpu, unsigned op, unsigned size, uint64_t a, unsigned bit)
 {
-	uint64_t res, ax;
+	uint64_t res, ax = fl_pre(cpu->rflags);
 
 	switch (op) {
 	case 0: ASM_BIT("bt"); break;
@@ -297,27 +311,27 @@ uint64_t emu_bitop(struct emu_cpu *cpu, unsigned op, unsigned size, uint64_t a, 
 
 uint64_t emu_bsfr(struct emu_cpu *cpu, bool rev, unsigned size, uint64_t dst, uint64_t src)
 {
-	uint64_t res, ax;
+	uint64_t res, ax = fl_pre(cpu->rflags);
 
 	/* the destination is an input: BSF/BSR leave it unchanged for a zero source (as Intel and AMD do) */
 	switch (size) {
 	case 2: { uint16_t x = (uint16_t)dst;
 		if (rev)
-			__asm__("bsrw %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "=&a"(ax) : [s] "r"((uint16_t)src) : "cc");
+			__asm__(LOAD_FL "bsrw %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "+a"(ax) : [s] "r"((uint16_t)src) : "cc");
 		else
-			__asm__("bsfw %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "=&a"(ax) : [s] "r"((uint16_t)src) : "cc");
+			__asm__(LOAD_FL "bsfw %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "+a"(ax) : [s] "r"((uint16_t)src) : "cc");
 		res = x; break; }
 	case 4: { uint32_t x = (uint32_t)dst;
 		if (rev)
-			__asm__("bsrl %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "=&a"(ax) : [s] "r"((uint32_t)src) : "cc");
+			__asm__(LOAD_FL "bsrl %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "+a"(ax) : [s] "r"((uint32_t)src) : "cc");
 		else
-			__asm__("bsfl %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "=&a"(ax) : [s] "r"((uint32_t)src) : "cc");
+			__asm__(LOAD_FL "bsfl %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "+a"(ax) : [s] "r"((uint32_t)src) : "cc");
 		res = x; break; }
 	default: { uint64_t x = dst;
 		if (rev)
-			__asm__("bsrq %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "=&a"(ax) : [s] "r"(src) : "cc");
+			__asm__(LOAD_FL "bsrq %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "+a"(ax) : [s] "r"(src) : "cc");
 		else
-			__asm__("bsfq %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "=&a"(ax) : [s] "r"(src) : "cc");
+			__asm__(LOAD_FL "bsfq %[s],%[x]\n\tlahf\n\tseto %%al" : [x] "+r"(x), "+a"(ax) : [s] "r"(src) : "cc");
 		res = x; break; }
 	}
 	emu_flags_set(cpu, EFL_ARITH, emu_lahf_flags(ax));
