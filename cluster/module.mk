@@ -20,3 +20,4 @@ test_cluster_LDLIBS := $(CMOCKA_LIBS)
 # `rackvm sim` end to end: every SDK workload over 2-4 nodes, fabric, netns, a killed node (docs/cluster.md).
 CHECK_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/integration/test_sim.sh)
 BENCH_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/bench/bench_cluster.sh)
+SOAK_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/integration/sim_soak.sh)
