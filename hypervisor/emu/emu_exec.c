@@ -718,6 +718,7 @@ static void exec_xchg(struct emu_insn *d, uint8_t op)
 static void exec_iret(struct emu_insn *d)
 {
 	d->cpu->rip = emu_next_rip(d);
+	d->cpu->insns++;
 	emu_iret(d->cpu, d->opsize);
 }
 
@@ -726,6 +727,7 @@ static void exec_int(struct emu_insn *d, uint8_t vec, bool software)
 	struct emu_cpu *cpu = d->cpu;
 	uint64_t next = emu_next_rip(d);
 
+	cpu->rip = next;    /* emu_sys RIP contract: the next instruction's address */
 	cpu->insns++;
 	emu_int(cpu, vec, software, next);
 }

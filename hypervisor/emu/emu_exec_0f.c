@@ -359,9 +359,8 @@ void emu_exec_0f(struct emu_insn *d)
 		emu_write_cr(cpu, 0, cpu->cr0 & ~CR0_TS);
 		emu_insn_retire(d);
 		return;
-	case 0x07:
-		emu_need_cpl0(d);
-		cpu->insns++;
+	case 0x07:                         /* SYSRET: emu_sysret checks EFER.SCE, mode and CPL */
+		emu_insn_retire(d);
 		emu_sysret(cpu, (d->rex & 8) ? 8 : 4);
 		return;
 	case 0x08: case 0x09:              /* INVD / WBINVD: coherent host memory */

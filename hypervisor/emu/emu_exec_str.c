@@ -128,6 +128,8 @@ void emu_exec_string(struct emu_insn *d, uint8_t op)
 			break;    /* REPE stops on ZF=0, REPNE on ZF=1 */
 		if (op == 0x6e || op == 0x6f)
 			emu_exit_now(cpu);    /* the rest after the VMM handled this element; RIP stays */
+		if (cpu->exit_pending)
+			return;               /* an MMIO write exit: one per iteration, RIP stays */
 		if (++n >= EMU_REP_BATCH)
 			return;               /* continue on the next step; RIP stays */
 	}

@@ -1499,7 +1499,7 @@ static void test_alu_loop_speed(void **state)
 	struct emu_cpu *cpu = new_cpu(EMU_LONG64);
 	static const uint8_t loop[] = { 0x48, 0x01, 0xd8, 0x48, 0x31, 0xc2, 0x48, 0x83, 0xe9, 0x01, 0x75, 0xf4, 0xf4 };
 	/* memory-operand loop: add (%rsi),%rax; mov %rax,8(%rsi); dec %ecx; jnz */
-	static const uint8_t mloop[] = { 0x48, 0x03, 0x06, 0x48, 0x89, 0x46, 0x08, 0xff, 0xc9, 0x75, 0xf4, 0xf4 };
+	static const uint8_t mloop[] = { 0x48, 0x03, 0x06, 0x48, 0x89, 0x46, 0x08, 0xff, 0xc9, 0x75, 0xf5, 0xf4 };
 	const uint64_t iters = 2500000;
 	double t0, t1;
 
@@ -1526,6 +1526,8 @@ static void test_alu_loop_speed(void **state)
 	while (step(cpu) == 0)
 		;
 	t1 = now_s();
+	assert_int_equal(fk.hlt, 2);
+	assert_int_equal(cpu->insns, 4 * iters + 1);
 	printf("emu memory-operand loop: %.1f M instructions/s\n", (double)cpu->insns / (t1 - t0) / 1e6);
 	free(cpu);
 }
@@ -1571,5 +1573,7 @@ int main(void)
 		cmocka_unit_test(test_alu_loop_speed),
 	};
 
+	if (getenv("EMU_EXEC_TEST"))    /* e.g. EMU_EXEC_TEST=test_alu_loop_speed to profile one case */
+		cmocka_set_test_filter(getenv("EMU_EXEC_TEST"));
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
