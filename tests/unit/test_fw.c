@@ -877,6 +877,23 @@ static void test_multiboot_sdk(void **state)
 	/* the multiboot header of the image is where the ELF put it (first bytes of .text at 1 MiB) */
 	assert_int_equal(fw_rd32(ram + 0x100000), 0x1BADB002);
 	fw_boot_release(&b);
+	/* the ELF64 link of the same image (kept next to it) loads the same way */
+	char path64[260];
+	snprintf(path64, sizeof(path64), "%s.64", path);
+	uint8_t *copy = malloc(16 * MIB);
+	assert_non_null(copy);
+	memcpy(copy, ram + MIB, 16 * MIB);
+	if (access(path64, R_OK) == 0) {
+		cfg.kernel = path64;
+		cfg.n_modules = 0;
+		assert_int_equal(setup(&cfg, ram, &b, err), 0);
+		check_mb_entry(&b, fw_rd32(hdr + 24));
+		struct mbi_view v64;
+		mbi_read(ram, b.regs.rbx, &v64);
+		assert_memory_equal(ram + MIB, copy, v.mods_addr ? ms - MIB : 16 * MIB); /* same bytes up to the module */
+		fw_boot_release(&b);
+	}
+	free(copy);
 	ram_free(ram, rs);
 }
 
