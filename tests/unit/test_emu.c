@@ -79,16 +79,22 @@ static int setup_binutils(void **state)
 		} \
 	} while (0)
 
-static void vmh_init(struct vmh *h, const struct accel_cpuid_entry *cpuid, size_t n_cpuid, uint32_t apic_id)
+static void vmh_init_hole(struct vmh *h, const struct accel_cpuid_entry *cpuid, size_t n_cpuid, uint32_t apic_id,
+			  uint64_t hole_start)
 {
 	memset(h, 0, sizeof(*h));
 	h->ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	assert_true(h->ram != MAP_FAILED);
 	struct accel_vm_config cfg = { .ram = h->ram, .ram_size = RAM_SIZE, .cpuid = cpuid, .n_cpuid = n_cpuid,
-				       .tsc_hz = 1000000000u };
+				       .tsc_hz = 1000000000u, .hole_start = hole_start };
 	assert_int_equal(ops->vm_create(&cfg, &h->vm), 0);
 	assert_int_equal(ops->vcpu_create(h->vm, 0, apic_id, &h->cpu), 0);
 	h->done = -1;
+}
+
+static void vmh_init(struct vmh *h, const struct accel_cpuid_entry *cpuid, size_t n_cpuid, uint32_t apic_id)
+{
+	vmh_init_hole(h, cpuid, n_cpuid, apic_id, 0);
 }
 
 static void vmh_fini(struct vmh *h)
@@ -168,6 +174,7 @@ static void lm_setup(struct vmh *h, uint64_t rip)
 		0x00cff2000000ffffull,  /* 0x18 data dpl3 */
 		0x00affa000000ffffull,  /* 0x20 code64 dpl3 */
 		0, 0,                   /* 0x28 TSS (16 bytes) */
+		0x00cf9a000000ffffull,  /* 0x38 code32 dpl0 (compatibility mode) */
 	};
 	uint64_t tss_lim = 0x67;
 	gdt[5] = (tss_lim & 0xffff) | ((uint64_t)(TSS & 0xffffff) << 16) | (0x89ull << 40) |
@@ -695,6 +702,384 @@ static void test_perf_ring3_loop(void **state)
 	vmh_fini(&h);
 }
 
+/* ---- 32-bit protected mode ---- */
+
+#define PM_SEL_CODE  0x08
+#define PM_SEL_DATA  0x10
+#define PM_SEL_UCODE 0x1b
+#define PM_SEL_UDATA 0x23
+#define PM_SEL_TSS   0x28
+
+static void idt32_set(struct vmh *h, unsigned vec, uint32_t handler, unsigned dpl)
+{
+	uint64_t lo = (handler & 0xffff) | ((uint64_t)PM_SEL_CODE << 16) | ((uint64_t)(0x8e | (dpl << 5)) << 40) |
+		      ((uint64_t)(handler >> 16) << 48);
+	put64(h, IDT + vec * 8, lo);
+}
+
+/* 32-bit ring 0 at `rip`, flat segments, a 32-bit TSS (ESP0 = RSP0, SS0 = data), paging from cr0/cr3/cr4/efer. */
+static void pm32_setup(struct vmh *h, uint32_t rip, uint64_t cr0, uint64_t cr3, uint64_t cr4, uint64_t efer)
+{
+	uint64_t gdt[] = {
+		0,
+		0x00cf9a000000ffffull,  /* 0x08 code32 dpl0 */
+		0x00cf92000000ffffull,  /* 0x10 data dpl0 */
+		0x00cffa000000ffffull,  /* 0x18 code32 dpl3 */
+		0x00cff2000000ffffull,  /* 0x20 data dpl3 */
+		0,                      /* 0x28 TSS32 */
+		0x00cf12000000ffffull,  /* 0x30 data, not present */
+		0x00cf90000000ffffull,  /* 0x38 read-only data dpl0 */
+	};
+	gdt[5] = 0x67 | ((uint64_t)TSS << 16) | (0x89ull << 40);
+	memcpy(h->ram + GDT, gdt, sizeof(gdt));
+	uint32_t esp0 = RSP0, ss0 = PM_SEL_DATA;
+	memcpy(h->ram + TSS + 4, &esp0, 4);
+	memcpy(h->ram + TSS + 8, &ss0, 4);
+
+	struct kvm_sregs s;
+	assert_int_equal(ops->get_sregs(h->cpu, &s), 0);
+	s.cs = seg(PM_SEL_CODE, 0xb, 0, false, true);
+	s.ds = s.es = s.ss = s.fs = s.gs = seg(PM_SEL_DATA, 3, 0, false, true);
+	s.tr = (struct kvm_segment){ .base = TSS, .limit = 0x67, .selector = PM_SEL_TSS, .type = 0xb, .present = 1 };
+	s.ldt = (struct kvm_segment){ .unusable = 1 };
+	s.gdt = (struct kvm_dtable){ .base = GDT, .limit = sizeof(gdt) - 1 };
+	s.idt = (struct kvm_dtable){ .base = IDT, .limit = 256 * 8 - 1 };
+	s.cr0 = cr0 | 0x11;
+	s.cr3 = cr3;
+	s.cr4 = cr4;
+	s.efer = efer;
+	assert_int_equal(ops->set_sregs(h->cpu, &s), 0);
+	struct kvm_regs r = { .rip = rip, .rsp = KSTACK, .rflags = 2 };
+	assert_int_equal(ops->set_regs(h->cpu, &r), 0);
+}
+
+static void expect_reports(struct vmh *h, const uint64_t *want, unsigned n)
+{
+	for (unsigned i = 0; i < n && i < h->n_reports; i++)
+		if (h->reports[i] != want[i])
+			fail_msg("report %u: got 0x%llx, want 0x%llx", i, (unsigned long long)h->reports[i],
+				 (unsigned long long)want[i]);
+	assert_int_equal(h->n_reports, n);
+}
+
+/* Non-PAE paging: a 4 MiB PSE page and a 4 KiB table; ring 3 through IRET, INT to a DPL-3 gate switching to
+ * ESP0/SS0 from the TSS, a user write to a supervisor page (#PF error 7). */
+static void test_prot32_paging_rings(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       ".code32\n"
+	       "start: movl $0x1234, 0x800008\n"
+	       " mov 0x300008, %eax\n out %eax, $0xe0\n"
+	       " mov $after, %eax\n out %eax, $0xe0\n"
+	       " push $0x23\n push $0x50000\n push $0x202\n push $0x1b\n push $user\n iret\n"
+	       "user: mov $0x23, %ax\n mov %ax, %ds\n"
+	       " int $0x80\n"
+	       "after: mov $resume, %edi\n"
+	       " movl $1, 0x801000\n"
+	       "resume: int $0x81\n"
+	       ".org 0x300\n"
+	       "h80: mov (%esp), %eax\n out %eax, $0xe0\n"
+	       " mov 4(%esp), %eax\n out %eax, $0xe0\n"
+	       " mov 12(%esp), %eax\n out %eax, $0xe0\n"
+	       " mov 16(%esp), %eax\n out %eax, $0xe0\n"
+	       " mov %esp, %eax\n out %eax, $0xe0\n"
+	       " mov %ss, %eax\n out %eax, $0xe0\n"
+	       " iret\n"
+	       ".org 0x400\n"
+	       "pf: pop %eax\n out %eax, $0xe0\n mov %cr2, %eax\n out %eax, $0xe0\n mov %edi, (%esp)\n iret\n"
+	       ".org 0x500\n"
+	       "h81: mov $0x32, %al\n out %al, $0xf4\n");
+	/* PD at 0x10000: PDE 0 a 4 MiB user page, PDE 2 (8 MiB) a table: page 0 -> 3 MiB user, page 1 supervisor */
+	uint32_t pde0 = 0x87, pde2 = 0x11000 | 7, pte0 = 0x300000 | 7, pte1 = 0x301000 | 3;
+	memcpy(h.ram + 0x10000, &pde0, 4);
+	memcpy(h.ram + 0x10000 + 8, &pde2, 4);
+	memcpy(h.ram + 0x11000, &pte0, 4);
+	memcpy(h.ram + 0x11004, &pte1, 4);
+	pm32_setup(&h, CODE, 0x80010000, 0x10000, 0x10 /* PSE */, 0);
+	idt32_set(&h, 0x80, CODE + 0x300, 3);
+	idt32_set(&h, 0x81, CODE + 0x500, 3);
+	idt32_set(&h, 14, CODE + 0x400, 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	assert_int_equal(h.done, 0x32);
+	assert_true(h.n_reports >= 2);
+	uint64_t want[] = { 0x1234, h.reports[1], h.reports[1], PM_SEL_UCODE, 0x50000, PM_SEL_UDATA, RSP0 - 20,
+			    PM_SEL_DATA, 7, 0x801000 };
+	expect_reports(&h, want, 10);
+	uint32_t pte;
+	memcpy(&pte, h.ram + 0x11000, 4);
+	assert_int_equal(pte & 0x60, 0x60);        /* accessed + dirty on the 32-bit PTE */
+	vmh_fini(&h);
+}
+
+/* PAE paging (32-bit): CR0.WP off lets ring 0 write a read-only page, WP on faults (error 3); EFER.NXE makes a fetch
+ * from an NX page fault with I/D set (error 0x11). */
+static void test_pae_wp_nx(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       ".code32\n"
+	       "start: movl $0x11, 0x800000\n"
+	       " mov 0x300000, %eax\n out %eax, $0xe0\n"
+	       " mov %cr0, %eax\n or $0x10000, %eax\n mov %eax, %cr0\n"
+	       " mov $r1, %edi\n"
+	       " movl $0x22, 0x800000\n"
+	       "r1: mov $r2, %edi\n"
+	       " movb $0xc3, 0x801000\n"
+	       " mov $0x801000, %ebx\n call *%ebx\n"
+	       "r2: mov 0x300000, %eax\n out %eax, $0xe0\n"
+	       " mov $0, %al\n out %al, $0xf4\n"
+	       ".org 0x400\n"
+	       "pf: pop %eax\n out %eax, $0xe0\n mov %cr2, %eax\n out %eax, $0xe0\n mov %edi, (%esp)\n iret\n");
+	put64(&h, 0x10000, 0x11000 | 1);                 /* PDPTE 0 */
+	put64(&h, 0x11000, 0x83);                        /* 2 MiB pages 0 and 1, supervisor */
+	put64(&h, 0x11008, 0x200000 | 0x83);
+	put64(&h, 0x11000 + 4 * 8, 0x12000 | 3);
+	put64(&h, 0x12000, 0x300000 | 1);                /* read-only */
+	put64(&h, 0x12008, 0x301000 | 3 | (1ull << 63)); /* NX */
+	pm32_setup(&h, CODE, 0x80000000, 0x10000, 0x20 /* PAE */, 0x800 /* NXE */);
+	idt32_set(&h, 14, CODE + 0x400, 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	assert_int_equal(h.done, 0);
+	uint64_t want[] = { 0x11, 3, 0x800000, 0x11, 0x801000, 0x11 };
+	expect_reports(&h, want, 6);
+	assert_int_equal(h.ram[0x301000], 0xc3);
+	vmh_fini(&h);
+}
+
+/* Real mode: INT n through the IVT (FLAGS, CS, IP pushed; IF cleared), IRET, and #DE from DIV. */
+static void test_real_mode_ivt(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, 0x8000,
+	       ".code16\n"
+	       "start: xor %ax, %ax\n mov %ax, %ds\n mov %ax, %ss\n mov $0x7000, %sp\n"
+	       " movw $h10, 0x40\n movw $0, 0x42\n movw $h0, 0\n movw $0, 2\n"
+	       " mov $0x1234, %bx\n sti\n"
+	       " int $0x10\n"
+	       " mov %bx, %ax\n out %ax, $0xe0\n"
+	       " pushf\n pop %ax\n out %ax, $0xe0\n"
+	       " mov $d0, %ax\n out %ax, $0xe0\n"
+	       " xor %cx, %cx\n mov $5, %ax\n"
+	       "d0: div %cl\n"
+	       "h0: pop %ax\n out %ax, $0xe0\n pop %ax\n out %ax, $0xe0\n mov $0x16, %al\n out %al, $0xf4\n"
+	       "h10: inc %bx\n pushf\n pop %ax\n out %ax, $0xe0\n iret\n");
+	struct kvm_sregs s;
+	assert_int_equal(ops->get_sregs(h.cpu, &s), 0);
+	s.cs.selector = 0;
+	s.cs.base = 0;
+	s.idt.base = 0;
+	s.idt.limit = 0x3ff;
+	assert_int_equal(ops->set_sregs(h.cpu, &s), 0);
+	struct kvm_regs r = { .rip = 0x8000, .rflags = 2 };
+	assert_int_equal(ops->set_regs(h.cpu, &r), 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	assert_int_equal(h.done, 0x16);
+	assert_int_equal(h.n_reports, 6);
+	assert_int_equal(h.reports[0] & 0x200, 0);       /* IF clear in the handler */
+	assert_int_equal(h.reports[1], 0x1235);
+	assert_int_equal(h.reports[2] & 0x200, 0x200);   /* IRET restored IF */
+	assert_int_equal(h.reports[4], h.reports[3]);    /* #DE: saved IP is the DIV */
+	assert_int_equal(h.reports[5], 0);               /* saved CS */
+	vmh_fini(&h);
+}
+
+/* SYSCALL/SYSRET with STAR/LSTAR/SFMASK written by the guest. */
+static void test_syscall_sysret(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       "start: lea after(%rip), %rax\n out %eax, $0xe0\n"
+	       " mov $0xc0000080, %ecx\n rdmsr\n or $1, %eax\n wrmsr\n"
+	       " mov $0xc0000081, %ecx\n xor %eax, %eax\n mov $0x00100008, %edx\n wrmsr\n"
+	       " mov $0xc0000082, %ecx\n lea kentry(%rip), %rax\n xor %edx, %edx\n wrmsr\n"
+	       " mov $0xc0000084, %ecx\n mov $0x200, %eax\n xor %edx, %edx\n wrmsr\n"
+	       " lea user(%rip), %rcx\n mov $0x202, %r11\n mov $0x50000, %rsp\n sysretq\n"
+	       "user: mov $7, %eax\n syscall\n"
+	       "after: int $0x80\n"
+	       "kentry: mov %cs, %eax\n out %eax, $0xe0\n mov %ss, %eax\n out %eax, $0xe0\n"
+	       " mov %rcx, %rax\n out %eax, $0xe0\n mov %r11, %rax\n out %eax, $0xe0\n"
+	       " pushf\n pop %rax\n out %eax, $0xe0\n"
+	       " sysretq\n"
+	       ".org 0x300\n"
+	       "h80: mov 8(%rsp), %rax\n out %eax, $0xe0\n mov $0x5c, %al\n out %al, $0xf4\n");
+	lm_setup(&h, CODE);
+	idt_set(&h, 0x80, CODE + 0x300, 3, 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	assert_int_equal(h.done, 0x5c);
+	assert_int_equal(h.n_reports, 7);
+	assert_int_equal(h.reports[1], SEL_CODE64);
+	assert_int_equal(h.reports[2], SEL_DATA);
+	assert_int_equal(h.reports[3], h.reports[0]);    /* RCX = the instruction after SYSCALL */
+	assert_int_equal(h.reports[4] & 0x200, 0x200);   /* R11 = user RFLAGS */
+	assert_int_equal(h.reports[5] & 0x200, 0);       /* SFMASK cleared IF */
+	assert_int_equal(h.reports[6], SEL_UCODE);       /* back in ring 3 after SYSRET */
+	vmh_fini(&h);
+}
+
+/* Far JMP into a compatibility-mode segment, far JMP back to 64-bit, LRETQ. */
+static void test_compat_mode_far(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       "start: ljmpl *farptr(%rip)\n"
+	       "farptr: .long compat\n .word 0x38\n"
+	       ".code32\n"
+	       "compat: mov $5, %eax\n out %eax, $0xe0\n mov %cs, %eax\n out %eax, $0xe0\n"
+	       " ljmp $0x08, $back\n"
+	       ".code64\n"
+	       "back: mov $6, %eax\n out %eax, $0xe0\n"
+	       " pushq $0x08\n lea t2(%rip), %rax\n push %rax\n lretq\n"
+	       "t2: mov %cs, %eax\n out %eax, $0xe0\n hlt\n");
+	lm_setup(&h, CODE);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_HLT);
+	uint64_t want[] = { 5, 0x38, 6, 0x08 };
+	expect_reports(&h, want, 4);
+	struct kvm_sregs s;
+	assert_int_equal(ops->get_sregs(h.cpu, &s), 0);
+	assert_true(s.cs.l);
+	vmh_fini(&h);
+}
+
+/* Segment register loads: beyond the GDT limit #GP(sel), not present #NP(sel), read-only SS #GP(sel). */
+static void test_segment_load_checks(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       ".code32\n"
+	       "start: mov $r1, %edi\n mov $0x80, %ax\n mov %ax, %ds\n"
+	       "r1: mov $r2, %edi\n mov $0x30, %ax\n mov %ax, %ds\n"
+	       "r2: mov $r3, %edi\n mov $0x38, %ax\n mov %ax, %ss\n"
+	       "r3: mov $0x23, %ax\n mov %ax, %es\n mov %es, %eax\n out %eax, $0xe0\n"
+	       " mov $0, %al\n out %al, $0xf4\n"
+	       ".org 0x400\n"
+	       "f: pop %eax\n out %eax, $0xe0\n mov %edi, (%esp)\n iret\n");
+	pm32_setup(&h, CODE, 0, 0, 0, 0);
+	idt32_set(&h, 13, CODE + 0x400, 0);
+	idt32_set(&h, 11, CODE + 0x400, 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	uint64_t want[] = { 0x80, 0x30, 0x38, 0x23 };
+	expect_reports(&h, want, 4);
+	vmh_fini(&h);
+}
+
+/* RAM above the hole appears at 4 GiB (a 1 GiB page maps it); the hole itself is MMIO. */
+static void test_hole_and_1g_page(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init_hole(&h, NULL, 0, 0, 4u << 20);
+	asm_at(&h, CODE,
+	       " movabs $0x100000010, %rax\n movq $0x99, (%rax)\n"
+	       " mov 0x400000, %eax\n"
+	       " hlt\n");
+	lm_setup(&h, CODE);
+	put64(&h, PDPT + 4 * 8, 0x100000000ull | 0x83);
+	assert_int_equal(ops->run(h.cpu, NULL, &h.exit), 0);
+	assert_int_equal(h.exit.reason, ACCEL_EXIT_MMIO);
+	assert_int_equal(h.exit.mmio.gpa, 0x400000);
+	assert_int_equal(get64(&h, (4u << 20) + 0x10), 0x99);
+	assert_int_equal(get64(&h, PDPT + 4 * 8) & 0x60, 0x60);
+	vmh_fini(&h);
+}
+
+/* NMI: taken with IF=0, blocked until IRET, then the next one is taken. */
+static void test_nmi(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       " mov $1, %eax\n out %eax, $0xe0\n"
+	       "1: jmp 1b\n"
+	       ".org 0x200\n"
+	       "nmi: mov $2, %eax\n out %eax, $0xe0\n mov $3, %eax\n out %eax, $0xe0\n iretq\n");
+	lm_setup(&h, CODE);
+	idt_set(&h, 2, CODE + 0x200, 0, 0);
+	assert_int_equal(ops->run(h.cpu, NULL, &h.exit), 0);
+	assert_int_equal(h.exit.io.data[0], 1);
+	assert_int_equal(ops->inject_nmi(h.cpu), 0);
+	assert_int_equal(ops->run(h.cpu, NULL, &h.exit), 0);
+	assert_int_equal(h.exit.io.data[0], 2);
+	assert_int_equal(ops->inject_nmi(h.cpu), 0);
+	assert_int_equal(ops->run(h.cpu, NULL, &h.exit), 0);
+	assert_int_equal(h.exit.io.data[0], 3);          /* blocked: the handler was not re-entered */
+	assert_int_equal(ops->run(h.cpu, NULL, &h.exit), 0);
+	assert_int_equal(h.exit.io.data[0], 2);          /* taken right after IRETQ */
+	vmh_fini(&h);
+}
+
+/* A WRMSR the VMM refuses becomes #GP(0) at the WRMSR. */
+static void test_wrmsr_refused(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       " lea w(%rip), %rax\n out %eax, $0xe0\n"
+	       " mov $0x8b, %ecx\n xor %eax, %eax\n xor %edx, %edx\n"
+	       "w: wrmsr\n"
+	       " hlt\n"
+	       ".org 0x400\n"
+	       "gp: pop %rax\n out %eax, $0xe0\n pop %rax\n out %eax, $0xe0\n mov $0, %al\n out %al, $0xf4\n");
+	lm_setup(&h, CODE);
+	idt_set(&h, 13, CODE + 0x400, 0, 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_MSR_WRITE);
+	h.exit.msr.error = true;
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	assert_int_equal(h.n_reports, 3);
+	assert_int_equal(h.reports[1], 0);
+	assert_int_equal(h.reports[2], h.reports[0]);
+	vmh_fini(&h);
+}
+
+/* Accesses across a page boundary are split over two frames; a fault on the second page writes nothing. */
+static void test_page_split(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       " mov $0x800ffc, %rbx\n movabs $0x1122334455667788, %rax\n mov %rax, (%rbx)\n"
+	       " mov (%rbx), %rcx\n cmp %rax, %rcx\n sete %al\n movzbl %al, %eax\n out %eax, $0xe0\n"
+	       " movabs $0xaabbccddeeff0011, %rax\n mov %rax, 0x1000(%rbx)\n"
+	       " hlt\n"
+	       ".org 0x200\n"
+	       "pf: pop %rax\n out %eax, $0xe0\n mov %cr2, %rax\n out %eax, $0xe0\n mov $0, %al\n out %al, $0xf4\n");
+	lm_setup(&h, CODE);
+	put64(&h, PT + 8, 0x305000 | 3);
+	idt_set(&h, 14, CODE + 0x200, 0, 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	uint64_t want[] = { 1, 2, 0x802000 };
+	expect_reports(&h, want, 3);
+	assert_memory_equal(h.ram + 0x300ffc, "\x88\x77\x66\x55", 4);
+	assert_memory_equal(h.ram + 0x305000, "\x44\x33\x22\x11", 4);
+	assert_memory_equal(h.ram + 0x305ffc, "\0\0\0\0", 4);   /* the faulting split write left no half */
+	vmh_fini(&h);
+}
+
 /* ---- the SDK guest's multiboot entry ---- */
 
 static const char *guest_elf_path(char *buf, size_t len)
@@ -826,6 +1211,16 @@ int main(void)
 		cmocka_unit_test(test_irq_window_inject),
 		cmocka_unit_test(test_cpuid_apic_id),
 		cmocka_unit_test(test_tsc),
+		cmocka_unit_test(test_prot32_paging_rings),
+		cmocka_unit_test(test_pae_wp_nx),
+		cmocka_unit_test(test_real_mode_ivt),
+		cmocka_unit_test(test_syscall_sysret),
+		cmocka_unit_test(test_compat_mode_far),
+		cmocka_unit_test(test_segment_load_checks),
+		cmocka_unit_test(test_hole_and_1g_page),
+		cmocka_unit_test(test_nmi),
+		cmocka_unit_test(test_wrmsr_refused),
+		cmocka_unit_test(test_page_split),
 		cmocka_unit_test(test_perf_ring3_loop),
 		cmocka_unit_test(test_guest_multiboot_entry),
 	};
