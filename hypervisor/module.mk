@@ -27,6 +27,8 @@ test_devices_SRCS := tests/unit/test_devices.c
 test_devices_DEPLIBS := $(HV_DEPLIBS)
 test_devices_LDLIBS = $(CMOCKA_LIBS) $(HV_LDLIBS)
 endif
+# the devices end to end: a tiny guest under rackvm (emu) and qemu -M q35 must print the same lines (~10 s)
+CHECK_SCRIPTS += tests/integration/test_hv_devices.sh
 
 # --- firmware tests (owner: firmware — e820, ACPI, CPUID, multiboot and Linux loaders)
 # The firmware sources are listed explicitly (not through libhv) so the test builds whatever state other files are in.

@@ -1,0 +1,347 @@
+# A tiny multiboot v1 guest that drives rackvm's platform devices the way firmware and Linux do, for
+# tests/integration/test_hv_devices.sh. It runs in 32-bit protected mode (paging off), prints one line per check
+# on COM1 (including up to 3 bytes it receives on COM1 within 5 s of its prompt) and exits through isa-debug-exit with 0x20 on success (status 0x41), or:
+#   0x11 PIT channel 2 OUT was high right after programming a mode 0 count
+#   0x12 PIT channel 2 OUT never went high (port 0x61 bit 5)
+#   0x13 an unexpected interrupt or exception (anything but vector 0x30)
+# The same image runs under qemu (-M q35) so the printed values can be compared line by line.
+# Assemble: as --32 -o g.o hv_devices_guest.S && ld -N -m elf_i386 -Ttext=0x100000 -e _start -o g.elf g.o
+
+	.set MB_MAGIC, 0x1badb002
+	.set MB_FLAGS, 0
+	.set COM1, 0x3f8
+	.set IOAPIC, 0xfec00000
+	.set LAPIC, 0xfee00000
+	.set TIMER_VECTOR, 0x30
+	.set PIT_10MS, 11932
+
+	.text
+	.globl _start
+	.align 4
+mb_header:
+	.long MB_MAGIC
+	.long MB_FLAGS
+	.long -(MB_MAGIC + MB_FLAGS)
+
+_start:
+	cli
+	lgdt gdt_desc
+	ljmp $0x08, $1f
+1:	mov $0x10, %ax
+	mov %ax, %ds
+	mov %ax, %es
+	mov %ax, %ss
+	mov %ax, %fs
+	mov %ax, %gs
+	mov $stack_top, %esp
+	call uart_init
+	mov $s_start, %esi
+	call puts
+
+	# fw_cfg: signature (4 bytes), number of CPUs (le16)
+	mov $s_fwcfg, %esi
+	call puts
+	mov $0x510, %dx
+	xor %ax, %ax
+	outw %ax, %dx
+	mov $4, %ecx
+2:	mov $0x511, %dx
+	inb %dx, %al
+	call putc
+	loop 2b
+	call newline
+	mov $s_cpus, %esi
+	call puts
+	mov $0x510, %dx
+	mov $5, %ax
+	outw %ax, %dx
+	mov $0x511, %dx
+	inb %dx, %al
+	movzbl %al, %ebx
+	inb %dx, %al
+	movzbl %al, %eax
+	shl $8, %eax
+	or %ebx, %eax
+	call print_hex_nl
+
+	# CMOS: memory between 16 MiB and 4 GiB (0x34/0x35), RTC registers B and D
+	mov $s_cmos34, %esi
+	call puts
+	mov $0x35, %al
+	call cmos_read
+	movzbl %al, %ebx
+	shl $8, %ebx
+	mov $0x34, %al
+	call cmos_read
+	movzbl %al, %eax
+	or %ebx, %eax
+	call print_hex_nl
+	mov $s_rtcb, %esi
+	call puts
+	mov $0x0b, %al
+	call cmos_read
+	movzbl %al, %eax
+	call print_hex_nl
+	mov $s_rtcd, %esi
+	call puts
+	mov $0x0d, %al
+	call cmos_read
+	movzbl %al, %eax
+	call print_hex_nl
+
+	# IOAPIC version register
+	mov $s_ioapic, %esi
+	call puts
+	movl $1, IOAPIC
+	mov IOAPIC + 0x10, %eax
+	call print_hex_nl
+
+	# PIT channel 2, mode 0, 10 ms, gate through port 0x61, poll OUT2 (Linux's pit_calibrate_tsc)
+	inb $0x61, %al
+	and $0xfd, %al
+	or $0x01, %al
+	outb %al, $0x61
+	mov $0xb0, %al
+	outb %al, $0x43
+	mov $(PIT_10MS & 0xff), %al
+	outb %al, $0x42
+	mov $(PIT_10MS >> 8), %al
+	outb %al, $0x42
+	inb $0x61, %al
+	test $0x20, %al
+	mov $0x11, %al
+	jnz exit
+	mov $200000000, %ecx
+3:	inb $0x61, %al
+	test $0x20, %al
+	jnz 4f
+	loop 3b
+	mov $0x12, %al
+	jmp exit
+4:	mov $s_pit2, %esi
+	call puts
+
+	# UART receive: a prompt line, then up to 3 bytes within 5 s (timed by PIT channel 2: 500 x 10 ms),
+	# echoed on one line
+	mov $s_prompt, %esi
+	call puts
+	mov $s_rx, %esi
+	call puts
+	xor %ebx, %ebx                  # bytes received
+	xor %edi, %edi                  # 10 ms periods elapsed
+	call pit2_start
+9:	mov $(COM1 + 5), %dx
+	inb %dx, %al
+	test $1, %al
+	jz 10f
+	mov $COM1, %dx
+	inb %dx, %al
+	call putc
+	inc %ebx
+	cmp $3, %ebx
+	je 11f
+10:	inb $0x61, %al
+	test $0x20, %al
+	jz 9b
+	call pit2_start
+	inc %edi
+	cmp $500, %edi
+	jb 9b
+11:	call newline
+
+	# Interrupts: IDT (vector 0x30 -> timer_isr, everything else -> bad_isr), 8259s masked, local APIC on,
+	# IOAPIC pin 2 (ISA IRQ 0 after the MADT override) -> vector 0x30 edge to this CPU, PIT channel 0 at 100 Hz.
+	xor %ecx, %ecx
+5:	mov $bad_isr, %eax
+	cmp $TIMER_VECTOR, %ecx
+	jne 6f
+	mov $timer_isr, %eax
+6:	mov %ax, idt(, %ecx, 8)
+	movw $0x08, idt + 2(, %ecx, 8)
+	movw $0x8e00, idt + 4(, %ecx, 8)
+	shr $16, %eax
+	mov %ax, idt + 6(, %ecx, 8)
+	inc %ecx
+	cmp $256, %ecx
+	jb 5b
+	lidt idt_desc
+	mov $0xff, %al
+	outb %al, $0x21
+	outb %al, $0xa1
+	movl $0x1ff, LAPIC + 0xf0
+	movl $0, LAPIC + 0x80
+	mov LAPIC + 0x20, %eax
+	and $0xff000000, %eax
+	movl $0x15, IOAPIC
+	mov %eax, IOAPIC + 0x10
+	movl $0x14, IOAPIC
+	movl $TIMER_VECTOR, IOAPIC + 0x10
+	mov $0x34, %al
+	outb %al, $0x43
+	mov $(PIT_10MS & 0xff), %al
+	outb %al, $0x40
+	mov $(PIT_10MS >> 8), %al
+	outb %al, $0x40
+	sti
+7:	hlt
+	cmpl $5, ticks
+	jb 7b
+	cli
+	movl $0x14, IOAPIC
+	movl $(0x10000 | TIMER_VECTOR), IOAPIC + 0x10
+	mov $0x30, %al
+	outb %al, $0x43
+	mov $s_timer, %esi
+	call puts
+	mov $s_done, %esi
+	call puts
+	mov $0x20, %al
+exit:
+	outb %al, $0xf4
+8:	cli
+	hlt
+	jmp 8b
+
+timer_isr:
+	push %eax
+	incl ticks
+	movl $0, LAPIC + 0xb0
+	pop %eax
+	iret
+
+bad_isr:
+	mov $s_bad, %esi
+	call puts
+	mov $0x13, %al
+	jmp exit
+
+# PIT channel 2: a new 10 ms mode 0 count (OUT2 goes high when it ends)
+pit2_start:
+	push %eax
+	mov $0xb0, %al
+	outb %al, $0x43
+	mov $(PIT_10MS & 0xff), %al
+	outb %al, $0x42
+	mov $(PIT_10MS >> 8), %al
+	outb %al, $0x42
+	pop %eax
+	ret
+
+# al = CMOS index -> al = value
+cmos_read:
+	outb %al, $0x70
+	inb $0x71, %al
+	ret
+
+uart_init:
+	mov $(COM1 + 1), %dx
+	xor %al, %al
+	outb %al, %dx
+	mov $(COM1 + 3), %dx
+	mov $0x80, %al
+	outb %al, %dx
+	mov $COM1, %dx
+	mov $1, %al
+	outb %al, %dx
+	mov $(COM1 + 1), %dx
+	xor %al, %al
+	outb %al, %dx
+	mov $(COM1 + 3), %dx
+	mov $3, %al
+	outb %al, %dx
+	mov $(COM1 + 2), %dx
+	mov $0xc7, %al
+	outb %al, %dx
+	mov $(COM1 + 4), %dx
+	mov $3, %al
+	outb %al, %dx
+	ret
+
+# al = byte; preserves everything
+putc:
+	push %edx
+	push %eax
+	mov $(COM1 + 5), %dx
+1:	inb %dx, %al
+	test $0x20, %al
+	jz 1b
+	pop %eax
+	mov $COM1, %dx
+	outb %al, %dx
+	pop %edx
+	ret
+
+newline:
+	push %eax
+	mov $'\n', %al
+	call putc
+	pop %eax
+	ret
+
+# esi = NUL-terminated string
+puts:
+	push %eax
+1:	lodsb
+	test %al, %al
+	jz 2f
+	call putc
+	jmp 1b
+2:	pop %eax
+	ret
+
+# eax = value: 8 hex digits and a newline
+print_hex_nl:
+	push %ecx
+	push %ebx
+	mov %eax, %ebx
+	mov $8, %ecx
+1:	rol $4, %ebx
+	mov %ebx, %eax
+	and $0xf, %eax
+	mov hexdigits(%eax), %al
+	call putc
+	loop 1b
+	call newline
+	pop %ebx
+	pop %ecx
+	ret
+
+	.data
+	.align 8
+gdt:
+	.quad 0
+	.quad 0x00cf9a000000ffff        # 0x08: flat 32-bit code
+	.quad 0x00cf92000000ffff        # 0x10: flat data
+gdt_desc:
+	.word gdt_desc - gdt - 1
+	.long gdt
+	.align 8
+idt_desc:
+	.word 256 * 8 - 1
+	.long idt
+hexdigits:
+	.ascii "0123456789abcdef"
+s_start:  .asciz "devices: start\n"
+s_fwcfg:  .asciz "fwcfg signature "
+s_cpus:   .asciz "fwcfg cpus "
+s_cmos34: .asciz "cmos 0x34 "
+s_rtcb:   .asciz "rtc B "
+s_rtcd:   .asciz "rtc D "
+s_ioapic: .asciz "ioapic version "
+s_pit2:   .asciz "pit channel 2 out high after 10 ms\n"
+s_prompt: .asciz "uart: send 3 bytes now\n"
+s_rx:     .asciz "uart received: "
+s_timer:  .asciz "pit channel 0 ticks through the ioapic: 5\n"
+s_done:   .asciz "devices: done\n"
+s_bad:    .asciz "devices: unexpected interrupt or exception\n"
+	.align 4
+ticks:
+	.long 0
+
+	.bss
+	.align 4096
+idt:
+	.space 256 * 8
+stack:
+	.space 8192
+stack_top:
