@@ -40,6 +40,11 @@ test_fw_SRCS := tests/unit/test_fw.c $(FW_SRCS)
 test_fw_DEPLIBS := util
 test_fw_LDLIBS := $(CMOCKA_LIBS)
 endif
+ifneq ($(wildcard tests/fuzz/fuzz_fw.c),)
+FUZZERS += fuzz_fw
+fuzz_fw_FUZZ_SRCS := tests/fuzz/fuzz_fw.c $(FW_SRCS) util/log.c
+fuzz_fw_FUZZ_LDLIBS :=
+endif
 # Debian kernel image check: fetches linux-image-cloud-amd64 once into $(BUILD)/cache, runs test_fw --linux-image.
 ifneq ($(wildcard tests/unit/test_linux_image.sh),)
 CHECK_SCRIPTS += tests/unit/test_linux_image.sh
