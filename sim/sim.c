@@ -563,7 +563,7 @@ static int sim_run(struct sim *s, int sfd)
 		}
 		if (WIFEXITED(io->status)) {
 			rc = WEXITSTATUS(io->status);
-			fprintf(stderr, "sim: guest exit code %d\n", rc);
+			fprintf(stderr, "sim: exit status %d (guest isa-debug-exit code %d)\n", rc, rc & 1 ? rc >> 1 : -1);
 			return rc;
 		}
 		fprintf(stderr, "sim: the io node did not exit normally\n");

@@ -56,7 +56,7 @@ for nv in 2:4 3:3 4:4; do
 done
 
 # ---- litmus: no outcome x86-TSO forbids, with every test the CPU count allows
-LIT=48
+LIT=400
 check_litmus() {
 	local v=$1 t ok=0 run=4
 	for t in SB MP LB 2+2W; do
@@ -73,10 +73,10 @@ for n in 2 3 4; do
 done
 
 # ---- memtest: every byte of a window written on one node and verified on the next
-MT=2M
+MT=4M
 check_memtest() {
 	local v=$1
-	expect_line "^memtest: tested 2097152 bytes \(2 MiB\) in 1 ranges, 6 patterns, $v cpus, errors 0\$" &&
+	expect_line "^memtest: tested 4194304 bytes \(4 MiB\) in 1 ranges, 6 patterns, $v cpus, errors 0\$" &&
 		[ "$(grep -c '^memtest: pattern .* errors 0 ' "$SIM_LOG")" -eq 6 ]
 }
 for n in 2 3 4; do
@@ -85,7 +85,7 @@ for n in 2 3 4; do
 done
 
 # ---- compute: the host reference checksum
-CN=3000 CR=4
+CN=20000 CR=8
 CEXP=$("$GUEST_DIR/compute-ref" $CN $CR)
 check_compute() {
 	local v=$1
@@ -99,7 +99,7 @@ for nv in 2:4 3:3 4:4; do
 done
 
 # ---- ipi: every IPI delivered, across nodes (CPU 0 pings every other CPU)
-IPI=20
+IPI=100
 check_ipi() {
 	local v=$1 k ok=0
 	expect_line "^ipi: self iters $IPI received $IPI\$" || ok=1
