@@ -884,7 +884,7 @@ static void test_prot32_and_bcd(void **state)
 	assert_int_equal(cpu->gpr[R_SP], 0x7000 - 2);
 	RUN(cpu, 0xe8, 0x10, 0, 0, 0);               /* call .+0x15 */
 	assert_int_equal(cpu->rip, CODE + 5 + 0x10);
-	assert_int_equal(*(uint32_t *)(ram + 0x7000 - 6), CODE + 5);
+	assert_int_equal(ld(ram + 0x7000 - 6, 4), CODE + 5);
 	RUN(cpu, 0xc3);
 	assert_int_equal(cpu->rip, CODE + 5);
 	/* BCD (invalid in 64-bit mode) */
@@ -1405,13 +1405,13 @@ static void test_system_decode(void **state)
 	assert_int_equal(cpu->gpr[R_BX], 0x756e6547);
 	cpu->gpr[R_SI] = DATA;
 	*(uint16_t *)(ram + DATA) = 0x27;
-	*(uint64_t *)(ram + DATA + 2) = 0xffff800000001000ull;
+	memcpy(ram + DATA + 2, (uint64_t[]){ 0xffff800000001000ull }, 8);
 	RUN(cpu, 0x0f, 0x01, 0x16);                  /* lgdt (%rsi) */
 	assert_int_equal(cpu->gdt.base, 0xffff800000001000ull);
 	assert_int_equal(cpu->gdt.limit, 0x27);
 	RUN(cpu, 0x0f, 0x01, 0x46, 0x10);            /* sgdt 0x10(%rsi) */
 	assert_int_equal(*(uint16_t *)(ram + DATA + 0x10), 0x27);
-	assert_int_equal(*(uint64_t *)(ram + DATA + 0x12), 0xffff800000001000ull);
+	assert_int_equal(ld(ram + DATA + 0x12, 8), 0xffff800000001000ull);
 	RUN(cpu, 0x0f, 0x01, 0x7e, 0x08);            /* invlpg 8(%rsi) */
 	assert_int_equal(cpu->cr2, DATA + 8);
 	cpu->gpr[R_AX] = 0x28;
