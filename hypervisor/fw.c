@@ -68,10 +68,14 @@ int fw_read_file(struct fw_ctx *c, const char *what, const char *path, uint8_t *
 	if (fd < 0)
 		return fw_fail(c, errno, "%s %s: %s", what, path, strerror(errno));
 	struct stat st;
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		int e = errno ? errno : EINVAL;
+	if (fstat(fd, &st) < 0) {
+		int e = errno;
 		close(fd);
-		return fw_fail(c, S_ISREG(st.st_mode) ? e : EINVAL, "%s %s: not a regular file", what, path);
+		return fw_fail(c, e, "%s %s: %s", what, path, strerror(e));
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		return fw_fail(c, EINVAL, "%s %s: not a regular file", what, path);
 	}
 	/* Nothing we load can exceed guest RAM; refuse early so a huge file is not read for nothing. */
 	if ((uint64_t)st.st_size > c->cfg->ram_size) {

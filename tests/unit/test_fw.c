@@ -1048,6 +1048,8 @@ static void test_bad_inputs(void **state)
 	struct fw_config cfg = cfg_basic(rs, "/nonexistent/kernel");
 	log_set_quiet(true);
 	expect_fail(&cfg, ram, "/nonexistent/kernel: No such file");
+	cfg.kernel = tmpdir;
+	expect_fail(&cfg, ram, ": not a regular file");
 	memset(img, 'x', 4096);
 	cfg.kernel = tmp_write("garbage", img, 4096);
 	expect_fail(&cfg, ram, "is neither a multiboot ELF nor a Linux bzImage/vmlinux");
