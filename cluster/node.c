@@ -492,8 +492,12 @@ static int node_run(struct node *n)
 	lc.n_nodes = n->o.n_members;
 	lc.send = node_send;
 	lc.send_opaque = n;
-	/* a lost frame is resent after a few round trips of the configured latency */
-	lc.rto_ns = (20 + 4 * (uint64_t)n->o.link.latency_us / 1000) * NSEC_PER_MSEC;
+	/* A lost frame is resent after a few round trips of the configured latency. Without a lossy fabric nothing
+	 * is ever lost (a broken connection is a dead node), and a short timeout only resends for nothing when
+	 * busy nodes are slow to acknowledge. */
+	lc.rto_ns = n->o.link.loss > 0 || n->o.link.reorder > 0
+			    ? (20 + 4 * (uint64_t)n->o.link.latency_us / 1000) * NSEC_PER_MSEC
+			    : NSEC_PER_SEC;
 	err = clink_create(&lc, &n->link);
 	if (err) {
 		fprintf(stderr, "rackvm node: cluster link: %s\n", strerror(-err));

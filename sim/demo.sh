@@ -9,8 +9,11 @@ G=$BUILD/guest
 NODES=${DEMO_NODES:-4}
 VCPUS=${DEMO_VCPUS:-8}
 MEM=${DEMO_MEM:-256M}
-CN=${DEMO_COMPUTE_N:-40000}
-CR=${DEMO_COMPUTE_ROUNDS:-8}
+CN=${DEMO_COMPUTE_N:-400000}
+CR=${DEMO_COMPUTE_ROUNDS:-32}
+
+# node logs: errors only (the summaries are printed regardless); RACKVM_LOG=info shows everything
+export RACKVM_LOG=${RACKVM_LOG:-err}
 
 banner() { printf '\n==== %s\n' "$*"; }
 

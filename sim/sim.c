@@ -549,9 +549,11 @@ static int sim_run(struct sim *s, int sfd)
 
 	/* the table of summaries */
 	fprintf(stderr, "sim: per-node summary\n");
-	for (unsigned k = 0; k < s->o.nodes; k++)
-		fprintf(stderr, "sim:   node %u: %s\n", k, s->node[k].summary[0] ? s->node[k].summary + 9 :
-						     "(no summary: the node did not finish)");
+	for (unsigned k = 0; k < s->o.nodes; k++) {
+		const char *v = strstr(s->node[k].summary, "vcpus ");
+
+		fprintf(stderr, "sim:   node %u: %s\n", k, v ? v : "(no summary: the node did not finish)");
+	}
 	switch (end) {
 	case END_EXITED: {
 		struct sim_node *io = &s->node[s->o.io_node];
