@@ -273,15 +273,11 @@ static inline bool is_user(const struct emu_cpu *cpu)
 	return cpu->cpl == 3;
 }
 
-/* Host pointer of the page holding `lin` for this access, via the TLB; NULL with *gpa set when not RAM. */
-static uint8_t *page_host(struct emu_cpu *cpu, uint64_t lin, enum acc acc, bool user, uint64_t *gpa)
+/* TLB miss: walk, fill the entry when the page is RAM. */
+static __attribute__((noinline)) uint8_t *page_fill(struct emu_cpu *cpu, struct emu_tlb_entry *e, uint64_t lin,
+						     enum acc acc, bool user, uint64_t *gpa)
 {
-	struct emu_tlb_entry *tlb = acc == ACC_R ? cpu->tlb_r : acc == ACC_W ? cpu->tlb_w : cpu->tlb_x;
 	uint64_t lp = lin >> 12;
-	struct emu_tlb_entry *e = &tlb[tlb_idx(lp)];
-
-	if (e->lpage == lp && (!user || (e->flags & EMU_TLB_USER)))
-		return e->host;
 	uint64_t pa = translate(cpu, lin, acc, user);
 	uint64_t pg = pa & ~0xfffull;
 	uint64_t room;
@@ -294,6 +290,18 @@ static uint8_t *page_host(struct emu_cpu *cpu, uint64_t lin, enum acc acc, bool 
 	e->host = h;
 	e->flags = (uint8_t)((user ? EMU_TLB_USER : 0) | (acc == ACC_W ? EMU_TLB_WRITE : 0));
 	return h;
+}
+
+/* Host pointer of the page holding `lin` for this access, via the TLB; NULL with *gpa set when not RAM. */
+static inline uint8_t *page_host(struct emu_cpu *cpu, uint64_t lin, enum acc acc, bool user, uint64_t *gpa)
+{
+	struct emu_tlb_entry *tlb = acc == ACC_R ? cpu->tlb_r : acc == ACC_W ? cpu->tlb_w : cpu->tlb_x;
+	uint64_t lp = lin >> 12;
+	struct emu_tlb_entry *e = &tlb[tlb_idx(lp)];
+
+	if (__builtin_expect(e->lpage == lp && (!user || (e->flags & EMU_TLB_USER)), 1))
+		return e->host;
+	return page_fill(cpu, e, lin, acc, user, gpa);
 }
 
 static uint64_t host_load(const uint8_t *p, unsigned size)

@@ -1080,6 +1080,77 @@ static void test_page_split(void **state)
 	vmh_fini(&h);
 }
 
+/* The software TLB follows INVLPG and CR3 writes: a remapped page is seen after either. */
+static void test_tlb_invlpg_cr3(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       " mov 0x800000, %eax\n out %eax, $0xe0\n"               /* phys 3 MiB */
+	       " movq $0x305007, %rax\n mov %rax, 0x13000\n"           /* PT[0] -> 0x305000 */
+	       " invlpg 0x800000\n"
+	       " mov 0x800000, %eax\n out %eax, $0xe0\n"
+	       " movq $0x306007, %rax\n mov %rax, 0x13000\n"
+	       " mov %cr3, %rax\n mov %rax, %cr3\n"
+	       " mov 0x800000, %eax\n out %eax, $0xe0\n"
+	       " sti\n hlt\n");
+	lm_setup(&h, CODE);
+	h.ram[0x300000] = 0xa;
+	h.ram[0x305000] = 0xb;
+	h.ram[0x306000] = 0xc;
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_HLT);
+	uint64_t want[] = { 0xa, 0xb, 0xc };
+	expect_reports(&h, want, 3);
+	assert_true(h.exit.irq_ready);                /* STI; HLT: the HLT ended the shadow */
+	vmh_fini(&h);
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+struct kick_latency {
+	struct accel_vcpu *cpu;
+	double kicked_at;
+};
+
+static void *kick_late(void *arg)
+{
+	struct kick_latency *k = arg;
+	struct timespec ts = { 0, 50 * 1000000L };
+	nanosleep(&ts, NULL);
+	k->kicked_at = now_s();
+	ops->kick(k->cpu);
+	return NULL;
+}
+
+/* Kick latency out of a guest loop that touches memory (reported; bounded generously). */
+static void test_kick_latency(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE, "1: incq 0x4000\n jmp 1b\n");
+	lm_setup(&h, CODE);
+	struct kick_latency k = { h.cpu, 0 };
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, kick_late, &k), 0);
+	assert_int_equal(ops->run(h.cpu, NULL, &h.exit), 0);
+	double back = now_s();
+	pthread_join(t, NULL);
+	assert_int_equal(h.exit.reason, ACCEL_EXIT_KICK);
+	printf("emu: kick to ACCEL_EXIT_KICK: %.1f us (guest did %llu loop iterations)\n",
+	       (back - k.kicked_at) * 1e6, (unsigned long long)get64(&h, 0x4000));
+	assert_true(back - k.kicked_at < 0.5);
+	vmh_fini(&h);
+}
+
 /* ---- the SDK guest's multiboot entry ---- */
 
 static const char *guest_elf_path(char *buf, size_t len)
@@ -1221,6 +1292,8 @@ int main(void)
 		cmocka_unit_test(test_nmi),
 		cmocka_unit_test(test_wrmsr_refused),
 		cmocka_unit_test(test_page_split),
+		cmocka_unit_test(test_tlb_invlpg_cr3),
+		cmocka_unit_test(test_kick_latency),
 		cmocka_unit_test(test_perf_ring3_loop),
 		cmocka_unit_test(test_guest_multiboot_entry),
 	};
