@@ -5,8 +5,8 @@
 # triple fault, unknown port, unknown MMIO, unknown MSR, IPI to a missing APIC id) reported with registers and a
 # clean exit; SIGINT/SIGTERM.
 #
-# The emu is an interpreter, so workloads run with smaller sizes than under qemu (memtest max=8M, compute n=20000
-# rounds=8, litmus iters=100, ipi iters=50). Budget: about 2-3 minutes on the 2-core dev machine.
+# The emu is an interpreter, so workloads run with smaller sizes than under qemu (memtest max=8M, compute n=100000
+# rounds=16, litmus iters=100, ipi iters=50). Budget: about 2-3 minutes on the 2-core dev machine.
 # Exit 0 pass, 1 on any failure. Logs: $BUILD/test-logs/hv-run/.
 set -u
 cd "$(dirname "$0")/../.."
@@ -145,7 +145,7 @@ check_memtest_corrupt() {
 		expect_line "^memtest: tested 8388608 bytes \(8 MiB\) in 1 ranges, 6 patterns, 2 cpus, errors 1\$"
 }
 
-CN=20000 CR=8
+CN=100000 CR=16
 CEXP=$("$GUEST_DIR/compute-ref" $CN $CR)
 check_compute() {
 	local n=$1
