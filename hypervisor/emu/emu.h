@@ -230,6 +230,9 @@ bool emu_io_allowed(struct emu_cpu *cpu, uint16_t port, unsigned size);
 /* Deliver exception/interrupt `vector` now (used by the run loop; emu_exec.c uses emu_raise/emu_int). ret_rip is
  * the RIP saved in the frame; error -1 = none; software: INT n/INT3/INTO (gate DPL is checked, EXT clear). */
 void emu_deliver(struct emu_cpu *cpu, int vector, int error, uint64_t ret_rip, bool software);
+/* SYSENTER (0F 34) and SYSEXIT (0F 35; opsize 8 with REX.W) from the IA32_SYSENTER_* MSRs; they set cpu->rip. */
+void emu_sysenter(struct emu_cpu *cpu);
+void emu_sysexit(struct emu_cpu *cpu, unsigned opsize);
 /* Guest TSC of this vCPU now, without RDTSC's CR4.TSD check (accel read_tsc). */
 uint64_t emu_tsc_now(const struct emu_cpu *cpu);
 

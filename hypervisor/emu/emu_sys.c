@@ -9,7 +9,7 @@
  *
  * Not supported (documented, each gives #GP or ACCEL_EXIT_ERROR as noted): hardware task switching (task gates,
  * TSS in far JMP/CALL, IRET with NT: #GP(0)); call gates (far JMP/CALL through one: #GP(sel)); virtual-8086 mode
- * (IRET to VM=1 and interrupts in VM86: ACCEL_EXIT_ERROR); SYSENTER/SYSEXIT (MSRs are stored only); debug
+ * (IRET to VM=1 and interrupts in VM86: ACCEL_EXIT_ERROR); debug
  * registers (stored, never trigger); TF single-step traps; segment limit checks on stack pushes made by event
  * delivery and far CALL (the new stack's limit is not checked).
  */
@@ -805,6 +805,57 @@ void emu_sysret(struct emu_cpu *cpu, unsigned opsize)
 	ss->g = 1;
 	ss->unusable = 0;
 	cpu->rflags = (cpu->gpr[R_R11] & 0x3c7fd7ull) | 2;
+	cpu->rip = rip;
+	cpu->cpl = 3;
+	emu_update_mode(cpu);
+}
+
+/* ---- SYSENTER / SYSEXIT ---- */
+
+static void flat_seg(struct kvm_segment *s, uint16_t sel, uint8_t type, unsigned dpl, bool l)
+{
+	memset(s, 0, sizeof(*s));
+	s->selector = sel;
+	s->limit = 0xffffffff;
+	s->type = type;
+	s->s = 1;
+	s->present = 1;
+	s->dpl = (uint8_t)dpl;
+	s->g = 1;
+	s->l = l;
+	s->db = !l;
+}
+
+void emu_sysenter(struct emu_cpu *cpu)
+{
+	uint16_t cs = (uint16_t)cpu->msr_sysenter_cs;
+	bool lm = cpu->efer & EFER_LMA;
+
+	if (cpu->mode == EMU_REAL || !(cs & 0xfffc))
+		emu_raise(cpu, EXC_GP, 0);
+	flat_seg(&cpu->seg[SEG_CS], cs & 0xfffc, 0xb, 0, lm);
+	flat_seg(&cpu->seg[SEG_SS], (uint16_t)((cs & 0xfffc) + 8), 3, 0, false);
+	cpu->rflags &= ~(uint64_t)(EFL_VM | EFL_IF | EFL_RF);
+	cpu->gpr[R_SP] = lm ? cpu->msr_sysenter_esp : (uint32_t)cpu->msr_sysenter_esp;
+	cpu->rip = lm ? cpu->msr_sysenter_eip : (uint32_t)cpu->msr_sysenter_eip;
+	cpu->cpl = 0;
+	emu_update_mode(cpu);
+}
+
+void emu_sysexit(struct emu_cpu *cpu, unsigned opsize)
+{
+	uint16_t cs = (uint16_t)cpu->msr_sysenter_cs;
+	bool to64 = opsize == 8;
+
+	if (cpu->mode == EMU_REAL || cpu->cpl != 0 || !(cs & 0xfffc))
+		emu_raise(cpu, EXC_GP, 0);
+	uint64_t rip = to64 ? cpu->gpr[R_DX] : (uint32_t)cpu->gpr[R_DX];
+	uint64_t rsp = to64 ? cpu->gpr[R_CX] : (uint32_t)cpu->gpr[R_CX];
+	if (to64 && (!canonical(rip) || !canonical(rsp)))
+		emu_raise(cpu, EXC_GP, 0);
+	flat_seg(&cpu->seg[SEG_CS], (uint16_t)((cs + (to64 ? 32 : 16)) | 3), 0xb, 3, to64);
+	flat_seg(&cpu->seg[SEG_SS], (uint16_t)((cs + (to64 ? 40 : 24)) | 3), 3, 3, false);
+	cpu->gpr[R_SP] = rsp;
 	cpu->rip = rip;
 	cpu->cpl = 3;
 	emu_update_mode(cpu);

@@ -1151,6 +1151,50 @@ static void test_kick_latency(void **state)
 	vmh_fini(&h);
 }
 
+/* SYSENTER/SYSEXIT helpers called directly (emu_exec.c decodes 0F 34/35 into them). struct accel_vcpu of the emu
+ * backend starts with its struct emu_cpu (emu.c). */
+static void test_sysenter_sysexit_direct(void **state)
+{
+	(void)state;
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	struct kvm_sregs s;
+	assert_int_equal(ops->get_sregs(h.cpu, &s), 0);
+	s.cs = seg(SEL_CODE64, 0xb, 0, true, false);
+	s.ss = seg(SEL_DATA, 3, 0, false, true);
+	s.cr0 = 0x80000011;
+	s.cr4 = 0x20;
+	s.efer = 0x500;
+	assert_int_equal(ops->set_sregs(h.cpu, &s), 0);
+	struct emu_cpu *cpu = (struct emu_cpu *)(void *)h.cpu;
+	struct accel_exit x;
+	cpu->exit = &x;
+	if (setjmp(cpu->jmp))
+		fail_msg("SYSEXIT/SYSENTER faulted: vector %d", cpu->exc_vector);
+	cpu->msr_sysenter_cs = 0x10;
+	cpu->msr_sysenter_esp = 0x7000;
+	cpu->msr_sysenter_eip = 0x123456;
+	cpu->gpr[R_CX] = 0x5000;
+	cpu->gpr[R_DX] = 0x401000;
+	emu_sysexit(cpu, 8);
+	assert_int_equal(cpu->cpl, 3);
+	assert_int_equal(cpu->mode, EMU_LONG64);
+	assert_int_equal(cpu->seg[SEG_CS].selector, 0x33);
+	assert_int_equal(cpu->seg[SEG_SS].selector, 0x3b);
+	assert_int_equal(cpu->rip, 0x401000);
+	assert_int_equal(cpu->gpr[R_SP], 0x5000);
+	cpu->rflags = 0x202;
+	emu_sysenter(cpu);
+	assert_int_equal(cpu->cpl, 0);
+	assert_int_equal(cpu->mode, EMU_LONG64);
+	assert_int_equal(cpu->seg[SEG_CS].selector, 0x10);
+	assert_int_equal(cpu->seg[SEG_SS].selector, 0x18);
+	assert_int_equal(cpu->rip, 0x123456);
+	assert_int_equal(cpu->gpr[R_SP], 0x7000);
+	assert_int_equal(cpu->rflags & EFL_IF, 0);
+	vmh_fini(&h);
+}
+
 /* ---- the SDK guest's multiboot entry ---- */
 
 static const char *guest_elf_path(char *buf, size_t len)
@@ -1294,6 +1338,7 @@ int main(void)
 		cmocka_unit_test(test_page_split),
 		cmocka_unit_test(test_tlb_invlpg_cr3),
 		cmocka_unit_test(test_kick_latency),
+		cmocka_unit_test(test_sysenter_sysexit_direct),
 		cmocka_unit_test(test_perf_ring3_loop),
 		cmocka_unit_test(test_guest_multiboot_entry),
 	};
