@@ -224,9 +224,6 @@ unsigned emu_stack_size(const struct emu_cpu *cpu);
 /* Added by emu-sys. */
 /* End the run with ACCEL_EXIT_ERROR (message in exit->error.msg); the instruction does not retire. */
 _Noreturn __attribute__((format(printf, 2, 3))) void emu_exit_error(struct emu_cpu *cpu, const char *fmt, ...);
-/* IN/OUT/INS/OUTS permission: true when CPL <= IOPL (or real mode), else the TSS I/O bitmap decides (a missing or
- * short bitmap denies). The caller raises #GP(0) when false. */
-bool emu_io_allowed(struct emu_cpu *cpu, uint16_t port, unsigned size);
 /* Deliver exception/interrupt `vector` now (used by the run loop; emu_exec.c uses emu_raise/emu_int). ret_rip is
  * the RIP saved in the frame; error -1 = none; software: INT n/INT3/INTO (gate DPL is checked, EXT clear). */
 void emu_deliver(struct emu_cpu *cpu, int vector, int error, uint64_t ret_rip, bool software);

@@ -871,23 +871,6 @@ void emu_hlt(struct emu_cpu *cpu)
 	cpu->exit_pending = true;
 }
 
-bool emu_io_allowed(struct emu_cpu *cpu, uint16_t port, unsigned size)
-{
-	if (cpu->mode == EMU_REAL && !(cpu->rflags & EFL_VM))
-		return true;
-	if (!(cpu->rflags & EFL_VM) && cpu->cpl <= ((cpu->rflags & EFL_IOPL) >> 12))
-		return true;
-	/* TSS I/O permission bitmap (32-bit or 64-bit TSS) */
-	if (cpu->tr.unusable || !cpu->tr.present || (cpu->tr.type & 7) != 3 || cpu->tr.limit < 103)
-		return false;
-	uint16_t iomap = (uint16_t)emu_read_linear(cpu, cpu->tr.base + 102, 2, true);
-	uint64_t byte = (uint64_t)iomap + port / 8;
-	if (byte + 1 > cpu->tr.limit)
-		return false;
-	uint16_t bits = (uint16_t)emu_read_linear(cpu, cpu->tr.base + byte, 2, true);
-	return !((bits >> (port & 7)) & ((1u << size) - 1));
-}
-
 uint32_t emu_io_in(struct emu_cpu *cpu, uint16_t port, unsigned size)
 {
 	if (cpu->pend.kind == ACCEL_EXIT_IO && cpu->io_done && cpu->pend.addr == port && cpu->pend.size == size) {
