@@ -236,6 +236,25 @@ static void test_e820_no_hole(void **state)
 	assert_non_null(strstr(err, "APIC"));
 }
 
+/* Guest-physical to host offset: identity below the hole, hole_start + (gpa - 4 GiB) above 4 GiB, NULL elsewhere. */
+static void test_gpa_map(void **state)
+{
+	uint8_t *base = ram_new(64 * MIB);  /* mapped, never touched */
+	struct fw_ctx c = { .ram = base, .low_end = 48 * MIB, .high_size = 16 * MIB };
+	assert_ptr_equal(fw_gpa(&c, 0, 4096), base);
+	assert_ptr_equal(fw_gpa(&c, 48 * MIB - 4096, 4096), base + 48 * MIB - 4096);
+	assert_null(fw_gpa(&c, 48 * MIB - 4096, 4097));                /* runs into the hole */
+	assert_null(fw_gpa(&c, 64 * MIB, 1));                          /* in the hole */
+	assert_null(fw_gpa(&c, 4 * GIB - 1, 2));
+	assert_ptr_equal(fw_gpa(&c, 4 * GIB, 16 * MIB), base + 48 * MIB);
+	assert_ptr_equal(fw_gpa(&c, 4 * GIB + MIB, 4096), base + 49 * MIB);
+	assert_null(fw_gpa(&c, 4 * GIB + 16 * MIB - 1, 2));            /* past the end of RAM */
+	assert_null(fw_gpa(&c, UINT64_MAX - 10, 100));                 /* wraps */
+	assert_false(fw_loadable(&c, 0x9000, 4096));                  /* below 1 MiB: firmware area */
+	assert_true(fw_loadable(&c, MIB, 4096));
+	ram_free(base, 64 * MIB);
+}
+
 /* ---- ACPI ---- */
 
 struct acpi_view {
@@ -1312,6 +1331,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_e820_3g5),
 		cmocka_unit_test(test_e820_6g),
 		cmocka_unit_test(test_e820_no_hole),
+		cmocka_unit_test(test_gpa_map),
 		cmocka_unit_test(test_acpi_4cpu_2node),
 		cmocka_unit_test(test_acpi_x2apic_hole_split),
 		cmocka_unit_test(test_acpi_iasl),
