@@ -94,16 +94,8 @@ static void modrm32(struct emu_insn *d)
 	d->mseg = d->seg != SEG_NONE ? d->seg : defseg;
 }
 
-void emu_modrm(struct emu_insn *d)
+void emu_modrm_mem(struct emu_insn *d)
 {
-	uint8_t m = emu_imm8(d);
-
-	d->mod = m >> 6;
-	d->reg = ((m >> 3) & 7) | ((d->rex & 4) << 1);
-	d->rm = (m & 7) | ((d->rex & 1) << 3);
-	d->mem = d->mod != 3;
-	if (!d->mem)
-		return;
 	if (d->adsize == 2)
 		modrm16(d);
 	else
@@ -746,56 +738,46 @@ static void exec_one(struct emu_insn *d, uint8_t op)
 		if (!maybe)
 			emu_ud(d);
 	}
-	if (op < 0x40) {
-		switch (op & 7) {
-		case 6: case 7:
-			break;
-		default:
-			exec_alu(d, op);
-			return;
-		}
-		switch (op) {
-		case 0x06: case 0x0e: case 0x16: case 0x1e:
-			if (d->mode64)
-				emu_ud(d);
-			exec_push_sreg(d, op >> 3);
-			return;
-		case 0x07: case 0x17: case 0x1f:
-			if (d->mode64)
-				emu_ud(d);
-			exec_pop_sreg(d, op >> 3);
-			return;
-		case 0x0f:
-			emu_exec_0f(d);
-			return;
-		case 0x27: case 0x2f: case 0x37: case 0x3f:
-			exec_bcd(d, op);
-			return;
-		default:
-			emu_ud(d);    /* prefixes are consumed before, so this is unreachable */
-		}
-	}
-	if (op < 0x50) {              /* INC/DEC r (REX in 64-bit mode is consumed as prefix) */
+	switch (op) {
+	case 0x00 ... 0x05: case 0x08 ... 0x0d: case 0x10 ... 0x15: case 0x18 ... 0x1d:
+	case 0x20 ... 0x25: case 0x28 ... 0x2d: case 0x30 ... 0x35: case 0x38 ... 0x3d:
+		exec_alu(d, op);
+		return;
+	case 0x06: case 0x0e: case 0x16: case 0x1e:
+		if (d->mode64)
+			emu_ud(d);
+		exec_push_sreg(d, op >> 3);
+		return;
+	case 0x07: case 0x17: case 0x1f:
+		if (d->mode64)
+			emu_ud(d);
+		exec_pop_sreg(d, op >> 3);
+		return;
+	case 0x0f:
+		emu_exec_0f(d);
+		return;
+	case 0x27: case 0x2f: case 0x37: case 0x3f:
+		exec_bcd(d, op);
+		return;
+	case 0x40 ... 0x4f: {         /* INC/DEC r (in 64-bit mode these are REX, consumed as prefixes) */
 		unsigned r = op & 7;
 
 		emu_reg_set(d, r, d->opsize, emu_incdec(cpu, op >= 0x48, d->opsize, emu_reg_get(d, r, d->opsize)));
 		emu_insn_retire(d);
 		return;
 	}
-	if (op < 0x58) {
+	case 0x50 ... 0x57:
 		size = stack_opsize(d);
 		emu_exec_push(d, emu_reg_get(d, (op & 7) | ((d->rex & 1) << 3), size), size);
 		emu_insn_retire(d);
 		return;
-	}
-	if (op < 0x60) {
+	case 0x58 ... 0x5f:
 		size = stack_opsize(d);
 		v = emu_exec_pop(d, size);
 		emu_reg_set(d, (op & 7) | ((d->rex & 1) << 3), size, v);
 		emu_insn_retire(d);
 		return;
-	}
-	if (op >= 0x70 && op < 0x80) {
+	case 0x70 ... 0x7f: {
 		int8_t rel = (int8_t)emu_imm8(d);
 
 		if (emu_cond(cpu->rflags, op & 15))
@@ -804,16 +786,16 @@ static void exec_one(struct emu_insn *d, uint8_t op)
 			emu_insn_retire(d);
 		return;
 	}
-	if (op >= 0xb0 && op < 0xc0) {
+	case 0xb0 ... 0xbf: {
 		unsigned r = (op & 7) | ((d->rex & 1) << 3);
 
 		size = op < 0xb8 ? 1 : d->opsize;
-		v = size == 8 ? emu_imm_n(d, 8) : emu_imm_n(d, size);
+		v = emu_imm_n(d, size);
 		emu_reg_set(d, r, size, v);
 		emu_insn_retire(d);
 		return;
 	}
-	if (op >= 0x91 && op <= 0x97) {
+	case 0x91 ... 0x97: {
 		unsigned r = (op & 7) | ((d->rex & 1) << 3);
 
 		v = emu_reg_get(d, r, d->opsize);
@@ -822,7 +804,6 @@ static void exec_one(struct emu_insn *d, uint8_t op)
 		emu_insn_retire(d);
 		return;
 	}
-	switch (op) {
 	case 0x60:
 		if (d->mode64)
 			emu_ud(d);

@@ -141,7 +141,20 @@ static inline void emu_reg_set_ad(struct emu_cpu *cpu, unsigned r, unsigned adsi
 }
 
 /* ---- ModRM operands ---- */
-void emu_modrm(struct emu_insn *d);
+void emu_modrm_mem(struct emu_insn *d);
+
+/* Decodes ModRM (and SIB/displacement of a memory operand). */
+static inline void emu_modrm(struct emu_insn *d)
+{
+	uint8_t m = emu_imm8(d);
+
+	d->mod = m >> 6;
+	d->reg = ((m >> 3) & 7) | ((d->rex & 4) << 1);
+	d->rm = (m & 7) | ((d->rex & 1) << 3);
+	d->mem = d->mod != 3;
+	if (d->mem)
+		emu_modrm_mem(d);
+}
 
 /* Offset of the memory operand (RIP-relative resolved: call only after every immediate is fetched). */
 static inline uint64_t emu_ea(const struct emu_insn *d)
