@@ -15,6 +15,9 @@
  * Faults longjmp back here (EMU_JMP_FAULT) and are delivered with the double-fault rules of SDM vol. 3 table 6-5;
  * a fault while delivering #DF is a triple fault: ACCEL_EXIT_SHUTDOWN.
  *
+ * After a read exit (IN, MMIO read, RDMSR of a VMM MSR) the instruction has not executed: get_regs shows RIP on it,
+ * and the next run() executes it again with the value from the exit. A set_regs that moves RIP abandons the read.
+ *
  * The guest TSC is CLOCK_MONOTONIC scaled to tsc_hz (plus the VM's offset): identical on every vCPU and in every
  * process on one host, which keeps guest time consistent across the node processes of a simulated cluster.
  */
@@ -195,6 +198,11 @@ static int emu_set_regs(struct accel_vcpu *v, const struct kvm_regs *r)
 	c->gpr[R_R13] = r->r13;
 	c->gpr[R_R14] = r->r14;
 	c->gpr[R_R15] = r->r15;
+	if (r->rip != c->rip) {
+		/* the VMM moved the vCPU: an instruction waiting for a read result is abandoned */
+		c->pend.kind = 0;
+		c->io_done = false;
+	}
 	c->rip = r->rip;
 	c->rflags = r->rflags | 2;
 	emu_update_mode(c);
