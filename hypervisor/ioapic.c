@@ -75,7 +75,12 @@ static void ioapic_service_level(struct ioapic *io, unsigned pin, struct ioapic_
 static void ioapic_flush(struct ioapic *io, const struct ioapic_out *out)
 {
 	for (unsigned i = 0; i < out->n; i++) {
-		int r = io->svc->deliver(io->svc->opaque, &out->m[i]);
+		int r;
+
+		pr_debug("ioapic: vector 0x%02x dest 0x%x%s mode %u %s", out->m[i].vector, out->m[i].dest,
+			 out->m[i].logical ? " logical" : "", out->m[i].delivery,
+			 out->m[i].trigger_level ? "level" : "edge");
+		r = io->svc->deliver(io->svc->opaque, &out->m[i]);
 
 		if (r)
 			pr_warn("ioapic: delivery of vector %u failed: %d", out->m[i].vector, r);
@@ -112,6 +117,7 @@ void ioapic_eoi(struct ioapic *io, uint8_t vector)
 
 	if (!io)
 		return;
+	pr_debug("ioapic: EOI vector 0x%02x", vector);
 	pthread_mutex_lock(&io->lock);
 	for (unsigned pin = 0; pin < IOAPIC_NUM_PINS; pin++) {
 		uint64_t *rte = &io->rte[pin];

@@ -13,6 +13,7 @@
 	.set IOAPIC, 0xfec00000
 	.set LAPIC, 0xfee00000
 	.set TIMER_VECTOR, 0x30
+	.set UART_VECTOR, 0x31
 	.set PIT_10MS, 11932
 
 	.text
@@ -156,7 +157,10 @@ _start:
 	cmp $TIMER_VECTOR, %ecx
 	jne 6f
 	mov $timer_isr, %eax
-6:	mov %ax, idt(, %ecx, 8)
+6:	cmp $UART_VECTOR, %ecx
+	jne 12f
+	mov $uart_isr, %eax
+12:	mov %ax, idt(, %ecx, 8)
 	movw $0x08, idt + 2(, %ecx, 8)
 	movw $0x8e00, idt + 4(, %ecx, 8)
 	shr $16, %eax
@@ -182,17 +186,51 @@ _start:
 	outb %al, $0x40
 	mov $(PIT_10MS >> 8), %al
 	outb %al, $0x40
+7:	cmpl $5, ticks
+	jae 15f
 	sti
-7:	hlt
-	cmpl $5, ticks
-	jb 7b
+	hlt
 	cli
+	jmp 7b
+15:
 	movl $0x14, IOAPIC
 	movl $(0x10000 | TIMER_VECTOR), IOAPIC + 0x10
 	mov $0x30, %al
 	outb %al, $0x43
 	mov $s_timer, %esi
 	call puts
+
+	# UART THRE interrupt on IOAPIC pin 4 programmed level-triggered (vector 0x31): the handler reads IIR
+	# (dropping the line), then until the third interrupt transmits a '#' (raising it again while remote IRR
+	# still holds the pin) and EOIs: the IOAPIC must deliver again at that EOI.
+	mov $s_thre, %esi
+	call puts
+	mov LAPIC + 0x20, %eax
+	and $0xff000000, %eax
+	movl $0x19, IOAPIC
+	mov %eax, IOAPIC + 0x10
+	movl $0x18, IOAPIC
+	movl $(0x8000 | UART_VECTOR), IOAPIC + 0x10
+	mov $(COM1 + 1), %dx
+	mov $0x02, %al                  # IER: THR empty (the interrupt stays pending until sti)
+	outb %al, %dx
+13:	cmpl $3, uart_irqs              # check with interrupts off; sti's one-instruction shadow makes
+	jae 14f                         # "sti; hlt" wake on an interrupt that is already pending
+	sti
+	hlt
+	cli
+	jmp 13b
+14:
+	mov $(COM1 + 1), %dx
+	xor %al, %al
+	outb %al, %dx
+	movl $0x18, IOAPIC
+	movl $(0x10000 | 0x8000 | UART_VECTOR), IOAPIC + 0x10
+	call newline
+	mov $s_rirr, %esi
+	call puts
+	mov remote_irr_seen, %eax
+	call print_hex_nl
 	mov $s_done, %esi
 	call puts
 	mov $0x20, %al
@@ -206,6 +244,27 @@ timer_isr:
 	push %eax
 	incl ticks
 	movl $0, LAPIC + 0xb0
+	pop %eax
+	iret
+
+uart_isr:
+	push %eax
+	push %edx
+	incl uart_irqs
+	movl $0x18, IOAPIC              # remote IRR (bit 14) of pin 4 while the interrupt is in service
+	mov IOAPIC + 0x10, %eax
+	shr $14, %eax
+	and $1, %eax
+	add %eax, remote_irr_seen
+	mov $(COM1 + 2), %dx
+	inb %dx, %al                    # IIR reports THRE: reading it clears the source
+	cmpl $3, uart_irqs
+	jae 1f
+	mov $COM1, %dx
+	mov $'#', %al
+	outb %al, %dx
+1:	movl $0, LAPIC + 0xb0
+	pop %edx
 	pop %eax
 	iret
 
@@ -333,9 +392,15 @@ s_prompt: .asciz "uart: send 3 bytes now\n"
 s_rx:     .asciz "uart received: "
 s_timer:  .asciz "pit channel 0 ticks through the ioapic: 5\n"
 s_done:   .asciz "devices: done\n"
+s_thre:   .asciz "uart thre interrupts (level-triggered pin): "
+s_rirr:   .asciz "ioapic remote irr set in the handler, times: "
 s_bad:    .asciz "devices: unexpected interrupt or exception\n"
 	.align 4
 ticks:
+	.long 0
+uart_irqs:
+	.long 0
+remote_irr_seen:
 	.long 0
 
 	.bss

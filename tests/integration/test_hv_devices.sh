@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Platform devices end to end: a tiny multiboot guest (tests/integration/hv_devices_guest.S, assembled here)
 # reads fw_cfg, CMOS/RTC and the IOAPIC version, calibrates against PIT channel 2 through port 0x61, echoes 3
-# bytes it receives on COM1 (rackvm --console-input), and takes 5 PIT channel-0 interrupts routed IOAPIC pin 2 ->
-# local APIC -> IDT. It runs under rackvm (emu, 1 and 2 vCPUs; kvm too when /dev/kvm is usable) and, when
+# bytes it receives on COM1 (rackvm --console-input), takes 5 PIT channel-0 interrupts routed IOAPIC pin 2 ->
+# local APIC -> IDT, and 3 UART THR-empty interrupts on pin 4 programmed level-triggered (remote IRR, EOI
+# broadcast from the local APIC, re-delivery at EOI while the line is still high). It runs under rackvm (emu, 1 and 2 vCPUs; kvm too when /dev/kvm is usable) and, when
 # qemu-system-x86_64 exists, under qemu -M q35: the printed lines must be identical, so our devices answer as
 # QEMU's do. Budget: about 10 s. Exit 0 pass, 1 fail (qemu or kvm missing only skips their part, with a line).
 set -u
@@ -64,6 +65,8 @@ pit channel 2 out high after 10 ms
 uart: send 3 bytes now
 uart received: xyz
 pit channel 0 ticks through the ioapic: 5
+uart thre interrupts (level-triggered pin): ##
+ioapic remote irr set in the handler, times: 00000003
 devices: done'
 
 # check <name> <ncpus>: exit status 0x41 (code 0x20) and exactly the expected lines
