@@ -54,8 +54,8 @@ static int emu_vm_create(const struct accel_vm_config *cfg, struct accel_vm **ou
 {
 	struct accel_vm *v;
 
-	if (!cfg->ram || (cfg->ram_size & 0xfff) || (cfg->hole_start && (cfg->hole_start > cfg->ram_size ||
-								      cfg->hole_start > (1ull << 32))))
+	/* a hole at or above the end of RAM just means no RAM is relocated to 4 GiB */
+	if (!cfg->ram || (cfg->ram_size & 0xfff) || cfg->hole_start > (1ull << 32))
 		return -EINVAL;
 	v = calloc(1, sizeof(*v));
 	if (!v)

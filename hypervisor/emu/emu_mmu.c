@@ -49,14 +49,15 @@ enum acc { ACC_R = 0, ACC_W = 1, ACC_X = 2 };
 
 uint8_t *emu_gpa_host(const struct emu_vm *vm, uint64_t gpa, uint64_t *room)
 {
-	uint64_t low_end = vm->hole_start ? vm->hole_start : vm->ram_size;
+	bool split = vm->hole_start && vm->hole_start < vm->ram_size;
+	uint64_t low_end = split ? vm->hole_start : vm->ram_size;
 	uint64_t off;
 
 	if (gpa < low_end) {
 		off = gpa;
 		if (room)
 			*room = low_end - gpa;
-	} else if (vm->hole_start && gpa >= (1ull << 32) && gpa - (1ull << 32) < vm->ram_size - vm->hole_start) {
+	} else if (split && gpa >= (1ull << 32) && gpa - (1ull << 32) < vm->ram_size - vm->hole_start) {
 		off = gpa - (1ull << 32) + vm->hole_start;
 		if (room)
 			*room = vm->ram_size - off;

@@ -1000,6 +1000,16 @@ static void test_hole_and_1g_page(void **state)
 	assert_int_equal(get64(&h, (4u << 20) + 0x10), 0x99);
 	assert_int_equal(get64(&h, PDPT + 4 * 8) & 0x60, 0x60);
 	vmh_fini(&h);
+
+	/* a hole at or above the end of RAM: plain RAM from 0, nothing at 4 GiB */
+	vmh_init_hole(&h, NULL, 0, 0, 0xc0000000u);
+	asm_at(&h, CODE, " movabs $0x100000010, %rax\n mov (%rax), %eax\n hlt\n");
+	lm_setup(&h, CODE);
+	put64(&h, PDPT + 4 * 8, 0x100000000ull | 0x83);
+	assert_int_equal(ops->run(h.cpu, NULL, &h.exit), 0);
+	assert_int_equal(h.exit.reason, ACCEL_EXIT_MMIO);
+	assert_int_equal(h.exit.mmio.gpa, 0x100000010ull);
+	vmh_fini(&h);
 }
 
 /* NMI: taken with IF=0, blocked until IRET, then the next one is taken. */
