@@ -9,8 +9,8 @@
  * are used instead of ELF program headers (as GRUB and QEMU do). Without bit 16 the image must be ELF32 or
  * ELF64; PT_LOAD segments are loaded at their physical addresses.
  *
- * Boot information (in the boot info area, 0x10000-0x7ffff): mbi with mem_lower/mem_upper, cmdline (the
- * configured command line, "" when none), modules (each page aligned after the kernel's end, string = the whole
+ * Boot information (in the boot info area, 0x10000-0x7ffff): mbi with mem_lower/mem_upper, cmdline ("<kernel
+ * path> <command line>", as GRUB and QEMU pass it), modules (each page aligned after the kernel's end, string = the whole
  * "path args" as configured), the memory map (the e820 list), and boot_loader_name "rackvm".
  *
  * Entry state: 32-bit protected mode, paging off, CS = 0x08 flat code, DS/ES/FS/GS/SS = 0x18 flat data (a valid
@@ -20,6 +20,7 @@
 #include "hypervisor/fw_internal.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -175,12 +176,19 @@ int fw_multiboot_load(struct fw_ctx *c, size_t hdr, struct fw_boot *out)
 	fw_wr32(mbi + 0, MBI_MEM | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME);
 	fw_wr32(mbi + 4, (uint32_t)(FW_LOW_END >> 10));
 	fw_wr32(mbi + 8, (uint32_t)((c->low_end - FW_HIGH_BASE) >> 10));
-	uint64_t cmd = info_string(c, c->cfg->cmdline ? c->cfg->cmdline : "");
+	/* "kernel-path args", as GRUB and QEMU pass it: kvm-unit-tests take the first word as argv[0]. */
+	const char *args = c->cfg->cmdline ? c->cfg->cmdline : "";
+	size_t cl = strlen(c->cfg->kernel) + 1 + strlen(args) + 1;
+	char *full = malloc(cl);
+	if (!full)
+		return fw_fail(c, ENOMEM, "multiboot: out of memory");
+	snprintf(full, cl, "%s%s%s", c->cfg->kernel, args[0] ? " " : "", args);
+	uint64_t cmd = info_string(c, full);
+	free(full);
 	uint64_t name = info_string(c, "rackvm");
 	uint64_t mmap = fw_info_alloc(c, 24 * c->n_e820, 8);
 	if (!cmd || !name || !mmap)
-		return fw_fail(c, ENOSPC, "multiboot: boot information area full (command line of %zu bytes?)",
-			       c->cfg->cmdline ? strlen(c->cfg->cmdline) : 0);
+		return fw_fail(c, ENOSPC, "multiboot: boot information area full (command line of %zu bytes?)", cl);
 	fw_wr32(mbi + 16, (uint32_t)cmd);
 	fw_wr32(mbi + 64, (uint32_t)name);
 	for (size_t i = 0; i < c->n_e820; i++) {

@@ -794,7 +794,9 @@ static void test_multiboot_synthetic(void **state)
 	char err[256];
 	assert_int_equal(setup(&cfg, ram, &b, err), 0);
 	check_mb_entry(&b, MB_ENTRY);
-	check_mb_info(ram, &b, rs, "apic=xapic hello");
+	char want[300];
+	snprintf(want, sizeof(want), "%s apic=xapic hello", k);
+	check_mb_info(ram, &b, rs, want);
 	assert_int_equal(b.regs.rsp, FW_STACK_TOP);
 	/* the segment: file bytes then zeroed bss */
 	assert_memory_equal(ram + 0x100000, mb_img + 0x1000, 0x2000);
@@ -849,6 +851,9 @@ static void test_multiboot_aout(void **state)
 	memset(ram + 0x201800, 0xee, 0x2800);
 	assert_int_equal(setup(&cfg, ram, &b, err), 0);
 	check_mb_entry(&b, 0x200100);
+	struct mbi_view v;
+	mbi_read(ram, b.regs.rbx, &v);
+	assert_string_equal((const char *)ram + v.cmdline, cfg.kernel); /* no command line: the path alone */
 	assert_memory_equal(ram + 0x200000, img, 0x1800);
 	for (int i = 0x1800; i < 0x4000; i++)
 		assert_int_equal(ram[0x200000 + i], 0);
@@ -886,7 +891,9 @@ static void test_multiboot_sdk(void **state)
 	char err[256];
 	assert_int_equal(setup(&cfg, ram, &b, err), 0);
 	check_mb_entry(&b, fw_rd32(hdr + 24));
-	check_mb_info(ram, &b, rs, "apic=x2apic");
+	char want[300];
+	snprintf(want, sizeof(want), "%s apic=x2apic", path);
+	check_mb_info(ram, &b, rs, want);
 	struct mbi_view v;
 	mbi_read(ram, b.regs.rbx, &v);
 	assert_int_equal(v.mods_count, 1);
