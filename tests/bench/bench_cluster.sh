@@ -12,11 +12,12 @@ cd "$(dirname "$0")/../.."
 SIM_LOG_DIR=$BUILD/test-logs/bench-cluster
 mkdir -p "$SIM_LOG_DIR"
 sim_preflight
-CN=${BENCH_CN:-60000} CR=${BENCH_CR:-16} REPS=${BENCH_REPS:-3} IPI=${BENCH_IPI:-200}
+CN=${BENCH_CN:-200000} CR=${BENCH_CR:-16} REPS=${BENCH_REPS:-5} IPI=${BENCH_IPI:-200}
 CEXP=$("$GUEST_DIR/compute-ref" "$CN" "$CR")
 
 ticks_of() { sed -n 's/^compute: n .* ok ticks \([0-9]*\)$/\1/p' "$SIM_LOG"; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}'; }
+minimum() { sort -n | head -1; }
 
 echo "-- compute n=$CN rounds=$CR, 2 vCPUs: 1 node vs 2 nodes ($REPS runs each, alternating)"
 one=() two=()
@@ -30,9 +31,14 @@ for ((i = 0; i < REPS; i++)); do
 done
 m1=$(printf '%s\n' "${one[@]}" | median)
 m2=$(printf '%s\n' "${two[@]}" | median)
-echo "compute ticks 1 node: ${one[*]} (median $m1)"
-echo "compute ticks 2 nodes: ${two[*]} (median $m2)"
-awk -v a="$m1" -v b="$m2" 'BEGIN { printf "compute ratio (1-node time / 2-node time): %.3f (goal >= 0.95)\n", a / b }'
+l1=$(printf '%s\n' "${one[@]}" | minimum)
+l2=$(printf '%s\n' "${two[@]}" | minimum)
+echo "compute ticks 1 node: ${one[*]} (median $m1, min $l1)"
+echo "compute ticks 2 nodes: ${two[*]} (median $m2, min $l2)"
+# On a shared 2-core host, other load stretches single runs by 2-3x: the minimum is the least disturbed.
+awk -v a="$m1" -v b="$m2" -v c="$l1" -v d="$l2" -v load="$(cut -d' ' -f1-3 /proc/loadavg)" 'BEGIN {
+	printf "compute ratio (1-node time / 2-node time): median %.3f, min %.3f (goal >= 0.95; load avg %s)\n",
+		a / b, c / d, load }'
 grep '^sim:   node' "$SIM_ERR" | sed 's/^sim:   /  2-node run: /'
 
 echo "-- IPI round trip, 4 vCPUs placed 0,0,1,1: CPU 0 -> CPU 1 same node, -> CPUs 2, 3 other node"
@@ -46,6 +52,10 @@ awk -v s="$same" -v a="$c2" -v b="$c3" -v k="$khz" 'BEGIN {
 	printf "ipi rtt_avg same node: %d ticks (%.1f us); cross node: %d ticks (%.1f us); ratio cross/same %.1f\n",
 		s, s * 1000 / k, x, x * 1000 / k, x / s }'
 grep '^sim:   node' "$SIM_ERR" | sed 's/^sim:   /  /'
+# The cluster link's own round trip (node 1's clock-offset ping-pong: bound = half the best round trip): what an
+# IPI message costs. The workload's round trip above also pays for the DSM page moves of its per-CPU counters.
+b=$(sed -n 's/^sim:   node 1: .* clock [-+0-9.]*us+-\([0-9.]*\)us .*/\1/p' "$SIM_ERR")
+[ -n "$b" ] && awk -v b="$b" 'BEGIN { printf "cluster link round trip (best ping-pong): %.1f us\n", 2 * b }'
 
 echo "-- DSM faults and bytes per workload, 2 nodes x 1 vCPU"
 for wl in topology litmus memtest compute ipi; do

@@ -118,6 +118,11 @@ done
 sim_run ipi-xapic-n2 ipi "iters=$IPI apic=xapic" --nodes 2 --vcpus 4 --mem 64M --placement 0,1,0,1
 verdict "ipi xapic nodes=2 placement=0,1,0,1" 0 check_ipi 4
 
+# ---- devices and console on node 1 (every port access of node 0's vCPU is forwarded)
+sim_run compute-io1 compute "n=$CN rounds=$CR expect=$CEXP" --nodes 2 --vcpus 2 --mem 64M --io-node 1
+check_io1() { check_compute 2 && expect_err "^sim:   node 0: .* io fwd/served [1-9][0-9]*/0 "; }
+verdict "compute nodes=2 --io-node 1" 0 check_io1
+
 # ---- fabric: 200 us latency, 2% loss (the DSM and the cluster link both retransmit)
 FAB=(--latency 200 --loss 0.02 --seed 7)
 sim_run litmus-fabric litmus "iters=$LIT" --nodes 2 --vcpus 2 --mem 64M "${FAB[@]}"
@@ -180,6 +185,36 @@ kill_case() {
 	return $ok
 }
 check_true() { return 0; }
+
+# ---- Ctrl-C: SIGINT to the sim stops every node within seconds, exit 130
+int_case() {
+	local err=$SIM_LOG_DIR/sigint.err log=$SIM_LOG_DIR/sigint.log rc t0 t1 deadline ok=0
+	"$RACKVM" sim --accel emu --kernel "$GUEST_DIR/ipi.elf" --cmdline "iters=100000000" --timeout 60 \
+		--nodes 2 --vcpus 2 --mem 64M </dev/null >"$log" 2>"$err" &
+	local sim=$!
+	deadline=$((SECONDS + 30))
+	until grep -q '^smp: 2 of 2 cpus up' "$log" 2>/dev/null || [ $SECONDS -ge $deadline ]; do sleep 0.1; done
+	t0=${EPOCHREALTIME/./}
+	kill -INT "$sim"
+	wait "$sim"
+	rc=$?
+	t1=${EPOCHREALTIME/./}
+	SIM_LOG=$log SIM_ERR=$err
+	SIM_SECS=$(printf '%d.%02d' $(((t1 - t0) / 1000000)) $(((t1 - t0) % 1000000 / 10000)))
+	[ $rc -eq 130 ] || { echo "    sim exited $rc, expected 130"; ok=1; }
+	[ $((t1 - t0)) -lt 10000000 ] || { echo "    sim took more than 10 s after SIGINT"; ok=1; }
+	expect_err "^sim: stopped by Interrupt; every node stopped" || ok=1
+	for p in $(sed -n 's/^sim: node [0-9] pid \([0-9]*\) .*/\1/p' "$err"); do
+		if kill -0 "$p" 2>/dev/null; then
+			echo "    node pid $p still alive"
+			ok=1
+		fi
+	done
+	return $ok
+}
+if int_case; then int_ok=check_true; else int_ok=false; fi
+SIM_CODE=0
+verdict "SIGINT to the sim (2 nodes)" 0 $int_ok
 if kill_case; then kill_ok=check_true; else kill_ok=false; fi
 verdict "node 1 SIGKILLed mid-run (3 nodes)" 0 $kill_ok
 
