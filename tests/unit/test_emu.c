@@ -1205,6 +1205,43 @@ static void test_sysenter_sysexit_direct(void **state)
 	vmh_fini(&h);
 }
 
+/* Ring-3 faults in long mode: read of a supervisor page (#PF 5), fetch from an NX page (#PF 0x15), INT n through a
+ * DPL-0 gate (#GP with the IDT error code vector*8+2). */
+static void test_long_mode_user_faults(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       "start: pushq $0x1b\n pushq $0x50000\n pushq $0x2\n pushq $0x23\n pushq $user\n iretq\n"
+	       "user: lea r1(%rip), %rdi\n mov 0x801000, %eax\n"
+	       "r1: lea r2(%rip), %rdi\n mov $0x802000, %eax\n call *%rax\n"
+	       "r2: lea r3(%rip), %rdi\n int $0x81\n"
+	       "r3: int $0x80\n"
+	       ".org 0x200\n"
+	       "f: pop %rax\n out %eax, $0xe0\n mov %cr2, %rax\n out %eax, $0xe0\n mov %rdi, (%rsp)\n iretq\n"
+	       ".org 0x300\n"
+	       "h80: mov $0x64, %al\n out %al, $0xf4\n");
+	lm_setup(&h, CODE);
+	put64(&h, PT + 8, 0x301000 | 3);                    /* supervisor */
+	put64(&h, PT + 16, 0x302000 | 7 | (1ull << 63));    /* user, NX */
+	h.ram[0x302000] = 0xc3;
+	idt_set(&h, 14, CODE + 0x200, 0, 0);
+	idt_set(&h, 13, CODE + 0x200, 0, 0);
+	idt_set(&h, 0x80, CODE + 0x300, 3, 0);
+	idt_set(&h, 0x81, CODE + 0x300, 0, 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	assert_int_equal(h.done, 0x64);
+	assert_int_equal(h.n_reports, 6);
+	assert_int_equal(h.reports[0], 5);
+	assert_int_equal(h.reports[1], 0x801000);
+	assert_int_equal(h.reports[2], 0x15);
+	assert_int_equal(h.reports[3], 0x802000);
+	assert_int_equal(h.reports[4], 0x81 * 8 + 2);
+	vmh_fini(&h);
+}
+
 /* ---- the SDK guest's multiboot entry ---- */
 
 static const char *guest_elf_path(char *buf, size_t len)
@@ -1348,6 +1385,7 @@ int main(void)
 		cmocka_unit_test(test_page_split),
 		cmocka_unit_test(test_tlb_invlpg_cr3),
 		cmocka_unit_test(test_kick_latency),
+		cmocka_unit_test(test_long_mode_user_faults),
 		cmocka_unit_test(test_sysenter_sysexit_direct),
 		cmocka_unit_test(test_perf_ring3_loop),
 		cmocka_unit_test(test_guest_multiboot_entry),
