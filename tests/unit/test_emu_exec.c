@@ -1485,6 +1485,52 @@ static void test_fetch_paths(void **state)
 	free(cpu);
 }
 
+/*
+ * Robustness: random byte strings (biased to real opcodes and prefixes) in every mode must never crash the
+ * process, and an instruction that faults must leave RIP on itself (emu.h commit rule).
+ */
+static void test_random_bytes(void **state)
+{
+	static const enum emu_mode modes[] = { EMU_REAL, EMU_PROT16, EMU_PROT32, EMU_COMPAT32, EMU_LONG64 };
+	static const uint8_t pref[] = { 0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x3e, 0x26, 0x36, 0x64, 0x65, 0x48, 0x41,
+					0x0f, 0x0f, 0x0f };
+	struct emu_cpu *cpu = new_cpu(EMU_LONG64);
+	unsigned done = 0, faults = 0, exits = 0;
+
+	(void)state;
+	for (unsigned i = 0; i < 150000; i++) {
+		uint8_t b[16];
+
+		cpu_init(cpu, modes[i % 5]);
+		for (unsigned r = 0; r < 16; r++)
+			cpu->gpr[r] = (rnd() & 1) ? DATA + (rnd() & 0xfff) : rnd_value();
+		cpu->gpr[R_SP] = 0x7000;
+		cpu->gpr[R_CX] &= 0xffff;
+		cpu->rflags = 2 | (rnd() & (0x8d5 | EFL_DF));
+		cpu->cpl = (rnd() & 3) == 0 ? 3 : 0;
+		cpu->cr0 |= rnd() & (1u << 2);
+		for (unsigned k = 0; k < 16; k++)
+			b[k] = (uint8_t)rnd();
+		for (unsigned k = 0; k < 3; k++)
+			if (rnd() & 1)
+				b[k] = pref[rnd() % sizeof(pref)];
+		put_code(cpu, b, sizeof(b));
+		memset(&fk, 0, sizeof(fk));
+		cpu->io_done = rnd() & 1;
+		switch (step(cpu)) {
+		case 0: done++; break;
+		case EMU_JMP_FAULT:
+			faults++;
+			assert_int_equal(cpu->rip, CODE);
+			break;
+		default: exits++; break;
+		}
+	}
+	printf("random bytes: %u completed, %u faulted, %u exited\n", done, faults, exits);
+	assert_true(done > 10000 && faults > 1000);
+	free(cpu);
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -1570,6 +1616,7 @@ int main(void)
 		cmocka_unit_test(test_io),
 		cmocka_unit_test(test_system_decode),
 		cmocka_unit_test(test_fetch_paths),
+		cmocka_unit_test(test_random_bytes),
 		cmocka_unit_test(test_alu_loop_speed),
 	};
 
