@@ -169,9 +169,13 @@ static int kvm_supported_cpuid(struct accel_cpuid_entry *out, size_t max, size_t
 	if (fd < 0)
 		return fd;
 	c = kvm_supported_cpuid_get(fd);
+	if (!c) {
+		int err = errno ? errno : ENOMEM;
+
+		close(fd);
+		return -err;
+	}
 	close(fd);
-	if (!c)
-		return -errno ? -errno : -ENOMEM;
 	for (uint32_t i = 0; i < c->nent && n < max; i++, n++) {
 		const struct kvm_cpuid_entry2 *e = &c->entries[i];
 
