@@ -29,6 +29,12 @@ test_devices_LDLIBS = $(CMOCKA_LIBS) $(HV_LDLIBS)
 endif
 # the devices end to end: a tiny guest under rackvm (emu) and qemu -M q35 must print the same lines (~10 s)
 CHECK_SCRIPTS += tests/integration/test_hv_devices.sh
+ifneq ($(wildcard tests/fuzz/fuzz_devices.c),)
+FUZZERS += fuzz_devices
+fuzz_devices_FUZZ_SRCS := tests/fuzz/fuzz_devices.c hypervisor/bus.c hypervisor/ioapic.c $(wildcard hypervisor/dev_*.c) \
+	util/log.c
+fuzz_devices_FUZZ_LDLIBS :=
+endif
 
 # --- firmware tests (owner: firmware — e820, ACPI, CPUID, multiboot and Linux loaders)
 # The firmware sources are listed explicitly (not through libhv) so the test builds whatever state other files are in.
