@@ -8,7 +8,7 @@
  * the new stack next, registers last), so the run loop can restart a faulting instruction at cpu->insn_rip.
  *
  * Not supported (documented, each gives #GP or ACCEL_EXIT_ERROR as noted): hardware task switching (task gates,
- * TSS in far JMP/CALL, IRET with NT: #GP(0)); call gates (far JMP/CALL through one: #GP(sel)); virtual-8086 mode
+ * TSS in far JMP/CALL: #GP(sel); IRET with NT: #GP(0)); virtual-8086 mode
  * (IRET to VM=1 and interrupts in VM86: ACCEL_EXIT_ERROR); debug
  * registers (stored, never trigger); TF single-step traps; segment limit checks on stack pushes made by event
  * delivery and far CALL (the new stack's limit is not checked).
@@ -259,7 +259,7 @@ out:
 static void code_check_direct(struct emu_cpu *cpu, uint16_t sel, const struct kvm_segment *ns)
 {
 	if (!seg_is_code(ns))
-		raise_sel(cpu, EXC_GP, sel);   /* call gates, TSS, task gates: not supported */
+		raise_sel(cpu, EXC_GP, sel);
 	if (ns->type & 4) {
 		if (ns->dpl > cpu->cpl)
 			raise_sel(cpu, EXC_GP, sel);
@@ -389,6 +389,107 @@ static void stk_push(struct emu_cpu *cpu, uint64_t *sp, unsigned size, uint64_t 
 
 /* ---- far transfers ---- */
 
+static uint64_t tss_read(struct emu_cpu *cpu, unsigned off, unsigned size);
+static void new_stack_push(struct emu_cpu *cpu, const struct kvm_segment *ss, uint64_t *sp, unsigned ssz,
+			   unsigned size, uint64_t val, unsigned cpl);
+
+/* Far JMP/CALL through a call gate (16/32-bit gates outside long mode, 64-bit gates in it): CALL to a more
+ * privileged non-conforming segment switches to the TSS stack of that level (copying the 32/16-bit gate's
+ * parameters); JMP never changes privilege. */
+static void via_call_gate(struct emu_cpu *cpu, uint16_t gsel, uint64_t glo, bool call)
+{
+	bool lm = cpu->efer & EFER_LMA;
+	unsigned gtype = (glo >> 40) & 0xf, gdpl = (glo >> 45) & 3;
+	uint64_t ghi = 0, gaddr;
+
+	if (lm) {
+		if (gtype != 0xc)
+			raise_sel(cpu, EXC_GP, gsel);
+		glo = desc_read(cpu, gsel, EXC_GP, &gaddr, &ghi);
+		if ((ghi >> 40) & 0x1f)
+			raise_sel(cpu, EXC_GP, gsel);
+	} else if (gtype != 0xc && gtype != 0x4) {
+		raise_sel(cpu, EXC_GP, gsel);   /* TSS, task gate, LDT, interrupt gates */
+	}
+	if (gdpl < cpu->cpl || gdpl < (gsel & 3u))
+		raise_sel(cpu, EXC_GP, gsel);
+	if (!((glo >> 47) & 1))
+		raise_sel(cpu, EXC_NP, gsel);
+	uint16_t csel = (uint16_t)(glo >> 16);
+	uint64_t off = (glo & 0xffff) | ((glo >> 32) & 0xffff0000ull) | (ghi << 32);
+	unsigned params = lm ? 0 : (glo >> 32) & 0x1f;
+	unsigned psize = lm ? 8 : gtype == 0xc ? 4 : 2;
+	if (gtype == 4)
+		off &= 0xffff;
+	if (!(csel & 0xfffc))
+		emu_raise(cpu, EXC_GP, 0);
+	struct kvm_segment ns;
+	uint64_t caddr, cd = desc_read(cpu, csel, EXC_GP, &caddr, NULL);
+	seg_from_desc(&ns, csel, cd);
+	if (!seg_is_code(&ns) || ns.dpl > cpu->cpl || (lm && (!ns.l || ns.db)))
+		raise_sel(cpu, EXC_GP, csel);
+	if (!ns.present)
+		raise_sel(cpu, EXC_NP, csel);
+	bool conforming = ns.type & 4;
+	rip_check(cpu, &ns, off);
+	if (!call) {
+		if (!conforming && ns.dpl != cpu->cpl)
+			raise_sel(cpu, EXC_GP, csel);
+		desc_set_accessed(cpu, caddr, cd);
+		cs_commit(cpu, &ns, cpu->cpl);
+		cpu->rip = off;
+		return;
+	}
+	if (conforming || ns.dpl == cpu->cpl) {
+		uint64_t sp = cpu->gpr[R_SP];
+		unsigned ssz = emu_stack_size(cpu);
+		stk_push(cpu, &sp, psize, cpu->seg[SEG_CS].selector);
+		stk_push(cpu, &sp, psize, cpu->rip);
+		desc_set_accessed(cpu, caddr, cd);
+		cpu->gpr[R_SP] = sp_commit(cpu->gpr[R_SP], sp, ssz);
+		cs_commit(cpu, &ns, cpu->cpl);
+		cpu->rip = off;
+		return;
+	}
+	/* more privilege: stack of level ns.dpl from the TSS */
+	unsigned ncpl = ns.dpl, nssz;
+	struct kvm_segment nss;
+	uint64_t nsp, ssaddr = 0, ssd = 0;
+	if (lm) {
+		nsp = tss_read(cpu, 4 + 8 * ncpl, 8);
+		seg_null(&nss, (uint16_t)ncpl);
+		nss.dpl = (uint8_t)ncpl;
+		nss.db = 1;
+		nssz = 8;
+	} else {
+		uint16_t ssel;
+		if (cpu->tr.type & 8) {
+			nsp = tss_read(cpu, 4 + 8 * ncpl, 4);
+			ssel = (uint16_t)tss_read(cpu, 8 + 8 * ncpl, 2);
+		} else {
+			nsp = tss_read(cpu, 2 + 4 * ncpl, 2);
+			ssel = (uint16_t)tss_read(cpu, 4 + 4 * ncpl, 2);
+		}
+		ss_check(cpu, ssel, ncpl, false, EXC_TS, &nss, &ssaddr, &ssd);
+		nssz = nss.db ? 4 : 2;
+	}
+	uint64_t osp = cpu->gpr[R_SP];
+	new_stack_push(cpu, &nss, &nsp, nssz, psize, cpu->seg[SEG_SS].selector, ncpl);
+	new_stack_push(cpu, &nss, &nsp, nssz, psize, osp, ncpl);
+	for (unsigned i = params; i-- > 0;)
+		new_stack_push(cpu, &nss, &nsp, nssz, psize, stk_read(cpu, osp + i * psize, psize), ncpl);
+	new_stack_push(cpu, &nss, &nsp, nssz, psize, cpu->seg[SEG_CS].selector, ncpl);
+	new_stack_push(cpu, &nss, &nsp, nssz, psize, cpu->rip, ncpl);
+	desc_set_accessed(cpu, caddr, cd);
+	if (ssd)
+		desc_set_accessed(cpu, ssaddr, ssd);
+	cs_commit(cpu, &ns, ncpl);
+	cpu->seg[SEG_SS] = nss;
+	cpu->gpr[R_SP] = nssz == 8 ? nsp : sp_commit(osp, nsp, nssz);
+	emu_update_mode(cpu);
+	cpu->rip = off;
+}
+
 void emu_far_jmp(struct emu_cpu *cpu, uint16_t sel, uint64_t off)
 {
 	struct kvm_segment ns;
@@ -402,6 +503,10 @@ void emu_far_jmp(struct emu_cpu *cpu, uint16_t sel, uint64_t off)
 	if (!(sel & 0xfffc))
 		emu_raise(cpu, EXC_GP, 0);
 	d = desc_read(cpu, sel, EXC_GP, &addr, NULL);
+	if (!((d >> 44) & 1)) {
+		via_call_gate(cpu, sel, d, false);
+		return;
+	}
 	seg_from_desc(&ns, sel, d);
 	code_check_direct(cpu, sel, &ns);
 	rip_check(cpu, &ns, off);
@@ -426,6 +531,10 @@ void emu_far_call(struct emu_cpu *cpu, uint16_t sel, uint64_t off, unsigned opsi
 	if (!(sel & 0xfffc))
 		emu_raise(cpu, EXC_GP, 0);
 	d = desc_read(cpu, sel, EXC_GP, &addr, NULL);
+	if (!((d >> 44) & 1)) {
+		via_call_gate(cpu, sel, d, true);
+		return;
+	}
 	seg_from_desc(&ns, sel, d);
 	code_check_direct(cpu, sel, &ns);
 	rip_check(cpu, &ns, off);

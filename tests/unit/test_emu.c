@@ -1242,6 +1242,86 @@ static void test_long_mode_user_faults(void **state)
 	vmh_fini(&h);
 }
 
+/* Far CALL through a 64-bit call gate from ring 3 to ring 0 (RSP0, SS = NULL), LRETQ back to ring 3. */
+static void test_call_gate_long(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       "start: pushq $0x1b\n pushq $0x50000\n pushq $0x2\n pushq $0x23\n pushq $user\n iretq\n"
+	       "user: lcall *gp(%rip)\n"
+	       "back: int $0x80\n"
+	       "gp: .long 0\n .word 0x43\n"
+	       ".org 0x200\n"
+	       "kern: lea back(%rip), %rax\n out %eax, $0xe0\n"
+	       " mov %cs, %eax\n out %eax, $0xe0\n mov %ss, %eax\n out %eax, $0xe0\n"
+	       " mov (%rsp), %rax\n out %eax, $0xe0\n mov 8(%rsp), %rax\n out %eax, $0xe0\n"
+	       " mov 16(%rsp), %rax\n out %eax, $0xe0\n mov 24(%rsp), %rax\n out %eax, $0xe0\n"
+	       " mov %rsp, %rax\n out %eax, $0xe0\n"
+	       " lretq\n"
+	       ".org 0x300\n"
+	       "h80: mov 8(%rsp), %rax\n out %eax, $0xe0\n mov 24(%rsp), %rax\n out %eax, $0xe0\n"
+	       " mov $0x6a, %al\n out %al, $0xf4\n");
+	lm_setup(&h, CODE);
+	uint64_t t = CODE + 0x200;
+	put64(&h, GDT + 0x40, (t & 0xffff) | ((uint64_t)SEL_CODE64 << 16) | (0xcull << 40) | (3ull << 45) |
+			      (1ull << 47) | (((t >> 16) & 0xffff) << 48));
+	put64(&h, GDT + 0x48, t >> 32);
+	struct kvm_sregs s;
+	assert_int_equal(ops->get_sregs(h.cpu, &s), 0);
+	s.gdt.limit = 0x4f;
+	assert_int_equal(ops->set_sregs(h.cpu, &s), 0);
+	idt_set(&h, 0x80, CODE + 0x300, 3, 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	assert_int_equal(h.done, 0x6a);
+	assert_true(h.n_reports >= 1);
+	uint64_t want[] = { h.reports[0], SEL_CODE64, 0, h.reports[0], SEL_UCODE, 0x50000, SEL_UDATA, RSP0 - 32,
+			    SEL_UCODE, 0x50000 };
+	expect_reports(&h, want, 10);
+	vmh_fini(&h);
+}
+
+/* Far CALL through a 32-bit call gate with two parameters copied to the ring-0 stack (ESP0/SS0), LRET $8. */
+static void test_call_gate_prot32_params(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       ".code32\n"
+	       "start: push $0x23\n push $0x50000\n push $0x202\n push $0x1b\n push $user\n iret\n"
+	       "user: push $0x1111\n push $0x2222\n lcall $0x43, $0\n"
+	       "back: int $0x80\n"
+	       ".org 0x200\n"
+	       "kern: mov $back, %eax\n out %eax, $0xe0\n"
+	       " mov (%esp), %eax\n out %eax, $0xe0\n mov 4(%esp), %eax\n out %eax, $0xe0\n"
+	       " mov 8(%esp), %eax\n out %eax, $0xe0\n mov 12(%esp), %eax\n out %eax, $0xe0\n"
+	       " mov 16(%esp), %eax\n out %eax, $0xe0\n mov 20(%esp), %eax\n out %eax, $0xe0\n"
+	       " mov %ss, %eax\n out %eax, $0xe0\n"
+	       " lret $8\n"
+	       ".org 0x300\n"
+	       "h80: mov 12(%esp), %eax\n out %eax, $0xe0\n mov $0x6b, %al\n out %al, $0xf4\n");
+	pm32_setup(&h, CODE, 0, 0, 0, 0);
+	uint32_t t = CODE + 0x200;
+	put64(&h, GDT + 0x40, (t & 0xffff) | ((uint64_t)PM_SEL_CODE << 16) | (2ull << 32) | (0xcull << 40) |
+			      (3ull << 45) | (1ull << 47) | ((uint64_t)(t >> 16) << 48));
+	struct kvm_sregs s;
+	assert_int_equal(ops->get_sregs(h.cpu, &s), 0);
+	s.gdt.limit = 0x47;
+	assert_int_equal(ops->set_sregs(h.cpu, &s), 0);
+	idt32_set(&h, 0x80, CODE + 0x300, 3);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	assert_int_equal(h.done, 0x6b);
+	assert_true(h.n_reports >= 1);
+	uint64_t want[] = { h.reports[0], h.reports[0], PM_SEL_UCODE, 0x2222, 0x1111, 0x50000 - 8, PM_SEL_UDATA,
+			    PM_SEL_DATA, 0x50000 };
+	expect_reports(&h, want, 9);
+	vmh_fini(&h);
+}
+
 /* ---- the SDK guest's multiboot entry ---- */
 
 static const char *guest_elf_path(char *buf, size_t len)
@@ -1386,6 +1466,8 @@ int main(void)
 		cmocka_unit_test(test_tlb_invlpg_cr3),
 		cmocka_unit_test(test_kick_latency),
 		cmocka_unit_test(test_long_mode_user_faults),
+		cmocka_unit_test(test_call_gate_long),
+		cmocka_unit_test(test_call_gate_prot32_params),
 		cmocka_unit_test(test_sysenter_sysexit_direct),
 		cmocka_unit_test(test_perf_ring3_loop),
 		cmocka_unit_test(test_guest_multiboot_entry),
