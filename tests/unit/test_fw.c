@@ -826,14 +826,11 @@ static void test_multiboot_synthetic(void **state)
 	ram_free(ram, rs);
 }
 
-/* a.out kludge: the header's addresses place a raw image. */
-static void test_multiboot_aout(void **state)
+/* A raw image with the multiboot a.out fields: file offset 0 at 2 MiB, 0x1800 bytes loaded, bss to +0x4000. */
+static size_t make_aout(uint8_t *img)
 {
-	uint64_t rs = 16 * MIB;
-	uint8_t *ram = ram_new(rs);
-	uint8_t img[0x2000];
-	memset(img, 0, sizeof(img));
-	for (size_t i = 0; i < sizeof(img); i++)
+	size_t len = 0x2000;
+	for (size_t i = 0; i < len; i++)
 		img[i] = (uint8_t)(i ^ 0x5a);
 	uint32_t flags = 0x10003;
 	uint8_t *h = img + 0x40;
@@ -845,7 +842,17 @@ static void test_multiboot_aout(void **state)
 	fw_wr32(h + 20, 0x201800);         /* load_end_addr */
 	fw_wr32(h + 24, 0x204000);         /* bss_end_addr */
 	fw_wr32(h + 28, 0x200100);         /* entry */
-	struct fw_config cfg = cfg_basic(rs, tmp_write("aout.bin", img, sizeof(img)));
+	return len;
+}
+
+/* a.out kludge: the header's addresses place a raw image. */
+static void test_multiboot_aout(void **state)
+{
+	uint64_t rs = 16 * MIB;
+	uint8_t *ram = ram_new(rs);
+	uint8_t img[0x2000];
+	size_t len = make_aout(img);
+	struct fw_config cfg = cfg_basic(rs, tmp_write("aout.bin", img, len));
 	struct fw_boot b;
 	char err[256];
 	memset(ram + 0x201800, 0xee, 0x2800);
@@ -1205,16 +1212,17 @@ static void test_corrupt_images(void **state)
 {
 	uint64_t rs = 32 * MIB;
 	uint8_t *ram = ram_new(rs);
-	static uint8_t orig[3][0x8000], img[0x8000];
-	size_t lens[3] = { make_mb_elf(orig[0], 0x3, 0x100000), make_bzimage(orig[1], 0x020f), make_vmlinux(orig[2]) };
+	static uint8_t orig[4][0x8000], img[0x8000];
+	size_t lens[4] = { make_mb_elf(orig[0], 0x3, 0x100000), make_bzimage(orig[1], 0x020f), make_vmlinux(orig[2]),
+			   make_aout(orig[3]) };
 	/* header regions the loaders parse */
-	const size_t hot[3][2] = { { 0, 0x1040 }, { 0x1f0, 0x270 }, { 0, 0x80 } };
+	const size_t hot[4][2] = { { 0, 0x1040 }, { 0x1f0, 0x270 }, { 0, 0x80 }, { 0x40, 0x60 } };
 	struct rng r;
 	rng_seed(&r, 42);
 	unsigned ok = 0, failed = 0;
 	log_set_quiet(true);
-	for (int it = 0; it < 3000; it++) {
-		int k = it % 3;
+	for (int it = 0; it < 4000; it++) {
+		int k = it % 4;
 		size_t len = lens[k];
 		memcpy(img, orig[k], len);
 		int flips = 1 + (int)(rng_next(&r) % 4);
