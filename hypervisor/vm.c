@@ -315,8 +315,34 @@ static int vm_firmware(struct vm *vm)
 		.hole_start = vm->hole_start, .kernel = c->kernel, .cmdline = c->cmdline ? c->cmdline : "",
 		.initrd = c->initrd, .modules = c->modules, .n_modules = c->n_modules,
 	};
+	uint64_t *gpa_base = NULL, *gpa_size = NULL;
 	char err[256] = "";
 	int r;
+
+	/* The cluster's home ranges are offsets into guest RAM (the dsm region); fw wants guest-physical ranges:
+	 * past hole_start RAM appears 4 GiB - hole_start higher (a range across the hole also covers the hole). */
+	if (c->node_mem_base && c->node_mem_size && fc.n_nodes) {
+		gpa_base = calloc(fc.n_nodes, sizeof(*gpa_base));
+		gpa_size = calloc(fc.n_nodes, sizeof(*gpa_size));
+		if (!gpa_base || !gpa_size) {
+			free(gpa_base);
+			free(gpa_size);
+			return -ENOMEM;
+		}
+		for (unsigned i = 0; i < fc.n_nodes; i++) {
+			uint64_t start = c->node_mem_base[i], end = start + c->node_mem_size[i];
+			uint64_t shift = vm->hole_start ? (1ull << 32) - vm->hole_start : 0;
+
+			if (vm->hole_start && start >= vm->hole_start)
+				start += shift;
+			if (vm->hole_start && end > vm->hole_start)
+				end += shift;
+			gpa_base[i] = start;
+			gpa_size[i] = end - start;
+		}
+		fc.node_mem_base = gpa_base;
+		fc.node_mem_size = gpa_size;
+	}
 
 	/* Only the node that runs vCPU 0 writes the image: with DSM every node sees those bytes. A node that owns
 	 * the devices but not vCPU 0 still needs the fw_cfg files; other nodes need nothing. */
@@ -325,6 +351,10 @@ static int vm_firmware(struct vm *vm)
 	else if (vm->io_local)
 		r = fw_files_only(&fc, &vm->boot, err, sizeof(err));
 	else
+		r = 1;
+	free(gpa_base);
+	free(gpa_size);
+	if (r == 1)
 		return 0;
 	if (r) {
 		vm_report("%s", err[0] ? err : strerror(-r));

@@ -52,7 +52,9 @@ struct vm_config {
 	uint32_t self;
 	uint32_t io_node;             /* node owning the devices (UART, debug-exit, fw_cfg, PIT, RTC, IOAPIC) */
 	unsigned n_nodes;             /* proximity domains for SRAT/SLIT (1 for rackvm run) */
-	const uint64_t *node_mem_base, *node_mem_size; /* RAM range each node is home for (n_nodes entries) */
+	/* RAM range each node is home for (n_nodes entries), as offsets into guest RAM (the dsm region); vm.c maps
+	 * them to guest-physical for the SRAT (RAM past hole_start sits above 4 GiB). */
+	const uint64_t *node_mem_base, *node_mem_size;
 	const struct vm_cluster_hooks *hooks;         /* NULL for one node */
 
 	/* What to boot (loaders). */
