@@ -45,7 +45,7 @@ static void run_usage(FILE *f)
 		"  --mem SIZE           guest RAM; suffix K, M or G, a plain number is MiB (default 128M)\n"
 		"  --accel auto|kvm|emu execution backend (default auto: kvm when /dev/kvm works, else emu)\n"
 		"  --console-input      forward stdin to the guest's serial port\n"
-		"  -v, --verbose        debug log and exit statistics\n"
+		"  -v, --verbose        how the guest exited and exit statistics (RACKVM_LOG=debug: everything)\n"
 		"  -h, --help           this text\n"
 		"\n"
 		"Exit status: the guest's isa-debug-exit status ((code << 1) | 1), 1 on an error, 2 on a usage error,\n"
@@ -267,7 +267,6 @@ int rackvm_cmd_run(int argc, char **argv)
 			break;
 		case 'v':
 			cfg.verbose = true;
-			log_set_level(LOG_DEBUG);
 			break;
 		case 'h':
 			run_usage(stdout);
