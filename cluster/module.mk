@@ -21,3 +21,5 @@ test_cluster_LDLIBS := $(CMOCKA_LIBS)
 CHECK_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/integration/test_sim.sh)
 BENCH_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/bench/bench_cluster.sh)
 SOAK_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/integration/sim_soak.sh)
+FUZZERS += fuzz_cluster_msg
+fuzz_cluster_msg_FUZZ_SRCS := tests/fuzz/fuzz_cluster_msg.c cluster/msg.c
