@@ -52,19 +52,31 @@ void vm_report(const char *fmt, ...)
 	}
 }
 
+/* The first reason the VM stops is kept (for exit_broadcast); later ones are dropped. True if this one was first. */
+static bool vm_set_why(struct vm *vm, const char *why)
+{
+	bool first;
+
+	pthread_mutex_lock(&vm->why_lock);
+	first = !vm->stop_why[0] && !atomic_load(&vm->stopping);
+	if (first)
+		snprintf(vm->stop_why, sizeof(vm->stop_why), "%s", why);
+	pthread_mutex_unlock(&vm->why_lock);
+	return first;
+}
+
 bool vm_fail(struct vm *vm, const char *fmt, ...)
 {
+	char why[sizeof(vm->stop_why)];
 	va_list ap;
 	bool first;
 
-	if (atomic_load(&vm->stopping))
-		return false;
 	va_start(ap, fmt);
-	vsnprintf(vm->stop_why, sizeof(vm->stop_why), fmt, ap);
+	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
-	first = !atomic_exchange(&vm->failed, true);
+	first = vm_set_why(vm, why);
 	if (first)
-		vm_report("%s", vm->stop_why);
+		vm_report("%s", why);
 	vm_stop(vm, 1);
 	return first;
 }
@@ -141,8 +153,7 @@ static void svc_request_exit(void *opaque, int code, const char *why)
 
 	if (vm->cfg.verbose)
 		pr_info("guest exit: %s (status %d)", why ? why : "?", code);
-	if (!atomic_load(&vm->stopping))
-		snprintf(vm->stop_why, sizeof(vm->stop_why), "%s", why ? why : "guest exit");
+	vm_set_why(vm, why ? why : "guest exit");
 	vm_stop(vm, code);
 }
 
@@ -469,6 +480,7 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 	vm->stop_pipe[0] = vm->stop_pipe[1] = -1;
 	atomic_store(&vm->stop_code, INT_MIN);
 	pthread_mutex_init(&vm->console_lock, NULL);
+	pthread_mutex_init(&vm->why_lock, NULL);
 	pthread_mutex_init(&vm->timer_lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -624,8 +636,14 @@ int vm_wait(struct vm *vm)
 	code = atomic_load(&vm->stop_code);
 	if (code == INT_MIN)
 		code = 1;
-	if (h && h->exit_broadcast && !atomic_load(&vm->stop_remote))
-		h->exit_broadcast(h->opaque, code, vm->stop_why[0] ? vm->stop_why : "exit");
+	if (h && h->exit_broadcast && !atomic_load(&vm->stop_remote)) {
+		char why[sizeof(vm->stop_why)];
+
+		pthread_mutex_lock(&vm->why_lock);
+		snprintf(why, sizeof(why), "%s", vm->stop_why[0] ? vm->stop_why : "exit");
+		pthread_mutex_unlock(&vm->why_lock);
+		h->exit_broadcast(h->opaque, code, why);
+	}
 	vm_threads_stop(vm);
 	console_flush(vm);
 	vm->waited = true;
@@ -664,6 +682,7 @@ void vm_destroy(struct vm *vm)
 	pthread_cond_destroy(&vm->timer_cond);
 	pthread_mutex_destroy(&vm->timer_lock);
 	pthread_mutex_destroy(&vm->console_lock);
+	pthread_mutex_destroy(&vm->why_lock);
 	free(vm);
 }
 
@@ -688,8 +707,7 @@ void vm_remote_logical(struct vm *vm, uint32_t apic_id, uint32_t ldr, uint32_t d
 
 void vm_remote_exit(struct vm *vm, int code, const char *why)
 {
-	if (!atomic_load(&vm->stopping))
-		snprintf(vm->stop_why, sizeof(vm->stop_why), "%s", why ? why : "remote exit");
+	vm_set_why(vm, why ? why : "remote exit");
 	atomic_store(&vm->stop_remote, true);
 	vm_stop(vm, code);
 }

@@ -105,9 +105,9 @@ struct vm {
 	_Atomic int stop_code;          /* INT_MIN: running */
 	_Atomic bool stopping;
 	_Atomic bool stop_remote;       /* the stop came from another node (no broadcast back) */
-	_Atomic bool failed;            /* a failure was reported (only the first is printed) */
 	int stop_pipe[2];
-	char stop_why[160];
+	pthread_mutex_t why_lock;       /* stop_why (not taken by vm_stop, which stays async-signal-safe) */
+	char stop_why[160];             /* first reason the VM stopped */
 	bool started, waited;
 	int wait_result;
 
