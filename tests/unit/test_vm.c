@@ -518,6 +518,121 @@ static void test_destroy_without_start(void **state)
 	vm_destroy(vm);
 }
 
+/* ---- cluster hooks: the local half of a spanning VM ---- */
+
+struct hook_log {
+	_Atomic unsigned forwarded, irqs_sent, broadcasts;
+	uint64_t fwd_addr, fwd_data;
+	uint32_t fwd_node, irq_node, irq_dest;
+	int bcast_code;
+};
+static struct hook_log hlog;
+
+static int hook_forward_io(void *opaque, uint32_t node, enum bus_space space, struct io_access *a)
+{
+	hlog.fwd_node = node;
+	hlog.fwd_addr = a->addr;
+	hlog.fwd_data = a->data;
+	if (!a->write)
+		a->data = 0x77;
+	atomic_fetch_add(&hlog.forwarded, 1);
+	return 0;
+}
+
+static int hook_send_irq(void *opaque, uint32_t node, const struct irq_msg *m)
+{
+	hlog.irq_node = node;
+	hlog.irq_dest = m->dest;
+	atomic_fetch_add(&hlog.irqs_sent, 1);
+	return 0;
+}
+
+static int hook_send_logical(void *opaque, uint32_t node, uint32_t apic_id, uint32_t ldr, uint32_t dfr)
+{
+	return 0;
+}
+
+static void hook_exit_broadcast(void *opaque, int code, const char *why)
+{
+	hlog.bcast_code = code;
+	atomic_fetch_add(&hlog.broadcasts, 1);
+}
+
+static const struct vm_cluster_hooks hooks = {
+	.apic = { .send_irq = hook_send_irq, .send_logical = hook_send_logical },
+	.forward_io = hook_forward_io,
+	.exit_broadcast = hook_exit_broadcast,
+};
+
+static struct vm *vm_make_cluster(unsigned n, const uint32_t *node_of, uint32_t self, uint32_t io_node)
+{
+	struct vm_config cfg = {
+		.accel = "fake", .n_vcpus = n, .ram_size = 64ull << 20, .n_nodes = 2, .kernel = "fake.elf",
+		.console_fd = STDOUT_FILENO, .node_of = node_of, .self = self, .io_node = io_node, .hooks = &hooks,
+	};
+	struct vm *vm = NULL;
+
+	assert_int_equal(vm_create(&cfg, &vm), 0);
+	return vm;
+}
+
+/* Node 0 owns the devices and vCPU 0; vCPU 1 is on node 1: not created here, an IPI to it goes through the
+ * remote hook, the guest's exit is broadcast. */
+static void test_cluster_io_node(void **state)
+{
+	static const uint32_t node_of[2] = { 0, 1 };
+	struct vm_stats st;
+	struct vm *vm;
+
+	scripts_reset();
+	memset(&hlog, 0, sizeof(hlog));
+	scripts[0].steps[0] = (struct step){ S_MMIO_W, APIC + 0xf0, 4, 0x1ff };
+	scripts[0].steps[1] = (struct step){ S_MMIO_W, APIC + 0x310, 4, 1u << 24 };
+	scripts[0].steps[2] = (struct step){ S_MMIO_W, APIC + 0x300, 4, 0x4050 };     /* fixed 0x50 to APIC 1 */
+	scripts[0].steps[3] = (struct step){ S_OUT, DEBUG_EXIT, 1, 1 };
+	vm = vm_make_cluster(2, node_of, 0, 0);
+	assert_int_equal(vm_vcpu_post(vm, 1, VM_VCPU_PAUSE), -ENOENT);
+	assert_int_equal(vm_start(vm), 0);
+	assert_int_equal(vm_wait(vm), 3);
+	assert_int_equal(atomic_load(&hlog.irqs_sent), 1);
+	assert_int_equal(hlog.irq_node, 1);
+	assert_int_equal(hlog.irq_dest, 1);
+	assert_int_equal(atomic_load(&hlog.broadcasts), 1);
+	assert_int_equal(hlog.bcast_code, 3);
+	assert_int_equal(atomic_load(&hlog.forwarded), 0);
+	vm_get_stats(vm, &st);
+	assert_int_equal(st.n_local_vcpus, 1);
+	vm_destroy(vm);
+}
+
+/* Node 1 runs vCPU 0 but not the devices: port accesses are forwarded to node 0 (an IN gets the hook's value);
+ * the exit comes from a peer (vm_remote_exit) and is not broadcast back. */
+static void test_cluster_forwarding_node(void **state)
+{
+	static const uint32_t node_of[1] = { 1 };
+	struct vm_stats st;
+	struct vm *vm;
+
+	scripts_reset();
+	memset(&hlog, 0, sizeof(hlog));
+	scripts[0].steps[0] = (struct step){ S_OUT, 0x3f8, 1, 0x41 };
+	scripts[0].steps[1] = (struct step){ S_IN, 0x3fd, 1, 0 };
+	vm = vm_make_cluster(1, node_of, 1, 0);
+	assert_int_equal(vm_start(vm), 0);
+	for (int i = 0; i < 500 && atomic_load(&hlog.forwarded) < 2; i++)
+		usleep(10000);
+	assert_int_equal(atomic_load(&hlog.forwarded), 2);
+	assert_int_equal(hlog.fwd_node, 0);
+	assert_int_equal(hlog.fwd_addr, 0x3fd);
+	vm_remote_exit(vm, 9, "peer exit");
+	assert_int_equal(vm_wait(vm), 9);
+	assert_int_equal(atomic_load(&hlog.broadcasts), 0);
+	assert_int_equal(scripts[0].result[1] & 0xff, 0x77);
+	vm_get_stats(vm, &st);
+	assert_int_equal(st.io_forwarded, 2);
+	vm_destroy(vm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -533,6 +648,8 @@ int main(void)
 		cmocka_unit_test(test_state_machine_and_stop),
 		cmocka_unit_test(test_create_rejects_bad_config),
 		cmocka_unit_test(test_destroy_without_start),
+		cmocka_unit_test(test_cluster_io_node),
+		cmocka_unit_test(test_cluster_forwarding_node),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
