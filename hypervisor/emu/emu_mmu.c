@@ -451,23 +451,33 @@ static void write_lin(struct emu_cpu *cpu, uint64_t lin, unsigned size, uint64_t
 	host_store(h + (lin & 0xfff), size, val);
 }
 
+static void size_check(struct emu_cpu *cpu, unsigned size)
+{
+	if (__builtin_expect(size - 1 >= 8, 0))
+		emu_exit_error(cpu, "emu: memory access of %u bytes (1..8 supported)", size);
+}
+
 uint64_t emu_read(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size)
 {
+	size_check(cpu, size);
 	return read_lin(cpu, emu_linear(cpu, seg, off, size, false), size, is_user(cpu));
 }
 
 void emu_write(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size, uint64_t val)
 {
+	size_check(cpu, size);
 	write_lin(cpu, emu_linear(cpu, seg, off, size, true), size, val, is_user(cpu));
 }
 
 uint64_t emu_read_linear(struct emu_cpu *cpu, uint64_t lin, unsigned size, bool supervisor)
 {
+	size_check(cpu, size);
 	return read_lin(cpu, lin, size, !supervisor && is_user(cpu));
 }
 
 void emu_write_linear(struct emu_cpu *cpu, uint64_t lin, unsigned size, uint64_t val, bool supervisor)
 {
+	size_check(cpu, size);
 	write_lin(cpu, lin, size, val, !supervisor && is_user(cpu));
 }
 
@@ -519,6 +529,8 @@ void *emu_atomic_ptr(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size)
 	uint64_t lin = emu_linear(cpu, seg, off, size, true);
 	uint64_t gpa;
 
+	if (size - 1 >= 16)
+		emu_exit_error(cpu, "emu: atomic access of %u bytes (1..16 supported)", size);
 	if ((lin & 0xfff) + size > 4096) {
 		/* a locked access across pages: fault like the hardware if either page faults, then refuse */
 		page_host(cpu, lin, ACC_W, is_user(cpu), &gpa);
