@@ -8,24 +8,33 @@
  * century at 0x32) are computed at each read in BCD or binary (register B bit 2) and 12/24-hour (bit 1, PM =
  * bit 7 of the hour) format. Writing a time register, or clearing B.SET after writing them, moves the clock to
  * the written time; while B.SET is set the registers read back what was written (the clock is frozen for the
- * guest). Register A: divider/rate bits stored; UIP (bit 7) reads 1 during the last 244 us of each second, the
- * window in which hardware forbids reading the time. Register C reads (and clears) UF when a second boundary
- * passed since the previous read; register D reads 0x80 (valid RAM and time).
+ * guest). Register A: divider bits stored (the clock always runs), rate bits select the periodic flag's period;
+ * UIP (bit 7) reads 1 during the last 244 us of each second, the window in which hardware forbids reading the
+ * time. Register D reads 0x80 (valid RAM and time).
+ *
+ * Flags and interrupts (ISA IRQ 8 = GSI 8): register C's UF (a second boundary passed, not while SET), AF (the
+ * time matched the alarm registers 1/3/5, 0xc0-0xff = don't care) and PF (a period of register A's rate passed;
+ * set whatever PIE says, as the datasheet has it) accumulate until C is read, which returns and clears them;
+ * IRQF = a flag whose enable (B bits 6:4) is set, and the IRQ 8 line follows IRQF (set when it rises, cleared by
+ * the C read: a new edge for each interrupt). Flags are brought up to date at every access; while an enable bit
+ * is set a timer thread (started the first time, parked otherwise) does it at each second/period boundary, at
+ * most every 200 us (faster periodic rates coalesce).
  *
  * CMOS memory as QEMU's pc_cmos_init and SeaBIOS define it: 0x15/0x16 base memory 640 KiB; 0x17/0x18 and
  * 0x30/0x31 KiB of memory above 1 MiB (capped at 0xffff); 0x34/0x35 64 KiB units between 16 MiB and the
  * below-4G limit; 0x5b-0x5d 64 KiB units above 4 GiB; 0x5f vCPU count - 1; 0x14 equipment (FPU, PS/2 mouse).
  *
- * Not implemented: interrupts (periodic, alarm, update-ended: IRQ 8 is never raised, flags other than UF stay
- * 0), divider control stopping the clock, daylight saving.
+ * Not implemented: divider control stopping or resetting the clock, daylight saving, square-wave output.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "hypervisor/bus.h"
+#include "util/log.h"
 
 #define RTC_REG_A 0x0a
 #define RTC_REG_B 0x0b
@@ -33,13 +42,22 @@
 #define RTC_REG_D 0x0d
 #define RTC_CENTURY 0x32
 #define REG_B_SET 0x80
+#define REG_B_PIE 0x40
+#define REG_B_AIE 0x20
 #define REG_B_UIE 0x10
+#define REG_B_IRQ_EN (REG_B_PIE | REG_B_AIE | REG_B_UIE)
+#define REG_C_IRQF 0x80
+#define REG_C_PF 0x40
+#define REG_C_AF 0x20
 #define REG_B_DM 0x04
 #define REG_B_24H 0x02
 #define REG_A_UIP 0x80
 #define REG_C_UF 0x10
 #define UIP_NS 244000ull
 #define NS_PER_S 1000000000ull
+#define RTC_GSI 8
+#define RTC_MIN_WAIT_NS 200000ull
+#define RTC_MAX_WAIT_NS 100000000ull
 
 struct rtc {
 	pthread_mutex_t lock;
@@ -49,7 +67,12 @@ struct rtc {
 	bool nmi_disabled;
 	int64_t base_sec;           /* UTC seconds at base_ns ... */
 	uint64_t base_ns;           /* ... on the device clock */
-	int64_t last_c_sec;         /* second at the previous register C read */
+	uint8_t flags;              /* PF, AF, UF not yet read from register C */
+	int64_t flags_upto;         /* RTC time (ns) up to which flags are accounted */
+	int irq_level;
+	pthread_cond_t cond;
+	pthread_t thread;
+	bool thread_started, stopping;
 };
 
 static bool is_time_reg(unsigned r)
@@ -78,24 +101,25 @@ static unsigned from_reg(const struct rtc *r, uint8_t v)
 	return (r->cmos[RTC_REG_B] & REG_B_DM) ? v : (unsigned)((v >> 4) * 10 + (v & 0x0f));
 }
 
+static uint8_t hour_reg(const struct rtc *r, unsigned hour)
+{
+	unsigned h12 = hour % 12 ? hour % 12 : 12;
+
+	if (r->cmos[RTC_REG_B] & REG_B_24H)
+		return to_reg(r, hour);
+	return (uint8_t)(to_reg(r, h12) | (hour >= 12 ? 0x80 : 0));
+}
+
 /* Write the time registers of `sec` (UTC) into cmos[] in the current format. */
 static void rtc_fill_time(struct rtc *r, int64_t sec)
 {
 	time_t t = (time_t)sec;
 	struct tm tm;
-	unsigned hour;
 
 	gmtime_r(&t, &tm);
 	r->cmos[0] = to_reg(r, (unsigned)tm.tm_sec);
 	r->cmos[2] = to_reg(r, (unsigned)tm.tm_min);
-	hour = (unsigned)tm.tm_hour;
-	if (r->cmos[RTC_REG_B] & REG_B_24H) {
-		r->cmos[4] = to_reg(r, hour);
-	} else {
-		unsigned h12 = hour % 12 ? hour % 12 : 12;
-
-		r->cmos[4] = (uint8_t)(to_reg(r, h12) | (hour >= 12 ? 0x80 : 0));
-	}
+	r->cmos[4] = hour_reg(r, (unsigned)tm.tm_hour);
 	r->cmos[6] = to_reg(r, (unsigned)tm.tm_wday + 1);
 	r->cmos[7] = to_reg(r, (unsigned)tm.tm_mday);
 	r->cmos[8] = to_reg(r, (unsigned)tm.tm_mon + 1);
@@ -134,6 +158,133 @@ static void rtc_set_from_regs(struct rtc *r, uint64_t now)
 		return;
 	r->base_sec = (int64_t)t;
 	r->base_ns = now - (uint64_t)(phase < 0 ? 0 : phase);
+	r->flags_upto = rtc_time_ns(r, now); /* a moved clock makes no flags by itself */
+}
+
+/* Period of the periodic flag selected by register A's rate, 0 if off (rates 1 and 2 alias 8 and 9). */
+static uint64_t rtc_period_ns(const struct rtc *r)
+{
+	unsigned rate = r->cmos[RTC_REG_A] & 0x0f;
+
+	if (!rate)
+		return 0;
+	if (rate < 3)
+		rate += 7;
+	return (NS_PER_S << (rate - 1)) / 32768;
+}
+
+static bool alarm_field(uint8_t alarm, uint8_t now)
+{
+	return (alarm & 0xc0) == 0xc0 || alarm == now;
+}
+
+static bool rtc_alarm_matches(const struct rtc *r, int64_t sec)
+{
+	time_t t = (time_t)sec;
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	return alarm_field(r->cmos[1], to_reg(r, (unsigned)tm.tm_sec)) &&
+	       alarm_field(r->cmos[3], to_reg(r, (unsigned)tm.tm_min)) &&
+	       alarm_field(r->cmos[5], hour_reg(r, (unsigned)tm.tm_hour));
+}
+
+/* IRQ 8 follows IRQF. Lock held. */
+static void rtc_update_irq(struct rtc *r)
+{
+	int level = (r->flags & r->cmos[RTC_REG_B] & REG_B_IRQ_EN) != 0;
+
+	if (level != r->irq_level) {
+		r->irq_level = level;
+		r->svc->irq_set(r->svc->opaque, RTC_GSI, level);
+	}
+}
+
+/* Account the flags of the RTC time elapsed since the last call. Lock held. */
+static void rtc_update_flags(struct rtc *r, uint64_t now)
+{
+	int64_t tns = rtc_time_ns(r, now), from = r->flags_upto;
+	uint64_t period = rtc_period_ns(r);
+
+	if (tns <= from)
+		return;
+	if (!(r->cmos[RTC_REG_B] & REG_B_SET)) {
+		int64_t s0 = from / (int64_t)NS_PER_S, s1 = tns / (int64_t)NS_PER_S;
+
+		if (s1 > s0) {
+			r->flags |= REG_C_UF;
+			/* a day holds every alarm time there is: look at most one day back */
+			for (int64_t sec = s1 - s0 > 86400 ? s1 - 86400 : s0 + 1; sec <= s1; sec++) {
+				if (rtc_alarm_matches(r, sec)) {
+					r->flags |= REG_C_AF;
+					break;
+				}
+			}
+		}
+	}
+	if (period && (uint64_t)tns / period > (uint64_t)from / period)
+		r->flags |= REG_C_PF;
+	r->flags_upto = tns;
+	rtc_update_irq(r);
+}
+
+static void *rtc_timer_main(void *arg)
+{
+	struct rtc *r = arg;
+
+	pthread_mutex_lock(&r->lock);
+	while (!r->stopping) {
+		uint8_t en = r->cmos[RTC_REG_B] & REG_B_IRQ_EN;
+		uint64_t period = rtc_period_ns(r), now, wait_ns;
+		int64_t tns, next = INT64_MAX;
+		struct timespec ts;
+
+		now = rtc_now(r);
+		rtc_update_flags(r, now);
+		tns = rtc_time_ns(r, now);
+		if (en & (REG_B_UIE | REG_B_AIE))
+			next = (tns / (int64_t)NS_PER_S + 1) * (int64_t)NS_PER_S;
+		if ((en & REG_B_PIE) && period) {
+			int64_t p = (int64_t)(((uint64_t)tns / period + 1) * period);
+
+			if (p < next)
+				next = p;
+		}
+		if (next == INT64_MAX) {
+			pthread_cond_wait(&r->cond, &r->lock);
+			continue;
+		}
+		/* sleep on the host clock for the device-clock distance (same rate in the VMM; a test's fake clock is
+		 * re-read at least every 100 ms) */
+		wait_ns = (uint64_t)(next - tns);
+		if (wait_ns < RTC_MIN_WAIT_NS)
+			wait_ns = RTC_MIN_WAIT_NS;
+		if (wait_ns > RTC_MAX_WAIT_NS)
+			wait_ns = RTC_MAX_WAIT_NS;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		wait_ns += (uint64_t)ts.tv_nsec;
+		ts.tv_sec += (time_t)(wait_ns / NS_PER_S);
+		ts.tv_nsec = (long)(wait_ns % NS_PER_S);
+		pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+	}
+	pthread_mutex_unlock(&r->lock);
+	return NULL;
+}
+
+/* Register A or B changed: the timer thread recomputes its deadline (started the first time an enable is set). */
+static void rtc_kick(struct rtc *r)
+{
+	int err;
+
+	if ((r->cmos[RTC_REG_B] & REG_B_IRQ_EN) && !r->thread_started) {
+		err = pthread_create(&r->thread, NULL, rtc_timer_main, r);
+		if (err) {
+			pr_err("rtc: timer thread: %s; interrupts come only with register accesses", strerror(err));
+			return;
+		}
+		r->thread_started = true;
+	}
+	pthread_cond_signal(&r->cond);
 }
 
 static uint8_t rtc_read_reg(struct rtc *r, unsigned reg)
@@ -155,10 +306,11 @@ static uint8_t rtc_read_reg(struct rtc *r, unsigned reg)
 			v |= REG_A_UIP;
 		return v;
 	case RTC_REG_C:
-		v = 0;
-		if (sec != r->last_c_sec && !(r->cmos[RTC_REG_B] & REG_B_SET))
-			v |= REG_C_UF;
-		r->last_c_sec = sec;
+		v = r->flags;
+		if (r->flags & r->cmos[RTC_REG_B] & REG_B_IRQ_EN)
+			v |= REG_C_IRQF;
+		r->flags = 0;
+		rtc_update_irq(r);
 		return v;
 	case RTC_REG_D:
 		return 0x80;
@@ -183,6 +335,7 @@ static void rtc_write_reg(struct rtc *r, unsigned reg, uint8_t v)
 	switch (reg) {
 	case RTC_REG_A:
 		r->cmos[RTC_REG_A] = v & 0x7f;
+		rtc_kick(r);
 		break;
 	case RTC_REG_B:
 		if ((v & REG_B_SET) && !set)
@@ -194,6 +347,8 @@ static void rtc_write_reg(struct rtc *r, unsigned reg, uint8_t v)
 			rtc_set_from_regs(r, now);
 		}
 		r->cmos[RTC_REG_B] = v;
+		rtc_update_irq(r); /* enabling a flag that is already set interrupts at once */
+		rtc_kick(r);
 		break;
 	case RTC_REG_C:
 	case RTC_REG_D:
@@ -216,10 +371,12 @@ static int rtc_io(void *opaque, struct io_access *a)
 		} else {
 			a->data = 0xff;
 		}
-	} else if (a->write) {
-		rtc_write_reg(r, r->index, (uint8_t)a->data);
 	} else {
-		a->data = rtc_read_reg(r, r->index);
+		rtc_update_flags(r, rtc_now(r));
+		if (a->write)
+			rtc_write_reg(r, r->index, (uint8_t)a->data);
+		else
+			a->data = rtc_read_reg(r, r->index);
 	}
 	pthread_mutex_unlock(&r->lock);
 	return 0;
@@ -260,20 +417,26 @@ static void rtc_init_cmos(struct rtc *r, const struct machine_desc *m)
 static int rtc_create(struct bus *b, const struct machine_desc *m, const struct vm_services *svc, void **state)
 {
 	struct rtc *r = calloc(1, sizeof(*r));
+	pthread_condattr_t ca;
 	struct timespec ts;
 	int err;
 
 	if (!r)
 		return -ENOMEM;
 	pthread_mutex_init(&r->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->cond, &ca);
+	pthread_condattr_destroy(&ca);
 	r->svc = svc;
 	rtc_init_cmos(r, m);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	r->base_sec = (int64_t)ts.tv_sec;
 	r->base_ns = svc->now_ns(svc->opaque) - (uint64_t)ts.tv_nsec;
-	r->last_c_sec = r->base_sec;
+	r->flags_upto = rtc_time_ns(r, r->svc->now_ns(svc->opaque));
 	err = bus_claim(b, BUS_PIO, 0x70, 2, "rtc", rtc_io, r);
 	if (err) {
+		pthread_cond_destroy(&r->cond);
 		pthread_mutex_destroy(&r->lock);
 		free(r);
 		return err;
@@ -288,6 +451,13 @@ static void rtc_destroy(void *state)
 
 	if (!r)
 		return;
+	pthread_mutex_lock(&r->lock);
+	r->stopping = true;
+	pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+	if (r->thread_started)
+		pthread_join(r->thread, NULL);
+	pthread_cond_destroy(&r->cond);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
 }

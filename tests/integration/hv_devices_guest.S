@@ -14,6 +14,7 @@
 	.set LAPIC, 0xfee00000
 	.set TIMER_VECTOR, 0x30
 	.set UART_VECTOR, 0x31
+	.set RTC_VECTOR, 0x32
 	.set PIT_10MS, 11932
 
 	.text
@@ -160,7 +161,10 @@ _start:
 6:	cmp $UART_VECTOR, %ecx
 	jne 12f
 	mov $uart_isr, %eax
-12:	mov %ax, idt(, %ecx, 8)
+12:	cmp $RTC_VECTOR, %ecx
+	jne 16f
+	mov $rtc_isr, %eax
+16:	mov %ax, idt(, %ecx, 8)
 	movw $0x08, idt + 2(, %ecx, 8)
 	movw $0x8e00, idt + 4(, %ecx, 8)
 	shr $16, %eax
@@ -231,6 +235,37 @@ _start:
 	call puts
 	mov remote_irr_seen, %eax
 	call print_hex_nl
+
+	# RTC update-ended interrupt: IRQ 8 on IOAPIC pin 8 (edge) -> vector 0x32; the handler reads register C
+	mov $0x0c, %al
+	call cmos_read
+	mov LAPIC + 0x20, %eax
+	and $0xff000000, %eax
+	movl $0x21, IOAPIC
+	mov %eax, IOAPIC + 0x10
+	movl $0x20, IOAPIC
+	movl $RTC_VECTOR, IOAPIC + 0x10
+	mov $0x0b, %al
+	outb %al, $0x70
+	mov $0x12, %al                  # UIE, 24 h, BCD
+	outb %al, $0x71
+17:	cmpl $0, rtc_irqs
+	jne 18f
+	sti
+	hlt
+	cli
+	jmp 17b
+18:	mov $0x0b, %al
+	outb %al, $0x70
+	mov $0x02, %al
+	outb %al, $0x71
+	movl $0x20, IOAPIC
+	movl $(0x10000 | RTC_VECTOR), IOAPIC + 0x10
+	mov $s_rtc, %esi
+	call puts
+	mov rtc_c, %eax
+	and $0xb0, %eax
+	call print_hex_nl
 	mov $s_done, %esi
 	call puts
 	mov $0x20, %al
@@ -265,6 +300,19 @@ uart_isr:
 	outb %al, %dx
 1:	movl $0, LAPIC + 0xb0
 	pop %edx
+	pop %eax
+	iret
+
+rtc_isr:
+	push %eax
+	mov $0x0c, %al
+	call cmos_read
+	cmpl $0, rtc_irqs
+	jne 1f
+	movzbl %al, %eax
+	mov %eax, rtc_c
+1:	incl rtc_irqs
+	movl $0, LAPIC + 0xb0
 	pop %eax
 	iret
 
@@ -394,6 +442,7 @@ s_timer:  .asciz "pit channel 0 ticks through the ioapic: 5\n"
 s_done:   .asciz "devices: done\n"
 s_thre:   .asciz "uart thre interrupts (level-triggered pin): "
 s_rirr:   .asciz "ioapic remote irr set in the handler, times: "
+s_rtc:    .asciz "rtc update interrupt, register C & 0xb0: "
 s_bad:    .asciz "devices: unexpected interrupt or exception\n"
 	.align 4
 ticks:
@@ -401,6 +450,10 @@ ticks:
 uart_irqs:
 	.long 0
 remote_irr_seen:
+	.long 0
+rtc_irqs:
+	.long 0
+rtc_c:
 	.long 0
 
 	.bss

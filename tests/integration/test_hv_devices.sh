@@ -3,7 +3,8 @@
 # reads fw_cfg, CMOS/RTC and the IOAPIC version, calibrates against PIT channel 2 through port 0x61, echoes 3
 # bytes it receives on COM1 (rackvm --console-input), takes 5 PIT channel-0 interrupts routed IOAPIC pin 2 ->
 # local APIC -> IDT, and 3 UART THR-empty interrupts on pin 4 programmed level-triggered (remote IRR, EOI
-# broadcast from the local APIC, re-delivery at EOI while the line is still high). It runs under rackvm (emu, 1 and 2 vCPUs; kvm too when /dev/kvm is usable) and, when
+# broadcast from the local APIC, re-delivery at EOI while the line is still high), and one RTC update-ended
+# interrupt on pin 8. It runs under rackvm (emu, 1 and 2 vCPUs; kvm too when /dev/kvm is usable) and, when
 # qemu-system-x86_64 exists, under qemu -M q35: the printed lines must be identical, so our devices answer as
 # QEMU's do. Budget: about 10 s. Exit 0 pass, 1 fail (qemu or kvm missing only skips their part, with a line).
 set -u
@@ -67,6 +68,7 @@ uart received: xyz
 pit channel 0 ticks through the ioapic: 5
 uart thre interrupts (level-triggered pin): ##
 ioapic remote irr set in the handler, times: 00000003
+rtc update interrupt, register C & 0xb0: 00000090
 devices: done'
 
 # check <name> <ncpus>: exit status 0x41 (code 0x20) and exactly the expected lines

@@ -1019,7 +1019,7 @@ static void test_rtc_status_registers(void **state)
 	assert_int_equal(cmos_read(e, 0x0a), 0xa6);
 	fake_advance(&e->f, 250 * NSEC_PER_USEC);       /* the update happened */
 	assert_int_equal(cmos_read(e, 0x0a), 0x26);
-	assert_int_equal(cmos_read(e, 0x0c), 0x10);     /* UF: a second passed */
+	assert_int_equal(cmos_read(e, 0x0c), 0x50);     /* UF: a second passed; PF: periods of rate 6 too */
 	assert_int_equal(cmos_read(e, 0x0c), 0x00);     /* read clears */
 	cmos_write(e, 0x0a, 0xff);                      /* UIP is read-only */
 	assert_int_equal(cmos_read(e, 0x0a) & 0x7f, 0x7f);
@@ -1034,6 +1034,75 @@ static void test_rtc_status_registers(void **state)
 	assert_int_equal(cmos_read(e, 0x40), 0x5a);
 	assert_int_equal(inb(e, 0x70), 0xff);
 	env_free(e);
+}
+
+static bool wait_level(struct fake *f, unsigned gsi, int level, uint64_t timeout_ns)
+{
+	uint64_t deadline = clock_now_ns() + timeout_ns;
+
+	while (clock_now_ns() < deadline) {
+		if (fake_level(f, gsi) == level)
+			return true;
+		usleep(1000);
+	}
+	return false;
+}
+
+static void test_rtc_interrupts(void **state)
+{
+	struct env *e = env_new();
+	unsigned n;
+
+	env_add(e, "rtc");
+	cmos_read(e, 0x0c);
+	/* update-ended: the timer thread raises IRQ 8 (GSI 8) at the next second, reading C lowers it */
+	cmos_write(e, 0x0b, 0x12);
+	fake_advance(&e->f, NSEC_PER_SEC + NSEC_PER_MSEC);
+	assert_true(wait_level(&e->f, 8, 1, 5 * NSEC_PER_SEC));
+	assert_int_equal(cmos_read(e, 0x0c) & 0xb0, 0x90);
+	assert_int_equal(fake_level(&e->f, 8), 0);
+	/* flags without enables: no interrupt */
+	cmos_write(e, 0x0b, 0x02);
+	n = e->f.n_ev;
+	fake_advance(&e->f, NSEC_PER_SEC);
+	assert_int_equal(cmos_read(e, 0x0c) & 0xb0, 0x10);
+	assert_int_equal(e->f.n_ev, n);
+	/* periodic: rate 15 = 500 ms */
+	cmos_write(e, 0x0a, 0x2f);
+	cmos_read(e, 0x0c);
+	cmos_write(e, 0x0b, 0x42);
+	fake_advance(&e->f, 500 * NSEC_PER_MSEC);
+	assert_true(wait_level(&e->f, 8, 1, 5 * NSEC_PER_SEC));
+	assert_int_equal(cmos_read(e, 0x0c) & 0xc0, 0xc0);
+	assert_int_equal(fake_level(&e->f, 8), 0);
+	/* alarm at 12:00:05 with the clock set to 12:00:00 */
+	cmos_write(e, 0x0b, 0x82);
+	cmos_write(e, 0x00, 0x00);
+	cmos_write(e, 0x02, 0x00);
+	cmos_write(e, 0x04, 0x12);
+	cmos_write(e, 0x01, 0x05);
+	cmos_write(e, 0x03, 0x00);
+	cmos_write(e, 0x05, 0x12);
+	cmos_write(e, 0x0b, 0x22);
+	cmos_read(e, 0x0c);
+	fake_advance(&e->f, 4 * NSEC_PER_SEC);
+	assert_int_equal(cmos_read(e, 0x0c) & 0xb0, 0x10); /* 12:00:04: no alarm yet */
+	assert_int_equal(fake_level(&e->f, 8), 0);
+	fake_advance(&e->f, NSEC_PER_SEC);
+	assert_true(wait_level(&e->f, 8, 1, 5 * NSEC_PER_SEC));
+	assert_int_equal(cmos_read(e, 0x0c) & 0xb0, 0xb0);
+	/* don't-care alarm fields: every second; a day-long gap still reports it */
+	cmos_write(e, 0x01, 0xc0);
+	cmos_write(e, 0x03, 0xff);
+	cmos_write(e, 0x05, 0xc0);
+	fake_advance(&e->f, 86400 * 3 * NSEC_PER_SEC);
+	assert_int_equal(cmos_read(e, 0x0c) & 0xb0, 0xb0);
+	/* a flag already pending when its enable is set interrupts at once */
+	cmos_write(e, 0x0b, 0x02);
+	fake_advance(&e->f, NSEC_PER_SEC);
+	cmos_write(e, 0x0b, 0x12);
+	assert_int_equal(fake_level(&e->f, 8), 1);
+	env_free(e);                                    /* joins the timer thread */
 }
 
 static void test_rtc_cmos_memory_128m(void **state)
@@ -1505,6 +1574,7 @@ int main(void)
 		cmocka_unit_test(test_pit_latch_and_readback),
 		cmocka_unit_test(test_rtc_time_bcd_binary),
 		cmocka_unit_test(test_rtc_status_registers),
+		cmocka_unit_test(test_rtc_interrupts),
 		cmocka_unit_test(test_rtc_cmos_memory_128m),
 		cmocka_unit_test(test_rtc_cmos_memory_8g),
 		cmocka_unit_test(test_pic_init_and_masks),
