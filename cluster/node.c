@@ -107,10 +107,10 @@ static void node_summary(struct node *n, const char *result)
 	fprintf(stderr,
 		"summary: node %u vcpus %u faults r/w/wp %" PRIu64 "/%" PRIu64 "/%" PRIu64 " remote %" PRIu64
 		" p50 %.1fus bytes in/out %" PRIu64 "/%" PRIu64 " ipis sent/recv %" PRIu64 "/%" PRIu64
-		" io fwd/served %" PRIu64 "/%" PRIu64 " retx %" PRIu64 "%s result %s\n",
+		" io fwd/served %" PRIu64 "/%" PRIu64 " retx %" PRIu64 " dsm retx %" PRIu64 "%s result %s\n",
 		n->o.id, local, d.faults_read, d.faults_write, d.faults_wp, d.faults_remote,
 		(double)hist_quantile(&d.remote_fault_ns, 0.5) / 1000.0, d.bytes_in, d.bytes_out, c.irq_sent,
-		c.irq_received, c.io_forwarded, c.io_served, c.retransmits, clock, result);
+		c.irq_received, c.io_forwarded, c.io_served, c.retransmits, d.retransmissions, clock, result);
 }
 
 /* ---- callbacks ------------------------------------------------------------------------------------------- */
