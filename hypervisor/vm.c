@@ -197,9 +197,12 @@ void vm_eoi_level(struct vm *vm, uint8_t vector)
 			ioapic_eoi(vm->ioapic, vector);
 		return;
 	}
-	/* Issue 5 hook: forward the EOI of a level-triggered vector to the io node (its IOAPIC clears remote-IRR).
-	 * The cluster hooks have no such call yet; until they do, level-triggered lines only work for vCPUs placed
-	 * on the io node. */
+	/* The io node's IOAPIC clears remote-IRR (and redelivers a line still asserted). Without the hook,
+	 * level-triggered lines only work for vCPUs placed on the io node. */
+	if (vm->cfg.hooks && vm->cfg.hooks->forward_eoi) {
+		vm->cfg.hooks->forward_eoi(vm->cfg.hooks->opaque, vm->cfg.io_node, vector);
+		return;
+	}
 	if (!atomic_exchange(&vm->eoi_forward_warned, true))
 		pr_warn("EOI of level-triggered vector %u on node %u: forwarding to the io node is not implemented",
 			vector, vm->cfg.self);
@@ -693,6 +696,12 @@ int vm_remote_io(struct vm *vm, enum bus_space space, struct io_access *a)
 	if (!vm->io_local || !vm->bus)
 		return -ENOENT;
 	return bus_access(vm->bus, space, a);
+}
+
+void vm_remote_eoi(struct vm *vm, uint8_t vector)
+{
+	if (vm->io_local && vm->ioapic)
+		ioapic_eoi(vm->ioapic, vector);
 }
 
 void vm_remote_irq(struct vm *vm, const struct irq_msg *m)

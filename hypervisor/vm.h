@@ -39,6 +39,9 @@ struct vm_cluster_hooks {
 	int (*forward_io)(void *opaque, uint32_t node, enum bus_space space, struct io_access *a);
 	/* The guest's exit (or a fatal error) happened on this node: tell every other node. */
 	void (*exit_broadcast)(void *opaque, int code, const char *why);
+	/* Added by the VM's author (may be NULL): a local APIC EOI'd a level-triggered vector; the io node's IOAPIC
+	 * must see it (there: vm_remote_eoi). Called on a vCPU thread; must not block for long. */
+	void (*forward_eoi)(void *opaque, uint32_t node, uint8_t vector);
 };
 
 struct vm_config {
@@ -84,6 +87,8 @@ void vm_destroy(struct vm *vm);
 int vm_remote_io(struct vm *vm, enum bus_space space, struct io_access *a);
 void vm_remote_irq(struct vm *vm, const struct irq_msg *m);
 void vm_remote_logical(struct vm *vm, uint32_t apic_id, uint32_t ldr, uint32_t dfr);
+/* An EOI of a level-triggered vector on another node (forward_eoi there); io node only. */
+void vm_remote_eoi(struct vm *vm, uint8_t vector);
 /* Another node reported the guest's exit or a fatal error. */
 void vm_remote_exit(struct vm *vm, int code, const char *why);
 

@@ -521,7 +521,8 @@ static void test_destroy_without_start(void **state)
 /* ---- cluster hooks: the local half of a spanning VM ---- */
 
 struct hook_log {
-	_Atomic unsigned forwarded, irqs_sent, broadcasts;
+	_Atomic unsigned forwarded, irqs_sent, broadcasts, eois;
+	_Atomic int eoi_vector;
 	uint64_t fwd_addr, fwd_data;
 	uint32_t fwd_node, irq_node, irq_dest;
 	int bcast_code;
@@ -558,10 +559,17 @@ static void hook_exit_broadcast(void *opaque, int code, const char *why)
 	atomic_fetch_add(&hlog.broadcasts, 1);
 }
 
+static void hook_forward_eoi(void *opaque, uint32_t node, uint8_t vector)
+{
+	atomic_store(&hlog.eoi_vector, vector);
+	atomic_fetch_add(&hlog.eois, 1);
+}
+
 static const struct vm_cluster_hooks hooks = {
 	.apic = { .send_irq = hook_send_irq, .send_logical = hook_send_logical },
 	.forward_io = hook_forward_io,
 	.exit_broadcast = hook_exit_broadcast,
+	.forward_eoi = hook_forward_eoi,
 };
 
 static struct vm *vm_make_cluster(unsigned n, const uint32_t *node_of, uint32_t self, uint32_t io_node)
@@ -633,6 +641,36 @@ static void test_cluster_forwarding_node(void **state)
 	vm_destroy(vm);
 }
 
+/* A level-triggered interrupt arriving from another node (vm_remote_irq) is injected; its EOI on this node (no
+ * IOAPIC here) goes to the io node through forward_eoi. */
+static void test_cluster_level_eoi_forwarded(void **state)
+{
+	static const uint32_t node_of[1] = { 1 };
+	struct irq_msg m = { .vector = 0x60, .delivery = IRQ_FIXED, .dest = 0, .level = true, .trigger_level = true,
+			     .source = ~0u };
+	struct vm *vm;
+
+	scripts_reset();
+	memset(&hlog, 0, sizeof(hlog));
+	scripts[0].steps[0] = (struct step){ S_MMIO_W, APIC + 0xf0, 4, 0x1ff };
+	scripts[0].steps[1] = (struct step){ S_WAIT_IRQ, 0, 0, 0 };
+	scripts[0].steps[2] = (struct step){ S_MMIO_W, APIC + 0xb0, 4, 0 };     /* EOI */
+	vm = vm_make_cluster(1, node_of, 1, 0);
+	assert_int_equal(vm_start(vm), 0);
+	for (int i = 0; i < 250 && atomic_load(&scripts[0].n_injected) == 0; i++) {
+		vm_remote_irq(vm, &m);    /* until the APIC is software-enabled and takes it */
+		usleep(20000);
+	}
+	for (int i = 0; i < 250 && atomic_load(&hlog.eois) == 0; i++)
+		usleep(20000);
+	assert_int_equal(scripts[0].injected[0], 0x60);
+	assert_true(atomic_load(&hlog.eois) >= 1);
+	assert_int_equal(atomic_load(&hlog.eoi_vector), 0x60);
+	vm_stop(vm, 0);
+	assert_int_equal(vm_wait(vm), 0);
+	vm_destroy(vm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -650,6 +688,7 @@ int main(void)
 		cmocka_unit_test(test_destroy_without_start),
 		cmocka_unit_test(test_cluster_io_node),
 		cmocka_unit_test(test_cluster_forwarding_node),
+		cmocka_unit_test(test_cluster_level_eoi_forwarded),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
