@@ -150,24 +150,31 @@ static int write_key(struct sim *s)
 	return 0;
 }
 
-/* A loopback port nobody listens on right now (the node binds it a moment later; a collision shows as a bind
- * error of that node). */
+/* A loopback port nobody uses right now (the node binds it a moment later; a collision shows as a bind error of
+ * that node). Picked at random below the kernel's ephemeral range (32768+ by default), where the ports other
+ * programs get from bind(0)/connect() come from, so a concurrent test cannot take it in between. */
 static int free_port(void)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port;
+	for (int tries = 0; tries < 200; tries++) {
+		uint16_t r;
+		int fd, port, one = 1;
+		struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 
-	if (fd < 0)
-		return -errno;
-	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
-		port = -errno;
+		if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+			r = (uint16_t)(getpid() + tries);
+		port = 20000 + r % 12000;
+		a.sin_port = htons((uint16_t)port);
+		fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
+			close(fd);
+			return port;
+		}
 		close(fd);
-		return port;
 	}
-	port = ntohs(a.sin_port);
-	close(fd);
-	return port;
+	return -EADDRINUSE;
 }
 
 /* ---- network namespaces --------------------------------------------------------------------------------- */
@@ -787,6 +794,11 @@ int rackvm_cmd_sim(int argc, char **argv)
 		for (unsigned k = 0; k < s->o.nodes; k++) {
 			int port = free_port();
 
+			for (unsigned j = 0; j < k && port > 0; j++)
+				if (atoi(strchr(s->node[j].addr, ':') + 1) == port) {
+					port = free_port();   /* taken by an earlier node of this run: pick again */
+					j = (unsigned)-1;
+				}
 			if (port < 0) {
 				fprintf(stderr, "rackvm sim: no free loopback port: %s\n", strerror(-port));
 				goto out_dir;
