@@ -453,9 +453,8 @@ static uint64_t vcpu_timer(struct vcpu *v)
 
 static void vcpu_publish_timer(struct vcpu *v, uint64_t ns)
 {
-	uint64_t old = atomic_exchange(&v->timer_ns, ns);
-
-	if (ns < old)
+	atomic_store(&v->timer_ns, ns);
+	if (ns != UINT64_MAX && ns < atomic_load(&v->vm->timer_next))
 		vm_timer_update(v->vm);
 }
 

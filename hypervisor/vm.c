@@ -217,6 +217,33 @@ void vm_timer_update(struct vm *vm)
 	pthread_mutex_unlock(&vm->timer_lock);
 }
 
+/* Kick every vCPU whose published deadline passed (once per published value: the vCPU republishes after it
+ * ticked); returns the earliest deadline still ahead. */
+static uint64_t vm_timer_scan(struct vm *vm, bool kick)
+{
+	uint64_t now = clock_now_ns(), next = UINT64_MAX;
+
+	for (unsigned i = 0; i < vm->n_vcpus; i++) {
+		struct vcpu *v = vm->vcpus[i];
+		uint64_t t;
+
+		if (!v)
+			continue;
+		t = atomic_load(&v->timer_ns);
+		if (t <= now && kick) {
+			if (atomic_compare_exchange_strong(&v->timer_ns, &t, UINT64_MAX))
+				vm->accel->kick(v->av);
+		} else if (t < next) {
+			next = t;
+		}
+	}
+	return next;
+}
+
+/* Lost-wake-up argument: a vCPU stores its deadline, then signals (under timer_lock) only if it is earlier than
+ * timer_next. This thread publishes timer_next and then scans again while holding timer_lock until it sleeps, so
+ * a deadline stored after that second scan sees the new timer_next and its signal waits for the sleep (the lock).
+ * The common entry (deadline not earlier than what this thread already waits for) costs two atomics, no lock. */
 static void *vm_timer_thread(void *arg)
 {
 	struct vm *vm = arg;
@@ -224,23 +251,11 @@ static void *vm_timer_thread(void *arg)
 	pthread_setname_np(pthread_self(), "vm-timer");
 	pthread_mutex_lock(&vm->timer_lock);
 	while (!vm->timer_quit) {
-		uint64_t now = clock_now_ns(), next = UINT64_MAX;
+		uint64_t next = vm_timer_scan(vm, true);
 
-		for (unsigned i = 0; i < vm->n_vcpus; i++) {
-			struct vcpu *v = vm->vcpus[i];
-			uint64_t t;
-
-			if (!v)
-				continue;
-			t = atomic_load(&v->timer_ns);
-			if (t <= now) {
-				/* once per published deadline: the vCPU republishes after it ticked */
-				if (atomic_compare_exchange_strong(&v->timer_ns, &t, UINT64_MAX))
-					vm->accel->kick(v->av);
-			} else if (t < next) {
-				next = t;
-			}
-		}
+		atomic_store(&vm->timer_next, next);
+		if (vm_timer_scan(vm, false) < next)
+			continue;
 		if (next == UINT64_MAX) {
 			pthread_cond_wait(&vm->timer_cond, &vm->timer_lock);
 		} else {
@@ -481,6 +496,7 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 	vm->n_vcpus = cfg->n_vcpus;
 	vm->tsc_hz = VM_TSC_HZ;
 	vm->stop_pipe[0] = vm->stop_pipe[1] = -1;
+	atomic_store(&vm->timer_next, 0);   /* until the timer thread published its own: signal */
 	atomic_store(&vm->stop_code, INT_MIN);
 	pthread_mutex_init(&vm->console_lock, NULL);
 	pthread_mutex_init(&vm->why_lock, NULL);

@@ -117,6 +117,7 @@ struct vm {
 	pthread_mutex_t timer_lock;
 	pthread_cond_t timer_cond;
 	bool timer_quit;
+	_Atomic uint64_t timer_next;    /* the deadline the timer thread sleeps until (UINT64_MAX: none) */
 
 	/* console: line-buffered */
 	pthread_mutex_t console_lock;
