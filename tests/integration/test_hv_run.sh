@@ -110,6 +110,12 @@ check_topology() {
 	return $ok
 }
 
+check_topology_4g() {
+	check_topology 2 &&
+		expect_line "^topology: mmap 0x0000000000100000-0x00000000c0000000 type 1\$" &&
+		expect_line "^topology: mmap 0x0000000100000000-0x0000000140000000 type 1\$"
+}
+
 LIT_ITERS=100
 check_litmus() {
 	local n=$1 iters=$2 t ok=0 run=0
@@ -192,6 +198,9 @@ run_workloads() {
 		hv_run "$accel-topology-smp$n" "$accel" "$GUEST_DIR/topology.elf" $n ""
 		verdict "$accel topology vcpus=$n" 0 check_topology $n
 	done
+	# more than 3 GiB: RAM past 0xc0000000 is shown from 4 GiB on
+	hv_run "$accel-topology-4g" "$accel" "$GUEST_DIR/topology.elf" 2 "" --mem 4G
+	verdict "$accel topology vcpus=2 mem=4G (hole)" 0 check_topology_4g
 	for n in 1 2 4; do
 		hv_run "$accel-litmus-smp$n" "$accel" "$GUEST_DIR/litmus.elf" $n "iters=$LIT_ITERS"
 		verdict "$accel litmus vcpus=$n" 0 check_litmus $n $LIT_ITERS
