@@ -2,7 +2,8 @@
 /*
  * rackvm sim: a whole cluster of node hypervisors on this host, running one guest.
  *
- * It writes a random cluster key (0600, in a private temp dir), picks free loopback ports (or, with --netns, puts
+ * It writes a random cluster key (0600, in a private temp dir, unlinked at once: the nodes read it through an
+ * inherited descriptor), picks free loopback ports (or, with --netns, puts
  * each node in a network namespace of its own, joined by veth pairs to a bridge in one more namespace, addresses
  * 10.213.S.K+1), and spawns one `rackvm node` per node (fork + exec of /proc/self/exe; each in its own process
  * group so a terminal's Ctrl-C reaches only the sim; PR_SET_PDEATHSIG so none outlives the sim). Latency,
@@ -77,7 +78,8 @@ struct sim_node {
 struct sim {
 	struct sim_opts o;
 	char dir[64];
-	char key_path[96];
+	char key_path[96];              /* /proc/self/fd/N: the key file, already unlinked */
+	int key_fd;
 	char exe[PATH_MAX];
 	char ns_br[32];
 	bool ns_br_made;
@@ -127,27 +129,39 @@ static int ip_cmd(bool quiet, ...)
 	return run_cmd(argv, quiet);
 }
 
+/*
+ * The cluster key: written (0600) into the private temp dir, opened for reading without O_CLOEXEC, then unlinked
+ * with its dir at once. Every node inherits that descriptor and reads the key through /proc/self/fd/N, so no key
+ * is left on disk whatever happens to the sim (even SIGKILL).
+ */
 static int write_key(struct sim *s)
 {
 	uint8_t key[32];
 	char hex[sizeof(key) * 2 + 2];
-	int fd;
+	char path[96];
+	int fd, err = 0;
 
 	if (getrandom(key, sizeof(key), 0) != sizeof(key))
 		return -errno;
 	for (size_t i = 0; i < sizeof(key); i++)
 		snprintf(hex + 2 * i, 3, "%02x", key[i]);
 	strcat(hex, "\n");
-	snprintf(s->key_path, sizeof(s->key_path), "%s/cluster.key", s->dir);
-	fd = open(s->key_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	snprintf(path, sizeof(path), "%s/cluster.key", s->dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
-	if (write(fd, hex, strlen(hex)) != (ssize_t)strlen(hex)) {
-		close(fd);
-		return -EIO;
-	}
+	if (write(fd, hex, strlen(hex)) != (ssize_t)strlen(hex))
+		err = -EIO;
 	close(fd);
-	return 0;
+	memset(key, 0, sizeof(key));
+	memset(hex, 0, sizeof(hex));
+	s->key_fd = err ? -1 : open(path, O_RDONLY);
+	if (!err && s->key_fd < 0)
+		err = -errno;
+	unlink(path);
+	if (!err)
+		snprintf(s->key_path, sizeof(s->key_path), "/proc/self/fd/%d", s->key_fd);
+	return err;
 }
 
 /* A loopback port nobody uses right now (the node binds it a moment later; a collision shows as a bind error of
@@ -734,6 +748,7 @@ int rackvm_cmd_sim(int argc, char **argv)
 		fprintf(stderr, "rackvm sim: out of memory\n");
 		return 1;
 	}
+	s->key_fd = -1;
 	err = sim_parse(argc, argv, &s->o);
 	if (err) {
 		free(s);
@@ -781,6 +796,7 @@ int rackvm_cmd_sim(int argc, char **argv)
 		goto out_sfd;
 	}
 	err = write_key(s);
+	rmdir(s->dir);   /* empty now: nothing of the run stays on disk */
 	if (err) {
 		fprintf(stderr, "rackvm sim: writing the key file: %s\n", strerror(-err));
 		goto out_dir;
@@ -827,8 +843,8 @@ int rackvm_cmd_sim(int argc, char **argv)
 	netns_cleanup(s);
 out_dir:
 	netns_cleanup(s);
-	if (s->key_path[0])
-		unlink(s->key_path);
+	if (s->key_fd >= 0)
+		close(s->key_fd);
 	rmdir(s->dir);
 out_sfd:
 	close(sfd);
