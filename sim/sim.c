@@ -388,8 +388,11 @@ static void node_emit_line(struct sim *s, struct sim_node *n, const char *line, 
 
 	if (m > (int)sizeof(buf) - 1)
 		m = (int)sizeof(buf) - 1;
-	if (len >= 8 && !strncmp(line, "summary:", 8))
+	if (len >= 8 && !strncmp(line, "summary:", 8)) {
 		snprintf(n->summary, sizeof(n->summary), "%.*s", (int)len, line);
+		if (s->o.quiet)
+			return;   /* --quiet: only in the table at the end */
+	}
 	(void)!write(2, buf, (size_t)m);
 }
 
@@ -554,7 +557,7 @@ static int sim_run(struct sim *s, int sfd)
 				n->reaped = true;
 				n->status = status;
 				describe_status(status, d, sizeof(d));
-				if (!s->o.quiet || WIFSIGNALED(status) || WEXITSTATUS(status))
+				if (!s->o.quiet || WIFSIGNALED(status))
 					fprintf(stderr, "sim: node %u (pid %d) %s\n", k, (int)pid, d);
 				if (WIFSIGNALED(status) && !n->signalled_by_us && (end == END_NONE || end == END_EXITED)) {
 					end = END_DIED;
