@@ -55,6 +55,17 @@ for nv in 2:4 3:3 4:4; do
 	verdict "topology nodes=$n vcpus=$v" 0 check_topology $v $n
 done
 
+# ---- time: every node's measured clock offset to node 0 is within its own error bound (one host, one clock)
+check_clock() {
+	local lines
+	lines=$(grep -E '^sim:   node [1-9]+: .* clock [-+][0-9.]+us\+-[0-9.]+us ' "$SIM_ERR")
+	[ "$(wc -l <<<"$lines")" -eq 3 ] || { echo "    expected 3 clock measurements"; return 1; }
+	sed -E 's/.* clock ([-+][0-9.]+)us\+-([0-9.]+)us .*/\1 \2/' <<<"$lines" |
+		awk '{ o = $1 < 0 ? -$1 : $1; if (o > $2) { print "    offset " $1 " us outside +-" $2 " us"; bad = 1 } }
+		     END { exit bad }'
+}
+verdict "clock offsets within their bounds (4 nodes)" 0 check_clock
+
 # ---- litmus: no outcome x86-TSO forbids, with every test the CPU count allows
 LIT=400
 check_litmus() {
