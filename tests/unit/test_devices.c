@@ -566,6 +566,28 @@ static void test_uart_receive_pipe(void **state)
 	close(saved);
 }
 
+static void test_uart_reader_eof(void **state)
+{
+	int p[2], saved = dup(0);
+	struct env *e;
+
+	assert_true(saved >= 0);
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(dup2(p[0], 0), 0);
+	close(p[0]);
+	e = env_new();
+	e->m.console_input = true;
+	env_add(e, "uart");
+	assert_int_equal(write(p[1], "a", 1), 1);
+	close(p[1]);                                    /* EOF: the reader thread ends by itself */
+	assert_true(wait_lsr_dr(e, 5 * NSEC_PER_SEC));
+	assert_int_equal(inb(e, 0x3f8), 'a');
+	assert_int_equal(inb(e, 0x3fd) & 1, 0);
+	env_free(e);                                    /* joins a thread that already returned */
+	assert_int_equal(dup2(saved, 0), 0);
+	close(saved);
+}
+
 /* ---- isa-debug-exit ---- */
 
 static void test_debugexit_codes(void **state)
@@ -1562,6 +1584,7 @@ int main(void)
 		cmocka_unit_test(test_uart_thre_interrupt),
 		cmocka_unit_test(test_uart_rda_interrupt),
 		cmocka_unit_test(test_uart_receive_pipe),
+		cmocka_unit_test(test_uart_reader_eof),
 		cmocka_unit_test(test_debugexit_codes),
 		cmocka_unit_test(test_fwcfg_items),
 		cmocka_unit_test(test_fwcfg_files),
