@@ -3,9 +3,9 @@
 # 4 nodes x 2 vCPUs, long litmus, 32 MiB memtest, bigger compute, many IPIs, and the same over a lossy fabric.
 set -u
 cd "$(dirname "$0")/../.."
+SIM_TIMEOUT=${SIM_TIMEOUT:-1800}   # per run (sim_lib.sh keeps a value set before it is sourced)
 . tests/integration/sim_lib.sh
 SIM_LOG_DIR=$BUILD/test-logs/sim-soak
-SIM_TIMEOUT=${SIM_TIMEOUT:-1800}
 mkdir -p "$SIM_LOG_DIR"
 sim_preflight
 T0=$SECONDS
