@@ -458,7 +458,7 @@ static void vcpu_publish_timer(struct vcpu *v, uint64_t ns)
 		vm_timer_update(v->vm);
 }
 
-/* One pass of the RUNNING state. false when the vCPU must stop (the VM is stopping). */
+/* One pass of the RUNNING state (see the story at the top). */
 static void vcpu_running(struct vcpu *v, uint64_t seq)
 {
 	const struct accel_ops *a = v->vm->accel;
@@ -478,18 +478,19 @@ static void vcpu_running(struct vcpu *v, uint64_t seq)
 	}
 	vec = lapic_pending_vector(v->lapic);
 	if (vec >= 0) {
-		if (v->can_inject) {
-			err = a->inject_irq(v->av, (uint8_t)vec);
-			if (err) {
-				vcpu_fail(v, "vcpu %u: cannot inject vector %d: %s", v->index, vec, strerror(-err));
-				return;
-			}
+		err = v->can_inject ? a->inject_irq(v->av, (uint8_t)vec) : -EAGAIN;
+		if (err == 0) {
 			lapic_ack(v->lapic, (uint8_t)vec);
 			atomic_fetch_add_explicit(&v->ctr.irqs_injected, 1, memory_order_relaxed);
 			/* one injection per entry; ask for the window again if more are pending */
 			if (lapic_pending_vector(v->lapic) >= 0)
 				entry.request_irq_window = true;
+		} else if (err != -EAGAIN && err != -EBUSY && err != -EEXIST) {
+			vcpu_fail(v, "vcpu %u: cannot inject vector %d: %s", v->index, vec, strerror(-err));
+			return;
 		} else {
+			/* not now, or the backend still holds the previous injection (an exit came before the guest took
+			 * it): the vector stays in IRR, the window brings us back */
 			entry.request_irq_window = true;
 		}
 	}
