@@ -98,7 +98,7 @@ if [ -w /dev/kvm ]; then
 	run_guest kvm-1 "$RACKVM" run --accel kvm --vcpus 1 --mem 128M --console-input --kernel "$T/g.elf"
 	check kvm-1 1
 else
-	echo "SKIP kvm: /dev/kvm is not usable here"
+	echo "SKIP: kvm part: /dev/kvm is not usable here"
 fi
 if command -v "$QEMU" >/dev/null; then
 	accel=(-accel tcg)
@@ -107,7 +107,7 @@ if command -v "$QEMU" >/dev/null; then
 		-serial stdio -display none -monitor none -no-reboot -kernel "$T/g.elf"
 	check qemu-1 1
 else
-	echo "SKIP qemu: $QEMU not found (the cross-check against QEMU's devices did not run)"
+	echo "SKIP: qemu part: $QEMU not found (the cross-check against QEMU's devices did not run)"
 fi
 [ $nfail -eq 0 ] || exit 1
 exit 0
