@@ -17,13 +17,14 @@
  * Any other port stays unclaimed, so the VMM reports it as an unknown access.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "hypervisor/bus.h"
 
 struct legacy {
 	const struct vm_services *svc;
-	uint8_t port92;
+	_Atomic uint8_t port92;     /* vCPUs may write it concurrently: the reset edge is taken once */
 };
 
 static uint64_t size_ones(uint8_t size)
@@ -44,12 +45,13 @@ static int legacy_port92_io(void *opaque, struct io_access *a)
 	uint8_t v = (uint8_t)a->data;
 
 	if (!a->write) {
-		a->data = l->port92;
+		a->data = atomic_load(&l->port92);
 		return 0;
 	}
-	if ((v & 1) && !(l->port92 & 1))
+	if ((v & 1) && !(atomic_exchange(&l->port92, v & 0x03) & 1))
 		l->svc->request_exit(l->svc->opaque, 0, "reset through port 0x92");
-	l->port92 = v & 0x03;
+	else
+		atomic_store(&l->port92, v & 0x03);
 	return 0;
 }
 
