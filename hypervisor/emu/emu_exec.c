@@ -6,6 +6,11 @@
  */
 #include "hypervisor/emu/emu_exec_internal.h"
 
+static inline unsigned emu_tlb_idx(uint64_t lpage)
+{
+	return (unsigned)(lpage ^ (lpage >> 8)) & (EMU_TLB_SIZE - 1);
+}
+
 _Noreturn void emu_ud(struct emu_insn *d)
 {
 	emu_raise(d->cpu, EXC_UD, -1);
@@ -1193,6 +1198,13 @@ static void exec_one(struct emu_insn *d, uint8_t op)
 	}
 }
 
+enum { PFX_NONE, PFX_66, PFX_67, PFX_LOCK, PFX_REP, PFX_SEG, PFX_REX };
+static const uint8_t prefix_kind[256] = {
+	[0x66] = PFX_66, [0x67] = PFX_67, [0xf0] = PFX_LOCK, [0xf2] = PFX_REP, [0xf3] = PFX_REP,
+	[0x26] = PFX_SEG, [0x2e] = PFX_SEG, [0x36] = PFX_SEG, [0x3e] = PFX_SEG, [0x64] = PFX_SEG, [0x65] = PFX_SEG,
+	[0x40 ... 0x4f] = PFX_REX,
+};
+
 void emu_step(struct emu_cpu *cpu)
 {
 	struct emu_insn d;
@@ -1208,7 +1220,20 @@ void emu_step(struct emu_cpu *cpu)
 	d.seg = SEG_NONE;
 	d.mode64 = cpu->mode == EMU_LONG64;
 	cpu->insn_rip = cpu->rip;
-	d.hp = emu_fetch_ptr(cpu, cpu->rip, &d.havail);
+	d.hp = NULL;
+	if (d.mode64) {
+		/* the hit path of emu_fetch_ptr() inline (emu_tlb_x_lookup in emu.h); a miss takes the call */
+		uint64_t lp = cpu->rip >> 12;
+		const struct emu_tlb_entry *e = &cpu->tlb_x[emu_tlb_idx(lp)];
+
+		if (__builtin_expect(e->lpage == lp && e->host && (cpu->cpl != 3 || (e->flags & EMU_TLB_USER)) &&
+				     (uint64_t)((int64_t)(cpu->rip << 16) >> 16) == cpu->rip, 1)) {
+			d.hp = e->host + (cpu->rip & 0xfff);
+			d.havail = 4096 - (unsigned)(cpu->rip & 0xfff);
+		}
+	}
+	if (!d.hp)
+		d.hp = emu_fetch_ptr(cpu, cpu->rip, &d.havail);
 	if (!d.hp || d.havail > 15)
 		d.havail = d.hp ? 15 : 0;
 	code16 = cpu->mode == EMU_REAL || cpu->mode == EMU_PROT16 || cpu->mode == EMU_COMPAT16;
@@ -1216,26 +1241,26 @@ void emu_step(struct emu_cpu *cpu)
 	bool p67 = false;
 	for (;;) {
 		op = emu_imm8(&d);
-		switch (op) {
-		case 0x66: d.p66 = true; d.rex = 0; continue;
-		case 0x67: p67 = true; d.rex = 0; continue;
-		case 0xf0: d.lock = true; d.rex = 0; continue;
-		case 0xf2: case 0xf3: d.rep = op; d.rex = 0; continue;
-		case 0x26: case 0x2e: case 0x36: case 0x3e:
-			/* ES/CS/SS/DS: no effect in 64-bit mode */
-			d.seg = d.mode64 ? SEG_NONE : (op >> 3) & 3;
-			d.rex = 0;
-			continue;
-		case 0x64: case 0x65: d.seg = op - 0x64 + SEG_FS; d.rex = 0; continue;
-		default:
+		if (__builtin_expect(!prefix_kind[op], 1))
 			break;
-		}
-		if (d.mode64 && (op & 0xf0) == 0x40) {
+		switch (prefix_kind[op]) {
+		case PFX_66: d.p66 = true; break;
+		case PFX_67: p67 = true; break;
+		case PFX_LOCK: d.lock = true; break;
+		case PFX_REP: d.rep = op; break;
+		case PFX_SEG:
+			/* ES/CS/SS/DS: no effect in 64-bit mode */
+			d.seg = op >= 0x64 ? op - 0x64 + SEG_FS : d.mode64 ? SEG_NONE : (op >> 3) & 3;
+			break;
+		default:       /* REX: a prefix in 64-bit mode only, and only when last */
+			if (!d.mode64)
+				goto opcode;
 			d.rex = op;
 			continue;
 		}
-		break;
+		d.rex = 0;     /* a legacy prefix after REX cancels it */
 	}
+opcode:
 	if (d.mode64) {
 		d.opsize = (d.rex & 8) ? 8 : d.p66 ? 2 : 4;
 		d.adsize = p67 ? 4 : 8;

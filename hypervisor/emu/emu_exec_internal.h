@@ -22,6 +22,9 @@
 
 #include "hypervisor/emu/emu.h"
 
+/* Small helpers on every instruction's path: inlined even into the big dispatch functions. */
+#define EMU_INLINE static inline __attribute__((always_inline))
+
 #define EFL_ARITH (EFL_CF | EFL_PF | EFL_AF | EFL_ZF | EFL_SF | EFL_OF)
 #define CR0_MP (1ull << 1)
 #define CR0_EM (1ull << 2)
@@ -54,14 +57,14 @@ struct emu_insn {
 /* ---- fetch ---- */
 uint8_t emu_fetch_slow(struct emu_insn *d);
 
-static inline uint8_t emu_imm8(struct emu_insn *d)
+EMU_INLINE uint8_t emu_imm8(struct emu_insn *d)
 {
 	if (__builtin_expect(d->len < d->havail, 1))
 		return d->hp[d->len++];
 	return emu_fetch_slow(d);
 }
 
-static inline uint64_t emu_imm_n(struct emu_insn *d, unsigned n)
+EMU_INLINE uint64_t emu_imm_n(struct emu_insn *d, unsigned n)
 {
 	uint64_t v = 0;
 
@@ -75,7 +78,7 @@ static inline uint64_t emu_imm_n(struct emu_insn *d, unsigned n)
 	return v;
 }
 
-static inline uint64_t emu_sext(uint64_t v, unsigned size)
+EMU_INLINE uint64_t emu_sext(uint64_t v, unsigned size)
 {
 	switch (size) {
 	case 1: return (uint64_t)(int64_t)(int8_t)v;
@@ -85,13 +88,13 @@ static inline uint64_t emu_sext(uint64_t v, unsigned size)
 	}
 }
 
-static inline uint64_t emu_mask(unsigned size)
+EMU_INLINE uint64_t emu_mask(unsigned size)
 {
 	return size >= 8 ? ~0ull : (1ull << (size * 8)) - 1;
 }
 
 /* Immediate of an operand of `size` bytes: imm8/16/32, sign-extended to 64 bits (imm32 for 64-bit operands). */
-static inline uint64_t emu_immz(struct emu_insn *d, unsigned size)
+EMU_INLINE uint64_t emu_immz(struct emu_insn *d, unsigned size)
 {
 	unsigned n = size > 4 ? 4 : size;
 
@@ -99,7 +102,7 @@ static inline uint64_t emu_immz(struct emu_insn *d, unsigned size)
 }
 
 /* ---- registers ---- */
-static inline uint64_t emu_reg_get(const struct emu_insn *d, unsigned r, unsigned size)
+EMU_INLINE uint64_t emu_reg_get(const struct emu_insn *d, unsigned r, unsigned size)
 {
 	const struct emu_cpu *cpu = d->cpu;
 
@@ -112,7 +115,7 @@ static inline uint64_t emu_reg_get(const struct emu_insn *d, unsigned r, unsigne
 }
 
 /* Architectural register write: 32-bit writes zero-extend, 8/16-bit writes merge. */
-static inline void emu_reg_set(struct emu_insn *d, unsigned r, unsigned size, uint64_t v)
+EMU_INLINE void emu_reg_set(struct emu_insn *d, unsigned r, unsigned size, uint64_t v)
 {
 	uint64_t *g = d->cpu->gpr;
 
@@ -130,7 +133,7 @@ static inline void emu_reg_set(struct emu_insn *d, unsigned r, unsigned size, ui
 }
 
 /* Register updated with address-size semantics (string pointers, counters). */
-static inline void emu_reg_set_ad(struct emu_cpu *cpu, unsigned r, unsigned adsize, uint64_t v)
+EMU_INLINE void emu_reg_set_ad(struct emu_cpu *cpu, unsigned r, unsigned adsize, uint64_t v)
 {
 	if (adsize == 2)
 		cpu->gpr[r] = (cpu->gpr[r] & ~0xffffull) | (v & 0xffff);
@@ -144,7 +147,7 @@ static inline void emu_reg_set_ad(struct emu_cpu *cpu, unsigned r, unsigned adsi
 void emu_modrm_mem(struct emu_insn *d);
 
 /* Decodes ModRM (and SIB/displacement of a memory operand). */
-static inline void emu_modrm(struct emu_insn *d)
+EMU_INLINE void emu_modrm(struct emu_insn *d)
 {
 	uint8_t m = emu_imm8(d);
 
@@ -157,7 +160,7 @@ static inline void emu_modrm(struct emu_insn *d)
 }
 
 /* Offset of the memory operand (RIP-relative resolved: call only after every immediate is fetched). */
-static inline uint64_t emu_ea(const struct emu_insn *d)
+EMU_INLINE uint64_t emu_ea(const struct emu_insn *d)
 {
 	uint64_t off = d->moff;
 
@@ -166,14 +169,14 @@ static inline uint64_t emu_ea(const struct emu_insn *d)
 	return off & emu_mask(d->adsize);
 }
 
-static inline uint64_t emu_rm_read(struct emu_insn *d, unsigned size)
+EMU_INLINE uint64_t emu_rm_read(struct emu_insn *d, unsigned size)
 {
 	if (!d->mem)
 		return emu_reg_get(d, d->rm, size);
 	return emu_read(d->cpu, d->mseg, emu_ea(d), size);
 }
 
-static inline void emu_rm_write(struct emu_insn *d, unsigned size, uint64_t v)
+EMU_INLINE void emu_rm_write(struct emu_insn *d, unsigned size, uint64_t v)
 {
 	if (!d->mem)
 		emu_reg_set(d, d->rm, size, v);
@@ -182,14 +185,14 @@ static inline void emu_rm_write(struct emu_insn *d, unsigned size, uint64_t v)
 }
 
 /* ---- instruction end ---- */
-static inline uint64_t emu_next_rip(const struct emu_insn *d)
+EMU_INLINE uint64_t emu_next_rip(const struct emu_insn *d)
 {
 	uint64_t r = d->start + d->len;
 
 	return d->mode64 ? r : (uint32_t)r;
 }
 
-static inline void emu_insn_retire(struct emu_insn *d)
+EMU_INLINE void emu_insn_retire(struct emu_insn *d)
 {
 	d->cpu->rip = emu_next_rip(d);
 	d->cpu->insns++;
@@ -199,7 +202,7 @@ _Noreturn void emu_ud(struct emu_insn *d);
 _Noreturn void emu_gp0(struct emu_insn *d);
 
 /* LOCK is legal only on a memory destination of a lockable instruction: call before touching memory. */
-static inline void emu_lock_check(struct emu_insn *d, bool lockable)
+EMU_INLINE void emu_lock_check(struct emu_insn *d, bool lockable)
 {
 	if (d->lock && (!lockable || !d->mem))
 		emu_ud(d);
@@ -217,17 +220,17 @@ static inline void emu_need_cpl0(struct emu_insn *d)
 }
 
 /* ---- flags and ALU (host-executed, see the top of the file) ---- */
-static inline uint32_t emu_lahf_flags(uint64_t ax)
+EMU_INLINE uint32_t emu_lahf_flags(uint64_t ax)
 {
 	return (uint32_t)(((ax >> 8) & 0xd5) | ((ax & 1) << 11));
 }
 
-static inline void emu_flags_set(struct emu_cpu *cpu, uint32_t mask, uint32_t f)
+EMU_INLINE void emu_flags_set(struct emu_cpu *cpu, uint32_t mask, uint32_t f)
 {
 	cpu->rflags = (cpu->rflags & ~(uint64_t)mask) | (f & mask);
 }
 
-static inline bool emu_cond(uint64_t fl, unsigned cc)
+EMU_INLINE bool emu_cond(uint64_t fl, unsigned cc)
 {
 	bool r;
 
@@ -246,44 +249,39 @@ static inline bool emu_cond(uint64_t fl, unsigned cc)
 
 enum { ALU_ADD, ALU_OR, ALU_ADC, ALU_SBB, ALU_AND, ALU_SUB, ALU_XOR, ALU_CMP };
 
-/* Two-operand op with carry-in `cf` (used by ADC/SBB only); returns the result, *fl the host flags. */
-#define EMU_ASM2(pre, insn, a, b, cf, ax)                                                                      \
+/* Two-operand op of one width with carry-in bit 0 of `cf` (ADC/SBB only); sets res and ax (LAHF/SETO). */
+#define EMU_ASM2(pre, insn, sfx, T, cons)                                                                      \
 	do {                                                                                                   \
-		switch (size) {                                                                                \
-		case 1: { uint8_t x_ = (uint8_t)(a);                                                           \
-			__asm__(pre insn "b %[b],%[x]\n\tlahf\n\tseto %%al"                                    \
-				: [x] "+q"(x_), "=&a"(ax) : [b] "q"((uint8_t)(b)), [c] "r"(cf) : "cc");        \
-			res = x_; break; }                                                                     \
-		case 2: { uint16_t x_ = (uint16_t)(a);                                                         \
-			__asm__(pre insn "w %[b],%[x]\n\tlahf\n\tseto %%al"                                    \
-				: [x] "+r"(x_), "=&a"(ax) : [b] "r"((uint16_t)(b)), [c] "r"(cf) : "cc");       \
-			res = x_; break; }                                                                     \
-		case 4: { uint32_t x_ = (uint32_t)(a);                                                         \
-			__asm__(pre insn "l %[b],%[x]\n\tlahf\n\tseto %%al"                                    \
-				: [x] "+r"(x_), "=&a"(ax) : [b] "r"((uint32_t)(b)), [c] "r"(cf) : "cc");       \
-			res = x_; break; }                                                                     \
-		default: { uint64_t x_ = (a);                                                                  \
-			__asm__(pre insn "q %[b],%[x]\n\tlahf\n\tseto %%al"                                    \
-				: [x] "+r"(x_), "=&a"(ax) : [b] "r"((uint64_t)(b)), [c] "r"(cf) : "cc");       \
-			res = x_; break; }                                                                     \
-		}                                                                                              \
+		T x_ = (T)a;                                                                                   \
+		__asm__(pre insn sfx " %[b],%[x]\n\tlahf\n\tseto %%al"                                        \
+			: [x] "+" cons(x_), "=&a"(ax) : [b] cons((T)b), [c] "r"(cf) : "cc");                   \
+		res = x_;                                                                                      \
 	} while (0)
 
 #define EMU_BT_CF "bt $0,%k[c]\n\t"
 
-/* ADD/OR/ADC/SBB/AND/SUB/XOR/CMP of `size` bytes; updates the six arithmetic flags, returns the result. */
-static inline uint64_t emu_alu(struct emu_cpu *cpu, unsigned op, unsigned size, uint64_t a, uint64_t b)
-{
-	uint64_t res = 0, ax, cf = cpu->rflags & EFL_CF;
+#define EMU_ALU_CASES(opv, pre, insn)                                                                          \
+	case (opv) * 4 + 0: EMU_ASM2(pre, insn, "b", uint8_t, "q"); break;                                     \
+	case (opv) * 4 + 1: EMU_ASM2(pre, insn, "w", uint16_t, "r"); break;                                    \
+	case (opv) * 4 + 2: EMU_ASM2(pre, insn, "l", uint32_t, "r"); break;                                    \
+	case (opv) * 4 + 3: EMU_ASM2(pre, insn, "q", uint64_t, "r"); break
 
-	switch (op) {
-	case ALU_ADD: EMU_ASM2("", "add", a, b, cf, ax); break;
-	case ALU_OR: EMU_ASM2("", "or", a, b, cf, ax); break;
-	case ALU_ADC: EMU_ASM2(EMU_BT_CF, "adc", a, b, cf, ax); break;
-	case ALU_SBB: EMU_ASM2(EMU_BT_CF, "sbb", a, b, cf, ax); break;
-	case ALU_AND: EMU_ASM2("", "and", a, b, cf, ax); break;
-	case ALU_XOR: EMU_ASM2("", "xor", a, b, cf, ax); break;
-	default: EMU_ASM2("", "sub", a, b, cf, ax); break;
+/* ADD/OR/ADC/SBB/AND/SUB/XOR/CMP of `size` bytes; updates the six arithmetic flags, returns the result.
+ * One jump table on (op, width). */
+EMU_INLINE uint64_t emu_alu(struct emu_cpu *cpu, unsigned op, unsigned size, uint64_t a, uint64_t b)
+{
+	uint64_t res = 0, ax = 0, cf = cpu->rflags & EFL_CF;
+
+	switch (op * 4 + (unsigned)__builtin_ctz(size)) {
+	EMU_ALU_CASES(ALU_ADD, "", "add");
+	EMU_ALU_CASES(ALU_OR, "", "or");
+	EMU_ALU_CASES(ALU_ADC, EMU_BT_CF, "adc");
+	EMU_ALU_CASES(ALU_SBB, EMU_BT_CF, "sbb");
+	EMU_ALU_CASES(ALU_AND, "", "and");
+	EMU_ALU_CASES(ALU_SUB, "", "sub");
+	EMU_ALU_CASES(ALU_XOR, "", "xor");
+	EMU_ALU_CASES(ALU_CMP, "", "sub");
+	default: __builtin_unreachable();
 	}
 	emu_flags_set(cpu, EFL_ARITH, emu_lahf_flags(ax));
 	return res;
