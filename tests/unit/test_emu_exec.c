@@ -958,6 +958,44 @@ static void test_stack64(void **state)
 	free(cpu);
 }
 
+/* Compatibility mode and 16-bit protected mode: operand/address defaults, INC/DEC 40-4F, ENTER with nesting. */
+static void test_compat_and_prot16(void **state)
+{
+	struct emu_cpu *cpu = new_cpu(EMU_COMPAT32);
+
+	(void)state;
+	cpu->gpr[R_AX] = 0xffffffffull;
+	RUN(cpu, 0x40);                              /* inc %eax (no REX outside 64-bit mode) */
+	assert_int_equal(cpu->gpr[R_AX], 0);
+	assert_true(cpu->rflags & EFL_ZF);
+	RUN(cpu, 0x48);                              /* dec %eax */
+	assert_int_equal(cpu->gpr[R_AX], 0xffffffffull);
+	RUN(cpu, 0x50);                              /* push %eax: 4 bytes */
+	assert_int_equal(cpu->gpr[R_SP], 0x7000 - 4);
+	cpu->gpr[R_BP] = 0x6800;
+	*(uint32_t *)(ram + 0x6800 - 4) = 0xaaaa;
+	RUN(cpu, 0xc8, 0x10, 0x00, 0x02);            /* enter $0x10,$2: copies one outer frame pointer */
+	assert_int_equal(cpu->gpr[R_BP], 0x7000 - 8);
+	assert_int_equal(*(uint32_t *)(ram + 0x7000 - 8), 0x6800);     /* old EBP */
+	assert_int_equal(*(uint32_t *)(ram + 0x7000 - 12), 0xaaaa);    /* [EBP-4] of the outer frame */
+	assert_int_equal(*(uint32_t *)(ram + 0x7000 - 16), 0x7000 - 8); /* the new frame pointer */
+	assert_int_equal(cpu->gpr[R_SP], 0x7000 - 16 - 0x10);
+	free(cpu);
+
+	cpu = new_cpu(EMU_PROT16);
+	cpu->gpr[R_AX] = 0x12345678;
+	RUN(cpu, 0xb8, 0x34, 0x12);                  /* mov $0x1234,%ax: 16-bit default */
+	assert_int_equal(cpu->gpr[R_AX], 0x12341234);
+	cpu->gpr[R_BX] = 0x10;
+	cpu->gpr[R_SI] = 0x20;
+	*(uint16_t *)(ram + 0x38) = 0x5555;
+	RUN(cpu, 0x8b, 0x48, 0x08);                  /* mov 8(%bx,%si),%cx: 16-bit addressing */
+	assert_int_equal(cpu->gpr[R_CX] & 0xffff, 0x5555);
+	RUN(cpu, 0x66, 0x50);                        /* push %eax: 4 bytes with 66 */
+	assert_int_equal(cpu->gpr[R_SP], 0x7000 - 4);
+	free(cpu);
+}
+
 static void test_branches(void **state)
 {
 	struct emu_cpu *cpu = new_cpu(EMU_LONG64);
@@ -1606,6 +1644,7 @@ int main(void)
 		cmocka_unit_test(test_real_mode_16bit),
 		cmocka_unit_test(test_prot32_and_bcd),
 		cmocka_unit_test(test_stack64),
+		cmocka_unit_test(test_compat_and_prot16),
 		cmocka_unit_test(test_branches),
 		cmocka_unit_test(test_string_ops),
 		cmocka_unit_test(test_rep_resumable),
