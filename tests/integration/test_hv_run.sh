@@ -328,15 +328,23 @@ else
 		fail "emu misbehaving guest: IPI to missing APIC id"
 	fi
 
-	# SIGINT / SIGTERM: clean teardown with 130 / 143 while 4 vCPUs halt (BSP) or wait for SIPI (APs)
-	for sig in INT TERM; do
+	# SIGINT / SIGTERM: clean teardown with 130 / 143 while 4 vCPUs halt (BSP) or wait for SIPI (APs), and while
+	# 4 vCPUs execute guest code (compute, long run: the signal must kick them out)
+	for sig in INT TERM TERM-busy; do
 		want=$([ $sig = INT ] && echo 130 || echo 143)
 		GUEST_LOG=$LOG_DIR/sig-$sig.log GUEST_ERR=$LOG_DIR/sig-$sig.err GUEST_SECS=0
-		"$RACKVM" run --accel emu --kernel "$T/bad6.elf" --vcpus 4 </dev/null >"$GUEST_LOG" 2>"$GUEST_ERR" &
-		pid=$!
-		for _ in $(seq 100); do grep -q 'accelerator emu' "$GUEST_ERR" && break; sleep 0.05; done
+		if [ $sig = TERM-busy ]; then
+			"$RACKVM" run --accel emu --kernel "$GUEST_DIR/compute.elf" --vcpus 4 --cmdline "n=100000000" \
+				</dev/null >"$GUEST_LOG" 2>"$GUEST_ERR" &
+			pid=$!
+			for _ in $(seq 600); do grep -q '^smp: 4 of 4 cpus up' "$GUEST_LOG" && break; sleep 0.05; done
+		else
+			"$RACKVM" run --accel emu --kernel "$T/bad6.elf" --vcpus 4 </dev/null >"$GUEST_LOG" 2>"$GUEST_ERR" &
+			pid=$!
+			for _ in $(seq 100); do grep -q 'accelerator emu' "$GUEST_ERR" && break; sleep 0.05; done
+		fi
 		sleep 0.2
-		kill -$sig $pid
+		kill -${sig%-busy} $pid
 		rc=0
 		for _ in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.05; done
 		if kill -0 $pid 2>/dev/null; then kill -9 $pid; fi
