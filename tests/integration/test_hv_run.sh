@@ -6,8 +6,8 @@
 # clean exit; SIGINT/SIGTERM.
 #
 # The emu is an interpreter, so workloads run with smaller sizes than under qemu (memtest max=8M, compute n=100000
-# rounds=16, litmus iters=100, ipi iters=50). Measured: 45 s idle, ~2 min under load on the 2-core dev machine
-# (ASan: ~3 min).
+# rounds=16, litmus iters=100, ipi iters=50). Measured: 45-60 s idle, 100-155 s under load on the 2-core dev machine
+# (ASan: 3-6 min).
 # Exit 0 pass, 1 on any failure. Logs: $BUILD/test-logs/hv-run/.
 set -u
 cd "$(dirname "$0")/../.."
