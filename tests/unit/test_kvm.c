@@ -54,12 +54,13 @@ static bool kvm_usable(void)
 
 static void guest_create(struct guest *g)
 {
-	static const struct accel_cpuid_entry cpuid[] = {
-		{ .function = 0, .eax = 1, .ebx = 0x756e6547, .ecx = 0x6c65746e, .edx = 0x49656e69 },
-		{ .function = 1, .eax = 0x600, .edx = 1u << 5 /* MSR */ },
-	};
-	struct accel_vm_config cfg = { .ram_size = RAM_SIZE, .cpuid = cpuid, .n_cpuid = 2, .tsc_hz = 0 };
+	/* The host's supported CPUID as is: KVM checks CR4/EFER bits against the guest's CPUID (PAE, LM, NX). */
+	static struct accel_cpuid_entry cpuid[256];
+	struct accel_vm_config cfg = { .ram_size = RAM_SIZE, .cpuid = cpuid, .tsc_hz = 0 };
 
+	assert_non_null(kvm->supported_cpuid);
+	assert_int_equal(kvm->supported_cpuid(cpuid, 256, &cfg.n_cpuid), 0);
+	assert_true(cfg.n_cpuid > 0);
 	memset(g, 0, sizeof(*g));
 	g->ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	assert_true(g->ram != MAP_FAILED);
