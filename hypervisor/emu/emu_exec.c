@@ -729,8 +729,103 @@ static void exec_int(struct emu_insn *d, uint8_t vec, bool software)
 	emu_int(cpu, vec, software, next);
 }
 
+/* ---- the frequent one-byte opcodes: small functions, dispatched from emu_step without exec_one's frame ---- */
+
+static __attribute__((noinline)) void exec_push_pop_reg(struct emu_insn *d, uint8_t op)    /* 50-5F */
+{
+	unsigned size = stack_opsize(d), r = (op & 7) | ((d->rex & 1) << 3);
+
+	if (op < 0x58) {
+		emu_exec_push(d, emu_reg_get(d, r, size), size);
+	} else {
+		uint64_t v = emu_exec_pop(d, size);
+
+		emu_reg_set(d, r, size, v);
+	}
+	emu_insn_retire(d);
+}
+
+static __attribute__((noinline)) void exec_jcc8(struct emu_insn *d, uint8_t op)    /* 70-7F */
+{
+	int8_t rel = (int8_t)emu_imm8(d);
+
+	if (emu_cond(d->cpu->rflags, op & 15))
+		emu_branch(d, emu_next_rip(d) + (uint64_t)(int64_t)rel, stack_opsize(d));
+	else
+		emu_insn_retire(d);
+}
+
+static __attribute__((noinline)) void exec_mov_imm(struct emu_insn *d, uint8_t op)    /* B0-BF, incl. MOVABS */
+{
+	unsigned r = (op & 7) | ((d->rex & 1) << 3), size = op < 0xb8 ? 1 : d->opsize;
+
+	emu_reg_set(d, r, size, emu_imm_n(d, size));
+	emu_insn_retire(d);
+}
+
+static __attribute__((noinline)) void exec_test_rm(struct emu_insn *d, uint8_t op)    /* 84/85 */
+{
+	unsigned size = opsize_b(d, op);
+
+	emu_modrm(d);
+	emu_lock_check(d, false);
+	emu_alu(d->cpu, ALU_AND, size, emu_rm_read(d, size), emu_reg_get(d, d->reg, size));
+	emu_insn_retire(d);
+}
+
+static __attribute__((noinline)) void exec_mov_rm(struct emu_insn *d, uint8_t op)    /* 88-8B */
+{
+	unsigned size = opsize_b(d, op);
+
+	emu_modrm(d);
+	emu_lock_check(d, false);
+	if (op < 0x8a)
+		emu_rm_write(d, size, emu_reg_get(d, d->reg, size));
+	else
+		emu_reg_set(d, d->reg, size, emu_rm_read(d, size));
+	emu_insn_retire(d);
+}
+
+static __attribute__((noinline)) void exec_lea(struct emu_insn *d, uint8_t op)    /* 8D */
+{
+	(void)op;
+	emu_modrm(d);
+	if (!d->mem || d->lock)
+		emu_ud(d);
+	emu_reg_set(d, d->reg, d->opsize, emu_ea(d));
+	emu_insn_retire(d);
+}
+
+static __attribute__((noinline)) void exec_ret_near(struct emu_insn *d, uint8_t op)    /* C2/C3 */
+{
+	struct emu_cpu *cpu = d->cpu;
+	uint16_t imm = op == 0xc2 ? (uint16_t)emu_imm_n(d, 2) : 0;
+	unsigned size = stack_opsize(d);
+	uint64_t sp = cpu->gpr[R_SP] & emu_sp_mask(d);
+	uint64_t v = emu_read(cpu, SEG_SS, sp, size);
+
+	if (size == 8 && !canonical(v))
+		emu_gp0(d);
+	sp_set(d, sp + size + imm);
+	emu_branch(d, v, size);
+}
+
+static __attribute__((noinline)) void exec_call_jmp_rel(struct emu_insn *d, uint8_t op)    /* E8/E9/EB */
+{
+	unsigned size = stack_opsize(d);
+	uint64_t rel = op == 0xeb ? emu_sext(emu_imm8(d), 1) : emu_immz(d, size == 2 ? 2 : 4);
+	uint64_t target = emu_next_rip(d) + rel;
+
+	if (op == 0xe8) {
+		if (size == 8 && !canonical(target))
+			emu_gp0(d);
+		emu_exec_push(d, emu_next_rip(d), size);
+	}
+	emu_branch(d, target, size);
+}
+
 /* The one-byte map (prefixes already consumed; op is the opcode byte). */
-static void exec_one(struct emu_insn *d, uint8_t op)
+static __attribute__((noinline)) void exec_one(struct emu_insn *d, uint8_t op)
 {
 	struct emu_cpu *cpu = d->cpu;
 	unsigned size;
@@ -771,35 +866,15 @@ static void exec_one(struct emu_insn *d, uint8_t op)
 		emu_insn_retire(d);
 		return;
 	}
-	case 0x50 ... 0x57:
-		size = stack_opsize(d);
-		emu_exec_push(d, emu_reg_get(d, (op & 7) | ((d->rex & 1) << 3), size), size);
-		emu_insn_retire(d);
+	case 0x50 ... 0x5f:
+		exec_push_pop_reg(d, op);
 		return;
-	case 0x58 ... 0x5f:
-		size = stack_opsize(d);
-		v = emu_exec_pop(d, size);
-		emu_reg_set(d, (op & 7) | ((d->rex & 1) << 3), size, v);
-		emu_insn_retire(d);
+	case 0x70 ... 0x7f:
+		exec_jcc8(d, op);
 		return;
-	case 0x70 ... 0x7f: {
-		int8_t rel = (int8_t)emu_imm8(d);
-
-		if (emu_cond(cpu->rflags, op & 15))
-			emu_branch(d, emu_next_rip(d) + (uint64_t)(int64_t)rel, stack_opsize(d));
-		else
-			emu_insn_retire(d);
+	case 0xb0 ... 0xbf:
+		exec_mov_imm(d, op);
 		return;
-	}
-	case 0xb0 ... 0xbf: {
-		unsigned r = (op & 7) | ((d->rex & 1) << 3);
-
-		size = op < 0xb8 ? 1 : d->opsize;
-		v = emu_imm_n(d, size);
-		emu_reg_set(d, r, size, v);
-		emu_insn_retire(d);
-		return;
-	}
 	case 0x91 ... 0x97: {
 		unsigned r = (op & 7) | ((d->rex & 1) << 3);
 
@@ -882,35 +957,19 @@ static void exec_one(struct emu_insn *d, uint8_t op)
 		exec_grp1(d, op);
 		return;
 	case 0x84: case 0x85:
-		size = opsize_b(d, op);
-		emu_modrm(d);
-		emu_alu(cpu, ALU_AND, size, emu_rm_read(d, size), emu_reg_get(d, d->reg, size));
-		emu_insn_retire(d);
+		exec_test_rm(d, op);
 		return;
 	case 0x86: case 0x87:
 		exec_xchg(d, op);
 		return;
-	case 0x88: case 0x89:
-		size = opsize_b(d, op);
-		emu_modrm(d);
-		emu_rm_write(d, size, emu_reg_get(d, d->reg, size));
-		emu_insn_retire(d);
-		return;
-	case 0x8a: case 0x8b:
-		size = opsize_b(d, op);
-		emu_modrm(d);
-		emu_reg_set(d, d->reg, size, emu_rm_read(d, size));
-		emu_insn_retire(d);
+	case 0x88 ... 0x8b:
+		exec_mov_rm(d, op);
 		return;
 	case 0x8c: case 0x8e:
 		exec_mov_sreg(d, op == 0x8e);
 		return;
 	case 0x8d:
-		emu_modrm(d);
-		if (!d->mem)
-			emu_ud(d);
-		emu_reg_set(d, d->reg, d->opsize, emu_ea(d));
-		emu_insn_retire(d);
+		exec_lea(d, op);
 		return;
 	case 0x8f: {
 		uint64_t sp;
@@ -1011,19 +1070,9 @@ static void exec_one(struct emu_insn *d, uint8_t op)
 	case 0xc0: case 0xc1: case 0xd0: case 0xd1: case 0xd2: case 0xd3:
 		exec_shift_grp(d, op);
 		return;
-	case 0xc2: case 0xc3: {
-		uint16_t imm = op == 0xc2 ? (uint16_t)emu_imm_n(d, 2) : 0;
-		uint64_t sp;
-
-		size = stack_opsize(d);
-		sp = cpu->gpr[R_SP] & emu_sp_mask(d);
-		v = emu_read(cpu, SEG_SS, sp, size);
-		if (size == 8 && !canonical(v))
-			emu_gp0(d);
-		sp_set(d, sp + size + imm);
-		emu_branch(d, v, size);
+	case 0xc2: case 0xc3:
+		exec_ret_near(d, op);
 		return;
-	}
 	case 0xc4: case 0xc5:
 		if (d->mode64)
 			emu_ud(d);    /* VEX */
@@ -1132,26 +1181,9 @@ static void exec_one(struct emu_insn *d, uint8_t op)
 	case 0xe4: case 0xe5: case 0xe6: case 0xe7: case 0xec: case 0xed: case 0xee: case 0xef:
 		emu_exec_io(d, op);
 		return;
-	case 0xe8: {
-		uint64_t rel;
-
-		size = stack_opsize(d);
-		rel = emu_immz(d, size == 2 ? 2 : 4);
-		v = emu_next_rip(d) + rel;
-		if (size == 8 && !canonical(v))
-			emu_gp0(d);
-		emu_exec_push(d, emu_next_rip(d), size);
-		emu_branch(d, v, size);
+	case 0xe8: case 0xe9: case 0xeb:
+		exec_call_jmp_rel(d, op);
 		return;
-	}
-	case 0xe9: case 0xeb: {
-		uint64_t rel;
-
-		size = stack_opsize(d);
-		rel = op == 0xeb ? emu_sext(emu_imm8(d), 1) : emu_immz(d, size == 2 ? 2 : 4);
-		emu_branch(d, emu_next_rip(d) + rel, size);
-		return;
-	}
 	case 0xea: {
 		uint16_t sel;
 
@@ -1267,6 +1299,28 @@ opcode:
 	} else {
 		d.opsize = (code16 ^ d.p66) ? 2 : 4;
 		d.adsize = (code16 ^ p67) ? 2 : 4;
+	}
+	if (__builtin_expect(!d.lock, 1)) {
+		switch (op) {
+		case 0x00 ... 0x05: case 0x08 ... 0x0d: case 0x10 ... 0x15: case 0x18 ... 0x1d:
+		case 0x20 ... 0x25: case 0x28 ... 0x2d: case 0x30 ... 0x35: case 0x38 ... 0x3d:
+			exec_alu(&d, op);
+			return;
+		case 0x0f: emu_exec_0f(&d); return;
+		case 0x50 ... 0x5f: exec_push_pop_reg(&d, op); return;
+		case 0x70 ... 0x7f: exec_jcc8(&d, op); return;
+		case 0x80 ... 0x83: exec_grp1(&d, op); return;
+		case 0x84: case 0x85: exec_test_rm(&d, op); return;
+		case 0x88 ... 0x8b: exec_mov_rm(&d, op); return;
+		case 0x8d: exec_lea(&d, op); return;
+		case 0xb0 ... 0xbf: exec_mov_imm(&d, op); return;
+		case 0xc0: case 0xc1: case 0xd0 ... 0xd3: exec_shift_grp(&d, op); return;
+		case 0xc2: case 0xc3: exec_ret_near(&d, op); return;
+		case 0xe8: case 0xe9: case 0xeb: exec_call_jmp_rel(&d, op); return;
+		case 0xf6: case 0xf7: exec_grp3(&d, op); return;
+		case 0xfe: case 0xff: exec_grp5(&d, op); return;
+		default: break;
+		}
 	}
 	exec_one(&d, op);
 }
