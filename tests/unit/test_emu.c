@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -1322,6 +1323,75 @@ static void test_call_gate_prot32_params(void **state)
 	vmh_fini(&h);
 }
 
+/* Robustness: random bytes as ring-0 code (handlers skip a byte and IRETQ) must only ever produce well-formed
+ * exits — no crash, no hang (a kicker thread bounds every run), whatever they do to the IDT, page tables or stack. */
+struct chaos_kicker {
+	struct accel_vcpu *_Atomic cpu;
+	atomic_bool stop;
+};
+
+static void *chaos_kick(void *arg)
+{
+	struct chaos_kicker *k = arg;
+	while (!atomic_load(&k->stop)) {
+		struct timespec ts = { 0, 2000000 };
+		nanosleep(&ts, NULL);
+		struct accel_vcpu *c = atomic_load(&k->cpu);
+		if (c)
+			ops->kick(c);
+	}
+	return NULL;
+}
+
+static void test_random_code_robust(void **state)
+{
+	(void)state;
+	unsigned seed = 12345, counts[ACCEL_EXIT_ERROR + 1] = { 0 };
+	struct chaos_kicker k;
+	pthread_t t;
+	atomic_init(&k.cpu, NULL);
+	atomic_init(&k.stop, false);
+	assert_int_equal(pthread_create(&t, NULL, chaos_kick, &k), 0);
+	for (int it = 0; it < 150; it++) {
+		struct vmh h;
+		vmh_init(&h, NULL, 0, 0);
+		lm_setup(&h, CODE);
+		for (unsigned i = 0; i < 0x8000; i++)
+			h.ram[CODE + i] = (uint8_t)(rand_r(&seed) >> 7);
+		for (unsigned i = 0; i < 256; i++) {
+			bool err = i == 8 || (i >= 10 && i <= 14) || i == 17;
+			idt_set(&h, i, CODE + 0x8000 + (err ? 0x10 : 0), 0, i & 1);
+		}
+		/* addq $1, (%rsp); iretq   and   add $8, %rsp; addq $1, (%rsp); iretq */
+		memcpy(h.ram + CODE + 0x8000, "\x48\x83\x04\x24\x01\x48\xcf", 7);
+		memcpy(h.ram + CODE + 0x8010, "\x48\x83\xc4\x08\x48\x83\x04\x24\x01\x48\xcf", 11);
+		atomic_store(&k.cpu, h.cpu);
+		int kicks = 0;
+		for (int n = 0; n < 1000; n++) {
+			assert_int_equal(ops->run(h.cpu, NULL, &h.exit), 0);
+			struct accel_exit *x = &h.exit;
+			assert_true(x->reason >= ACCEL_EXIT_IO && x->reason <= ACCEL_EXIT_ERROR);
+			counts[x->reason]++;
+			if (x->reason == ACCEL_EXIT_SHUTDOWN || x->reason == ACCEL_EXIT_ERROR ||
+			    (x->reason == ACCEL_EXIT_KICK && ++kicks > 2))
+				break;
+			if (x->reason == ACCEL_EXIT_IO && x->io.in)
+				memset(x->io.data, 0x5a, (size_t)x->io.size * x->io.count);
+			if (x->reason == ACCEL_EXIT_MMIO && !x->mmio.write)
+				memset(x->mmio.data, 0x5a, 8);
+		}
+		atomic_store(&k.cpu, NULL);
+		vmh_fini(&h);
+	}
+	atomic_store(&k.stop, true);
+	pthread_join(t, NULL);
+	printf("emu: random code exits: io %u mmio %u msr r/w %u/%u hlt %u kick %u shutdown %u error %u\n",
+	       counts[ACCEL_EXIT_IO], counts[ACCEL_EXIT_MMIO], counts[ACCEL_EXIT_MSR_READ],
+	       counts[ACCEL_EXIT_MSR_WRITE], counts[ACCEL_EXIT_HLT], counts[ACCEL_EXIT_KICK],
+	       counts[ACCEL_EXIT_SHUTDOWN], counts[ACCEL_EXIT_ERROR]);
+	assert_true(counts[ACCEL_EXIT_IO] > 0 && counts[ACCEL_EXIT_MMIO] > 0);
+}
+
 /* ---- the SDK guest's multiboot entry ---- */
 
 static const char *guest_elf_path(char *buf, size_t len)
@@ -1468,6 +1538,7 @@ int main(void)
 		cmocka_unit_test(test_long_mode_user_faults),
 		cmocka_unit_test(test_call_gate_long),
 		cmocka_unit_test(test_call_gate_prot32_params),
+		cmocka_unit_test(test_random_code_robust),
 		cmocka_unit_test(test_sysenter_sysexit_direct),
 		cmocka_unit_test(test_perf_ring3_loop),
 		cmocka_unit_test(test_guest_multiboot_entry),
