@@ -157,6 +157,8 @@ void emu_branch(struct emu_insn *d, uint64_t target, unsigned opsize)
 		target = (uint32_t)target;
 	else if (!canonical(target))
 		emu_gp0(d);
+	if (!d->mode64 && target > d->cpu->seg[SEG_CS].limit)
+		emu_gp0(d);    /* at the branch, not at the fetch of the target */
 	d->cpu->rip = target;
 	d->cpu->insns++;
 }

@@ -848,6 +848,11 @@ static void test_real_mode_16bit(void **state)
 	/* near jump wraps IP; far jump goes through emu_far_jmp */
 	RUN(cpu, 0xe9, 0x00, 0xf0);                  /* jmp .+3-0x1000 */
 	assert_int_equal(cpu->rip, (CODE + 3 - 0x1000) & 0xffff);
+	cpu->seg[SEG_CS].limit = 0x1050;
+	assert_int_equal(RUN_RC(cpu, 0xeb, 0x7f), EMU_JMP_FAULT);    /* beyond the CS limit: #GP at the jump */
+	assert_int_equal(cpu->exc_vector, EXC_GP);
+	assert_int_equal(cpu->rip, CODE);
+	cpu->seg[SEG_CS].limit = 0xffff;
 	RUN(cpu, 0xea, 0x00, 0x7c, 0x00, 0x00);      /* ljmp $0,$0x7c00 */
 	assert_int_equal(fk.far_jmps, 1);
 	assert_int_equal(cpu->rip, 0x7c00);
