@@ -305,7 +305,7 @@ static inline uint8_t *page_host(struct emu_cpu *cpu, uint64_t lin, enum acc acc
 	return page_fill(cpu, e, lin, acc, user, gpa);
 }
 
-static uint64_t host_load(const uint8_t *p, unsigned size)
+static inline uint64_t host_load(const uint8_t *p, unsigned size)
 {
 	uintptr_t a = (uintptr_t)p;
 
@@ -332,7 +332,7 @@ static uint64_t host_load(const uint8_t *p, unsigned size)
 	return v;
 }
 
-static void host_store(uint8_t *p, unsigned size, uint64_t v)
+static inline void host_store(uint8_t *p, unsigned size, uint64_t v)
 {
 	uintptr_t a = (uintptr_t)p;
 
@@ -457,16 +457,40 @@ static void size_check(struct emu_cpu *cpu, unsigned size)
 		emu_exit_error(cpu, "emu: memory access of %u bytes (1..8 supported)", size);
 }
 
+/* Linear address, with a fast path for 64-bit mode outside FS/GS (the common case). */
+static inline uint64_t linear_fast(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size, bool write)
+{
+	if (cpu->mode == EMU_LONG64 && seg != SEG_FS && seg != SEG_GS && canonical(off) && canonical(off + size - 1))
+		return off;
+	return emu_linear(cpu, seg, off, size, write);
+}
+
 uint64_t emu_read(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size)
 {
 	size_check(cpu, size);
-	return read_lin(cpu, emu_linear(cpu, seg, off, size, false), size, is_user(cpu));
+	uint64_t lin = linear_fast(cpu, seg, off, size, false);
+	if ((lin & 0xfff) + size <= 4096) {
+		uint64_t gpa;
+		uint8_t *h = page_host(cpu, lin, ACC_R, is_user(cpu), &gpa);
+		if (h)
+			return host_load(h + (lin & 0xfff), size);
+	}
+	return read_lin(cpu, lin, size, is_user(cpu));
 }
 
 void emu_write(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size, uint64_t val)
 {
 	size_check(cpu, size);
-	write_lin(cpu, emu_linear(cpu, seg, off, size, true), size, val, is_user(cpu));
+	uint64_t lin = linear_fast(cpu, seg, off, size, true);
+	if ((lin & 0xfff) + size <= 4096) {
+		uint64_t gpa;
+		uint8_t *h = page_host(cpu, lin, ACC_W, is_user(cpu), &gpa);
+		if (h) {
+			host_store(h + (lin & 0xfff), size, val);
+			return;
+		}
+	}
+	write_lin(cpu, lin, size, val, is_user(cpu));
 }
 
 uint64_t emu_read_linear(struct emu_cpu *cpu, uint64_t lin, unsigned size, bool supervisor)
