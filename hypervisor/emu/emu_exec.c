@@ -531,7 +531,7 @@ static void exec_enter(struct emu_insn *d)
 	}
 	sp = (sp - frame) & m;
 	emu_read(cpu, SEG_SS, sp, 1);    /* the new stack bottom must be accessible (#SS/#PF before commit) */
-	emu_reg_set(d, R_BP, size == 8 ? 8 : (m == 0xffff ? 2 : size), frame_temp);
+	emu_reg_set(d, R_BP, d->mode64 ? 8 : (m == 0xffff ? 2 : 4), frame_temp);    /* by stack size */
 	sp_set(d, sp);
 	emu_insn_retire(d);
 }
