@@ -174,6 +174,12 @@ uint64_t emu_read_linear(struct emu_cpu *cpu, uint64_t lin, unsigned size, bool 
 void emu_write_linear(struct emu_cpu *cpu, uint64_t lin, unsigned size, uint64_t val, bool supervisor);
 void emu_tlb_flush(struct emu_cpu *cpu);
 void emu_tlb_flush_page(struct emu_cpu *cpu, uint64_t lin);
+/* Added by emu-sys: the TLB set of a linear page (lin >> 12), for inline hit paths outside emu_mmu.c. A hit is
+ * tlb[i].lpage == page && (CPL != 3 || (tlb[i].flags & EMU_TLB_USER)); the entry's host is then the page's RAM. */
+static inline unsigned emu_tlb_index(uint64_t lpage)
+{
+	return (unsigned)(lpage ^ (lpage >> 8)) & (EMU_TLB_SIZE - 1);
+}
 /* Added by emu-sys: host address of guest-physical `gpa` if it is RAM (NULL otherwise); *room = bytes of RAM
  * contiguous from there (room may be NULL). */
 uint8_t *emu_gpa_host(const struct emu_vm *vm, uint64_t gpa, uint64_t *room);

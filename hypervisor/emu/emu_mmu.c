@@ -67,11 +67,6 @@ uint8_t *emu_gpa_host(const struct emu_vm *vm, uint64_t gpa, uint64_t *room)
 	return vm->ram + off;
 }
 
-static inline unsigned tlb_idx(uint64_t lpage)
-{
-	return (unsigned)(lpage ^ (lpage >> 8)) & (EMU_TLB_SIZE - 1);
-}
-
 void emu_tlb_flush(struct emu_cpu *cpu)
 {
 	for (unsigned i = 0; i < EMU_TLB_SIZE; i++) {
@@ -298,7 +293,7 @@ static inline uint8_t *page_host(struct emu_cpu *cpu, uint64_t lin, enum acc acc
 {
 	struct emu_tlb_entry *tlb = acc == ACC_R ? cpu->tlb_r : acc == ACC_W ? cpu->tlb_w : cpu->tlb_x;
 	uint64_t lp = lin >> 12;
-	struct emu_tlb_entry *e = &tlb[tlb_idx(lp)];
+	struct emu_tlb_entry *e = &tlb[emu_tlb_index(lp)];
 
 	if (__builtin_expect(e->lpage == lp && (!user || (e->flags & EMU_TLB_USER)), 1))
 		return e->host;
