@@ -75,7 +75,7 @@ CHECK_SCRIPTS += tests/integration/test_hv_run.sh
 
 # --- emu system tests (owner: emu-sys) ---
 # guest programs are assembled at run time with the system as/ld; the multiboot-entry case runs
-# $(BUILD)/guest/topology.elf when built (SKIP otherwise). About 3 s.
+# $(BUILD)/guest/topology.elf when built (SKIP otherwise). 2-12 s on this machine (mostly as/ld runs).
 TESTS += test_emu
 test_emu_PATH := tests/test_emu
 test_emu_SRCS := tests/unit/test_emu.c

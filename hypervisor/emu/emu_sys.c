@@ -1,17 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * emu: system architecture (Intel SDM vol. 3): modes and CPL, descriptor loads, far transfers, exception and
- * interrupt delivery (real-mode IVT, 32-bit IDT with TSS stack switch, 64-bit IDT with RSP0..2 and IST), IRET,
- * SYSCALL/SYSRET, control registers, MSRs, CPUID, TSC, port I/O and HLT exits, stack helpers.
+ * emu: system architecture (Intel SDM vol. 3): modes and CPL, descriptor loads, far transfers (direct and through
+ * call gates), exception and interrupt delivery (real-mode IVT, 16/32-bit IDT gates with the TSS stack switch,
+ * 64-bit IDT with RSP0..2 and IST), IRET, SYSCALL/SYSRET, SYSENTER/SYSEXIT, control registers, MSRs, CPUID, TSC,
+ * port I/O and HLT exits, stack helpers.
  *
  * Every function either completes or raises before changing architectural state (checks first, memory writes to
  * the new stack next, registers last), so the run loop can restart a faulting instruction at cpu->insn_rip.
  *
- * Not supported (documented, each gives #GP or ACCEL_EXIT_ERROR as noted): hardware task switching (task gates,
- * TSS in far JMP/CALL: #GP(sel); IRET with NT: #GP(0)); virtual-8086 mode
- * (IRET to VM=1 and interrupts in VM86: ACCEL_EXIT_ERROR); debug
- * registers (stored, never trigger); TF single-step traps; segment limit checks on stack pushes made by event
- * delivery and far CALL (the new stack's limit is not checked).
+ * MSRs: the emu owns EFER, STAR, LSTAR, CSTAR, SFMASK, FS/GS/KERNEL_GS base, TSC (a write sets a per-vCPU
+ * adjustment), TSC_AUX, PAT, SYSENTER_*, MISC_ENABLE, MTRRcap (reads 0: no MTRRs) and the MTRR registers (plain
+ * storage). Every other MSR goes to the VMM: RDMSR exits and restarts with the value (msr.error -> #GP(0));
+ * WRMSR retires, then exits; msr.error on it makes the next run() deliver #GP(0) at the WRMSR (no register changed).
+ *
+ * Not supported (each gives #GP or ACCEL_EXIT_ERROR as noted): hardware task switching (task gates, TSS in far
+ * JMP/CALL: #GP(sel); IRET with NT: #GP(0)); virtual-8086 mode (IRET to VM=1 and interrupts in VM86:
+ * ACCEL_EXIT_ERROR); debug registers (stored, never trigger); TF single-step traps; segment limit checks on stack
+ * pushes made by event delivery and call gates (the new stack's limit is not checked).
  */
 #include <stdarg.h>
 #include <stdio.h>
