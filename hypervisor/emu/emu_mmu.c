@@ -14,6 +14,10 @@
  * hit needs no further check. Non-RAM pages are never cached. Flushed whole on CR0/CR3/CR4/EFER writes, per page
  * on INVLPG; like the hardware, a guest that edits a live entry must INVLPG.
  *
+ * One instruction may make one MMIO read exit and one MMIO (or port) write exit; a second write exit, or a read
+ * split across a page boundary with a half in MMIO, ends the run with ACCEL_EXIT_ERROR (stacks and split
+ * accesses on device memory are not something guests do). Instruction fetch from MMIO is likewise an error.
+ *
  * Not modelled: PAT/MTRR memory types, SMEP/SMAP/PKU, protection keys, reserved-bit checks other than NX without
  * EFER.NXE and PS in a PML4E, PAE PDPTE caching at CR3 load (entries are read on each walk), A20 masking.
  * Paging structures must be in RAM: an entry address outside RAM reads as not present.
@@ -407,7 +411,14 @@ static uint64_t read_lin(struct emu_cpu *cpu, uint64_t lin, unsigned size, bool 
 	unsigned in_page = 4096 - (unsigned)(lin & 0xfff);
 
 	if (size > in_page) {
-		/* split: both halves translate (and may fault) before either is used, as one access */
+		/* split: both halves translate (and may fault) before either is used, as one access. A half in MMIO
+		 * would need two restarting exits for one instruction: refused. */
+		uint64_t g1, g2;
+		uint8_t *h1 = page_host(cpu, lin, ACC_R, user, &g1);
+		uint8_t *h2 = page_host(cpu, lin + in_page, ACC_R, user, &g2);
+		if (!h1 || !h2)
+			emu_exit_error(cpu, "emu: read across a page boundary into MMIO at gpa 0x%llx",
+				       (unsigned long long)(h1 ? g2 : g1));
 		uint64_t lo = read_lin(cpu, lin, in_page, user);
 		uint64_t hi = read_lin(cpu, lin + in_page, size - in_page, user);
 		return lo | (hi << (8 * in_page));

@@ -485,6 +485,25 @@ static void test_mmio_exits(void **state)
 	vmh_fini(&h);
 }
 
+/* A read split across the end of RAM into MMIO cannot restart twice: an error exit, not a livelock. */
+static void test_mmio_split_read_refused(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE, " mov 0x9ffffe, %eax\n hlt\n");
+	lm_setup(&h, CODE);
+	put64(&h, PT + 511 * 8, 0x7ff000 | 3);      /* last RAM page, followed by the 2 MiB page at 10 MiB (MMIO) */
+	assert_int_equal(ops->run(h.cpu, NULL, &h.exit), 0);
+	assert_int_equal(h.exit.reason, ACCEL_EXIT_ERROR);
+	assert_non_null(strstr(h.exit.error.msg, "page boundary"));
+	struct kvm_regs r;
+	assert_int_equal(ops->get_regs(h.cpu, &r), 0);
+	assert_int_equal(r.rip, CODE);                /* not retired */
+	vmh_fini(&h);
+}
+
 static void test_msr_exits(void **state)
 {
 	(void)state;
@@ -1516,6 +1535,7 @@ int main(void)
 		cmocka_unit_test(test_ring3_iretq_and_back),
 		cmocka_unit_test(test_io_exits),
 		cmocka_unit_test(test_mmio_exits),
+		cmocka_unit_test(test_mmio_split_read_refused),
 		cmocka_unit_test(test_msr_exits),
 		cmocka_unit_test(test_triple_fault),
 		cmocka_unit_test(test_double_fault),
