@@ -89,5 +89,9 @@ test_emu_exec_PATH := tests/test_emu_exec
 test_emu_exec_SRCS := tests/unit/test_emu_exec.c $(wildcard hypervisor/emu/emu_exec*.c)
 test_emu_exec_DEPLIBS := util
 test_emu_exec_LDLIBS := $(CMOCKA_LIBS) -lpthread
+# decoder fuzzer (make fuzz): random code in every mode against a flat fake; seeds in tests/fuzz/corpus/fuzz_emu_exec/
+FUZZERS += fuzz_emu_exec
+fuzz_emu_exec_FUZZ_SRCS := tests/fuzz/fuzz_emu_exec.c $(wildcard hypervisor/emu/emu_exec*.c)
+fuzz_emu_exec_FUZZ_LDLIBS :=
 # start-to-first-byte and compute wall time, rackvm vs qemu in the same run (make bench)
 BENCH_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/bench/bench_hv.sh)
