@@ -414,8 +414,12 @@ static int emu_run(struct accel_vcpu *v, const struct accel_entry *entry, struct
 	struct accel_exit *last = cpu->last_exit;
 	bool wrmsr_fault = false;
 
-	/* the VMM's answer to the previous exit */
-	if (last && cpu->pend.kind && !cpu->io_done && last->reason == (enum accel_exit_reason)cpu->pend.kind) {
+	/* the VMM's answer to the previous exit (the previous exit struct is read only when it holds one) */
+	if (last && cpu->pend.kind == ACCEL_EXIT_MSR_WRITE) {
+		wrmsr_fault = last->reason == ACCEL_EXIT_MSR_WRITE && last->msr.error;
+		cpu->pend.kind = 0;
+	} else if (last && cpu->pend.kind && !cpu->io_done &&
+		   last->reason == (enum accel_exit_reason)cpu->pend.kind) {
 		switch (cpu->pend.kind) {
 		case ACCEL_EXIT_IO:
 			cpu->pend.value = le_value(cpu->io_buf, cpu->pend.size);
@@ -429,8 +433,6 @@ static int emu_run(struct accel_vcpu *v, const struct accel_entry *entry, struct
 			break;
 		}
 		cpu->io_done = true;
-	} else if (last && last->reason == ACCEL_EXIT_MSR_WRITE && last->msr.error) {
-		wrmsr_fault = true;
 	}
 	cpu->last_exit = exit;
 	cpu->exit = exit;

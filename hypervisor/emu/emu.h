@@ -136,7 +136,8 @@ struct emu_cpu {
 	                              * done) when they see it set, so one iteration = at most one MMIO write exit. */
 	bool exit_restart;           /* the EMU_JMP_EXIT in flight restarts the instruction (read exits) */
 	struct {                     /* the read exit waiting for (or holding) the VMM's value */
-		int kind;            /* 0 none, else ACCEL_EXIT_IO / ACCEL_EXIT_MMIO / ACCEL_EXIT_MSR_READ */
+		int kind;            /* 0 none, else ACCEL_EXIT_IO / ACCEL_EXIT_MMIO / ACCEL_EXIT_MSR_READ, or
+		                      * ACCEL_EXIT_MSR_WRITE: the VMM may refuse that write (msr.error) */
 		uint64_t addr;       /* port, gpa or MSR index */
 		unsigned size;
 		uint64_t value;

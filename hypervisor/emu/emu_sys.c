@@ -1373,6 +1373,7 @@ void emu_wrmsr(struct emu_cpu *cpu, uint32_t idx, uint64_t val)
 	x->msr.index = idx;
 	x->msr.value = val;
 	cpu->wrmsr_rip = cpu->insn_rip;
+	cpu->pend.kind = ACCEL_EXIT_MSR_WRITE;   /* run() looks at the VMM's msr.error once, then forgets */
 	cpu->exit_pending = true;
 }
 
