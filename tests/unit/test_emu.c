@@ -1342,6 +1342,46 @@ static void test_call_gate_prot32_params(void **state)
 	vmh_fini(&h);
 }
 
+/* LLDT and a data segment from the LDT; LTR marks the TSS descriptor busy (and refuses a busy one). */
+static void test_lldt_ltr(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       ".code32\n"
+	       "start: mov $0x40, %ax\n lldt %ax\n"
+	       " mov $0x0c, %ax\n mov %ax, %ds\n mov 0x10, %eax\n out %eax, $0xe0\n"
+	       " mov $0x10, %ax\n mov %ax, %ds\n"
+	       " mov $0x48, %ax\n ltr %ax\n"
+	       " mov $r1, %edi\n mov $0x48, %ax\n ltr %ax\n"   /* busy now: #GP(0x48) */
+	       "r1: mov $0, %al\n out %al, $0xf4\n"
+	       ".org 0x400\n"
+	       "f: pop %eax\n out %eax, $0xe0\n mov %edi, (%esp)\n iret\n");
+	pm32_setup(&h, CODE, 0, 0, 0, 0);
+	idt32_set(&h, 13, CODE + 0x400, 0);
+	/* GDT 0x40: LDT at 0x5000 (2 entries); 0x48: available 32-bit TSS at 0x6000 */
+	put64(&h, GDT + 0x40, 0xf | (0x5000ull << 16) | (0x82ull << 40));
+	put64(&h, GDT + 0x48, 0x67 | (0x6000ull << 16) | (0x89ull << 40));
+	put64(&h, 0x5008, 0x0000ffffull | (0x200000ull << 16) | (0x92ull << 40) | (0xcfull << 48)); /* base 2 MiB */
+	put64(&h, 0x200010, 0xfeedf00d);
+	struct kvm_sregs s;
+	assert_int_equal(ops->get_sregs(h.cpu, &s), 0);
+	s.gdt.limit = 0x4f;
+	assert_int_equal(ops->set_sregs(h.cpu, &s), 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	uint64_t want[] = { 0xfeedf00d, 0x48 };
+	expect_reports(&h, want, 2);
+	assert_int_equal((get64(&h, GDT + 0x48) >> 40) & 0xf, 0xb);   /* busy */
+	assert_int_equal(ops->get_sregs(h.cpu, &s), 0);
+	assert_int_equal(s.tr.selector, 0x48);
+	assert_int_equal(s.tr.base, 0x6000);
+	assert_int_equal(s.ldt.selector, 0x40);
+	assert_int_equal(s.ldt.base, 0x5000);
+	vmh_fini(&h);
+}
+
 /* Robustness: random bytes as ring-0 code (handlers skip a byte and IRETQ) must only ever produce well-formed
  * exits — no crash, no hang (a kicker thread bounds every run), whatever they do to the IDT, page tables or stack. */
 struct chaos_kicker {
@@ -1558,6 +1598,7 @@ int main(void)
 		cmocka_unit_test(test_long_mode_user_faults),
 		cmocka_unit_test(test_call_gate_long),
 		cmocka_unit_test(test_call_gate_prot32_params),
+		cmocka_unit_test(test_lldt_ltr),
 		cmocka_unit_test(test_random_code_robust),
 		cmocka_unit_test(test_sysenter_sysexit_direct),
 		cmocka_unit_test(test_perf_ring3_loop),
