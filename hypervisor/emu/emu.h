@@ -243,9 +243,9 @@ uint64_t emu_tsc_now(const struct emu_cpu *cpu);
 /* ---- emu_mmu.c: fast instruction fetch (added for emu_exec.c) ---- */
 /* Host pointer to the instruction bytes at CS:rip and in *avail (>= 1) how many are readable there (up to the end
  * of the page and of the CS limit), with the checks emu_fetch8() does; NULL when those bytes are not plain RAM (the
- * caller then uses emu_fetch8). May raise what emu_fetch8 raises. emu_exec.c has a weak fallback returning NULL,
- * so emu_mmu.c may implement it later. (emu-sys: implemented; emu_fetch8 on code outside RAM ends the run with
- * ACCEL_EXIT_ERROR — no execution from MMIO.) */
+ * caller then uses emu_fetch8). May raise what emu_fetch8 raises. (emu-sys: implemented; emu_fetch8 on code
+ * outside RAM ends the run with ACCEL_EXIT_ERROR — no execution from MMIO.) In 64-bit mode emu_step() looks up
+ * tlb_x itself first (the hit path of this function, with the same index hash) and calls it on a miss. */
 const uint8_t *emu_fetch_ptr(struct emu_cpu *cpu, uint64_t rip, unsigned *avail);
 
 #endif
