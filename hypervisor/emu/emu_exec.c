@@ -498,7 +498,7 @@ static void exec_cli_sti(struct emu_insn *d, bool sti)
 	struct emu_cpu *cpu = d->cpu;
 	unsigned iopl = (unsigned)(cpu->rflags >> 12) & 3;
 
-	if (cpu->mode != EMU_REAL && emu_cpl(cpu) > iopl)
+	if (!emu_real_mode(cpu) && emu_cpl(cpu) > iopl)
 		emu_gp0(d);
 	if (sti) {
 		if (!(cpu->rflags & EFL_IF))

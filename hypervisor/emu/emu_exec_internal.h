@@ -210,7 +210,13 @@ EMU_INLINE void emu_lock_check(struct emu_insn *d, bool lockable)
 
 static inline unsigned emu_cpl(const struct emu_cpu *cpu)
 {
-	return cpu->mode == EMU_REAL ? 0 : (cpu->rflags & EFL_VM) ? 3 : cpu->cpl;
+	return (cpu->rflags & EFL_VM) ? 3 : cpu->mode == EMU_REAL ? 0 : cpu->cpl;    /* VM86 runs at CPL 3 */
+}
+
+/* Real mode proper (not virtual-8086): no privilege checks at all. */
+static inline bool emu_real_mode(const struct emu_cpu *cpu)
+{
+	return cpu->mode == EMU_REAL && !(cpu->rflags & EFL_VM);
 }
 
 static inline void emu_need_cpl0(struct emu_insn *d)

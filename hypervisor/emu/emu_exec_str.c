@@ -15,7 +15,7 @@ void emu_io_check(struct emu_insn *d, uint16_t port, unsigned size)
 	unsigned iopl = (unsigned)(cpu->rflags >> 12) & 3;
 	uint64_t base, limit, bmoff, bits;
 
-	if (cpu->mode == EMU_REAL)
+	if (emu_real_mode(cpu))
 		return;
 	if (!(cpu->rflags & EFL_VM) && emu_cpl(cpu) <= iopl)
 		return;

@@ -1351,6 +1351,20 @@ static void test_flags_and_privilege(void **state)
 	cpu->cpl = 3;
 	RUN(cpu, 0xfb);
 	assert_true(cpu->rflags & EFL_IF);
+	/* virtual-8086 mode: CPL 3, so CLI needs IOPL 3 and port I/O the bitmap */
+	cpu_init(cpu, EMU_REAL);
+	cpu->rflags = 2 | EFL_VM | EFL_IF;
+	assert_int_equal(RUN_RC(cpu, 0xfa), EMU_JMP_FAULT);
+	assert_int_equal(cpu->exc_vector, EXC_GP);
+	assert_int_equal(RUN_RC(cpu, 0xe4, 0x60), EMU_JMP_FAULT);    /* no TSS bitmap */
+	cpu->rflags |= EFL_IOPL;
+	RUN(cpu, 0xfa);
+	assert_false(cpu->rflags & EFL_IF);
+	cpu->rflags &= ~(uint64_t)EFL_VM;            /* real mode proper: no checks */
+	cpu->rflags &= ~(uint64_t)EFL_IOPL;
+	RUN(cpu, 0xfb);
+	assert_true(cpu->rflags & EFL_IF);
+	cpu_init(cpu, EMU_LONG64);
 	/* SAHF/LAHF, CMC/STC/CLC, CLD/STD */
 	cpu->gpr[R_AX] = 0xd500;
 	RUN(cpu, 0x9e);
