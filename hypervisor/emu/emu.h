@@ -245,7 +245,7 @@ uint64_t emu_tsc_now(const struct emu_cpu *cpu);
  * of the page and of the CS limit), with the checks emu_fetch8() does; NULL when those bytes are not plain RAM (the
  * caller then uses emu_fetch8). May raise what emu_fetch8 raises. (emu-sys: implemented; emu_fetch8 on code
  * outside RAM ends the run with ACCEL_EXIT_ERROR — no execution from MMIO.) In 64-bit mode emu_step() looks up
- * tlb_x itself first (the hit path of this function, with the same index hash) and calls it on a miss. */
+ * tlb_x itself first (the hit path of this function, through emu_tlb_index()) and calls it on a miss. */
 const uint8_t *emu_fetch_ptr(struct emu_cpu *cpu, uint64_t rip, unsigned *avail);
 
 #endif

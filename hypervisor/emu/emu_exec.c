@@ -6,10 +6,6 @@
  */
 #include "hypervisor/emu/emu_exec_internal.h"
 
-static inline unsigned emu_tlb_idx(uint64_t lpage)
-{
-	return (unsigned)(lpage ^ (lpage >> 8)) & (EMU_TLB_SIZE - 1);
-}
 
 _Noreturn void emu_ud(struct emu_insn *d)
 {
@@ -1256,9 +1252,9 @@ void emu_step(struct emu_cpu *cpu)
 	cpu->insn_rip = cpu->rip;
 	d.hp = NULL;
 	if (d.mode64) {
-		/* the hit path of emu_fetch_ptr() inline (emu_tlb_x_lookup in emu.h); a miss takes the call */
+		/* the hit path of emu_fetch_ptr() inline (emu_tlb_index() in emu.h); a miss takes the call */
 		uint64_t lp = cpu->rip >> 12;
-		const struct emu_tlb_entry *e = &cpu->tlb_x[emu_tlb_idx(lp)];
+		const struct emu_tlb_entry *e = &cpu->tlb_x[emu_tlb_index(lp)];
 
 		if (__builtin_expect(e->lpage == lp && e->host && (cpu->cpl != 3 || (e->flags & EMU_TLB_USER)) &&
 				     (uint64_t)((int64_t)(cpu->rip << 16) >> 16) == cpu->rip, 1)) {
