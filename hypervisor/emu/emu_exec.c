@@ -121,14 +121,14 @@ void emu_exec_push(struct emu_insn *d, uint64_t v, unsigned size)
 {
 	uint64_t sp = (d->cpu->gpr[R_SP] - size) & emu_sp_mask(d);
 
-	emu_write(d->cpu, SEG_SS, sp, size, v);
+	emu_mem_write(d, SEG_SS, sp, size, v);
 	sp_set(d, sp);
 }
 
 uint64_t emu_exec_pop(struct emu_insn *d, unsigned size)
 {
 	uint64_t sp = d->cpu->gpr[R_SP] & emu_sp_mask(d);
-	uint64_t v = emu_read(d->cpu, SEG_SS, sp, size);
+	uint64_t v = emu_mem_read(d, SEG_SS, sp, size);
 
 	sp_set(d, sp + size);
 	return v;
@@ -800,7 +800,7 @@ static __attribute__((noinline)) void exec_ret_near(struct emu_insn *d, uint8_t 
 	uint16_t imm = op == 0xc2 ? (uint16_t)emu_imm_n(d, 2) : 0;
 	unsigned size = stack_opsize(d);
 	uint64_t sp = cpu->gpr[R_SP] & emu_sp_mask(d);
-	uint64_t v = emu_read(cpu, SEG_SS, sp, size);
+	uint64_t v = emu_mem_read(d, SEG_SS, sp, size);
 
 	if (size == 8 && !canonical(v))
 		emu_gp0(d);

@@ -143,6 +143,67 @@ EMU_INLINE void emu_reg_set_ad(struct emu_cpu *cpu, unsigned r, unsigned adsize,
 		cpu->gpr[r] = v;
 }
 
+/* ---- guest memory ---- */
+/*
+ * emu_read/emu_write with the TLB hit path inline for the common case (64-bit mode, not FS/GS, naturally aligned:
+ * canonical and inside one page), under the hit rule emu.h states next to emu_tlb_index(); same acquire loads and
+ * release stores as emu_mmu.c. Anything else, or a miss, takes the call.
+ */
+EMU_INLINE const struct emu_tlb_entry *emu_tlb_hit(const struct emu_cpu *cpu, const struct emu_tlb_entry *tlb,
+						   uint64_t lin)
+{
+	uint64_t lp = lin >> 12;
+	const struct emu_tlb_entry *e = &tlb[emu_tlb_index(lp)];
+
+	if (e->lpage == lp && e->host && (cpu->cpl != 3 || (e->flags & EMU_TLB_USER)))
+		return e;
+	return NULL;
+}
+
+EMU_INLINE bool emu_mem_fast(const struct emu_insn *d, int seg, uint64_t off, unsigned size)
+{
+	return d->mode64 && seg != SEG_FS && seg != SEG_GS && !(off & (size - 1)) &&
+	       (uint64_t)((int64_t)(off << 16) >> 16) == off;
+}
+
+EMU_INLINE uint64_t emu_mem_read(struct emu_insn *d, int seg, uint64_t off, unsigned size)
+{
+	if (emu_mem_fast(d, seg, off, size)) {
+		const struct emu_tlb_entry *e = emu_tlb_hit(d->cpu, d->cpu->tlb_r, off);
+
+		if (e) {
+			const uint8_t *p = e->host + (off & 0xfff);
+
+			switch (size) {
+			case 1: return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+			case 2: return __atomic_load_n((const uint16_t *)(const void *)p, __ATOMIC_ACQUIRE);
+			case 4: return __atomic_load_n((const uint32_t *)(const void *)p, __ATOMIC_ACQUIRE);
+			default: return __atomic_load_n((const uint64_t *)(const void *)p, __ATOMIC_ACQUIRE);
+			}
+		}
+	}
+	return emu_read(d->cpu, seg, off, size);
+}
+
+EMU_INLINE void emu_mem_write(struct emu_insn *d, int seg, uint64_t off, unsigned size, uint64_t v)
+{
+	if (emu_mem_fast(d, seg, off, size)) {
+		const struct emu_tlb_entry *e = emu_tlb_hit(d->cpu, d->cpu->tlb_w, off);
+
+		if (e) {
+			uint8_t *p = e->host + (off & 0xfff);
+
+			switch (size) {
+			case 1: __atomic_store_n(p, (uint8_t)v, __ATOMIC_RELEASE); return;
+			case 2: __atomic_store_n((uint16_t *)(void *)p, (uint16_t)v, __ATOMIC_RELEASE); return;
+			case 4: __atomic_store_n((uint32_t *)(void *)p, (uint32_t)v, __ATOMIC_RELEASE); return;
+			default: __atomic_store_n((uint64_t *)(void *)p, v, __ATOMIC_RELEASE); return;
+			}
+		}
+	}
+	emu_write(d->cpu, seg, off, size, v);
+}
+
 /* ---- ModRM operands ---- */
 void emu_modrm_mem(struct emu_insn *d);
 
@@ -173,7 +234,7 @@ EMU_INLINE uint64_t emu_rm_read(struct emu_insn *d, unsigned size)
 {
 	if (!d->mem)
 		return emu_reg_get(d, d->rm, size);
-	return emu_read(d->cpu, d->mseg, emu_ea(d), size);
+	return emu_mem_read(d, d->mseg, emu_ea(d), size);
 }
 
 EMU_INLINE void emu_rm_write(struct emu_insn *d, unsigned size, uint64_t v)
@@ -181,7 +242,7 @@ EMU_INLINE void emu_rm_write(struct emu_insn *d, unsigned size, uint64_t v)
 	if (!d->mem)
 		emu_reg_set(d, d->rm, size, v);
 	else
-		emu_write(d->cpu, d->mseg, emu_ea(d), size, v);
+		emu_mem_write(d, d->mseg, emu_ea(d), size, v);
 }
 
 /* ---- instruction end ---- */

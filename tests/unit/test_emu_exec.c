@@ -1588,6 +1588,68 @@ static void test_random_bytes(void **state)
 	free(cpu);
 }
 
+/*
+ * The inline TLB hit paths (64-bit fetch through tlb_x, aligned data through tlb_r/tlb_w): an entry pointing at a
+ * different host buffer than the fake's RAM shows which path served the access. A CPL 3 access through a
+ * supervisor entry, a misaligned one and an FS-relative one must take the emu.h calls.
+ */
+static void test_tlb_fast_paths(void **state)
+{
+	static uint8_t alias_code[4096] __attribute__((aligned(4096)));
+	static uint8_t alias_data[4096] __attribute__((aligned(4096)));
+	struct emu_cpu *cpu = new_cpu(EMU_LONG64);
+	struct emu_tlb_entry *x = &cpu->tlb_x[emu_tlb_index(CODE >> 12)];
+	struct emu_tlb_entry *r = &cpu->tlb_r[emu_tlb_index(DATA >> 12)];
+	struct emu_tlb_entry *w = &cpu->tlb_w[emu_tlb_index(DATA >> 12)];
+
+	(void)state;
+	for (unsigned i = 0; i < EMU_TLB_SIZE; i++)
+		cpu->tlb_x[i].lpage = cpu->tlb_r[i].lpage = cpu->tlb_w[i].lpage = ~0ull;
+	*x = (struct emu_tlb_entry){ .lpage = CODE >> 12, .host = alias_code };
+	*r = (struct emu_tlb_entry){ .lpage = DATA >> 12, .host = alias_data };
+	*w = (struct emu_tlb_entry){ .lpage = DATA >> 12, .host = alias_data, .flags = EMU_TLB_WRITE };
+	memset(ram + DATA, 0, 0x100);
+	memcpy(ram + DATA + 8, (uint64_t[]){ 0x1111 }, 8);
+	memcpy(alias_data + 8, (uint64_t[]){ 0x2222 }, 8);
+	/* the fetch comes from the alias page: mov 8(%rsi),%rax there, a different instruction in RAM */
+	memcpy(alias_code + (CODE & 0xfff), (const uint8_t[]){ 0x48, 0x8b, 0x46, 0x08 }, 4);
+	memcpy(ram + CODE, (const uint8_t[]){ 0x90, 0x90, 0x90, 0x90 }, 4);
+	cpu->rip = CODE;
+	cpu->gpr[R_SI] = DATA;
+	assert_int_equal(step(cpu), 0);
+	assert_int_equal(cpu->rip, CODE + 4);
+	assert_int_equal(cpu->gpr[R_AX], 0x2222);        /* fetch and read both through the TLB */
+	/* an aligned write hits tlb_w; a misaligned one goes to emu_write */
+	memcpy(alias_code + (CODE & 0xfff), (const uint8_t[]){ 0x48, 0x89, 0x46, 0x10, 0x48, 0x89, 0x46, 0x21 }, 8);
+	cpu->rip = CODE;
+	assert_int_equal(step(cpu), 0);
+	assert_int_equal(ld(alias_data + 0x10, 8), 0x2222);
+	assert_int_equal(ld(ram + DATA + 0x10, 8), 0);
+	assert_int_equal(step(cpu), 0);
+	assert_int_equal(ld(ram + DATA + 0x21, 8), 0x2222);
+	/* FS-relative: the call */
+	cpu->seg[SEG_FS].base = 0;
+	memcpy(alias_code + (CODE & 0xfff), (const uint8_t[]){ 0x64, 0x48, 0x8b, 0x46, 0x08 }, 5);
+	cpu->rip = CODE;
+	assert_int_equal(step(cpu), 0);
+	assert_int_equal(cpu->gpr[R_AX], 0x1111);
+	/* CPL 3 through supervisor entries: both the fetch and the read take the calls */
+	cpu->cpl = 3;
+	memcpy(ram + CODE, (const uint8_t[]){ 0x48, 0x8b, 0x46, 0x08 }, 4);
+	cpu->rip = CODE;
+	cpu->gpr[R_AX] = 0;
+	assert_int_equal(step(cpu), 0);
+	assert_int_equal(cpu->gpr[R_AX], 0x1111);
+	/* with USER entries the hit path serves CPL 3 too */
+	x->flags |= EMU_TLB_USER;
+	r->flags |= EMU_TLB_USER;
+	memcpy(alias_code + (CODE & 0xfff), (const uint8_t[]){ 0x48, 0x8b, 0x46, 0x08 }, 4);
+	cpu->rip = CODE;
+	assert_int_equal(step(cpu), 0);
+	assert_int_equal(cpu->gpr[R_AX], 0x2222);
+	free(cpu);
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -1675,6 +1737,7 @@ int main(void)
 		cmocka_unit_test(test_system_decode),
 		cmocka_unit_test(test_fetch_paths),
 		cmocka_unit_test(test_random_bytes),
+		cmocka_unit_test(test_tlb_fast_paths),
 		cmocka_unit_test(test_alu_loop_speed),
 	};
 
