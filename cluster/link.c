@@ -10,7 +10,8 @@
  * a peer's whole ring when its oldest entry was last sent more than rto_ns ago.
  *
  * Threads: callers of the hooks (vCPU threads, device timers), the receive context (one thread: the region's
- * I/O thread), the worker (runs forwarded accesses for peers), the timer (retransmissions).
+ * I/O thread), the worker (runs forwarded accesses and EOIs for peers, in arrival order), the timer
+ * (retransmissions).
  * Locks: peer[p].tx (send ring), l->lock (I/O waiters, READY, pings, failure, worker queue); never nested.
  */
 #include "cluster/link.h"
@@ -93,6 +94,7 @@ struct clink {
 	uint32_t work_head, work_n;
 	pthread_cond_t work_cond;
 
+	atomic_bool eoi_refuse_warned;
 	atomic_bool stop;
 	pthread_t worker_th, timer_th;
 	bool worker_started, timer_started;
@@ -102,6 +104,7 @@ struct clink {
 	struct {
 		atomic_uint_fast64_t irq_sent, irq_received, logical_sent, logical_received;
 		atomic_uint_fast64_t io_forwarded, io_served, io_failed;
+		atomic_uint_fast64_t eoi_sent, eoi_received, eoi_refused;
 		atomic_uint_fast64_t retransmits, duplicates, out_of_order;
 		atomic_uint_fast64_t drops[CMSG_DROP_NREASONS];
 	} st;
@@ -315,6 +318,16 @@ static int hook_forward_io(void *opaque, uint32_t node, enum bus_space space, st
 	return err;
 }
 
+/* Sequenced like an IRQ: a lost EOI would leave the pin's remote IRR set and the line dead for good. */
+static void hook_forward_eoi(void *opaque, uint32_t node, uint8_t vector)
+{
+	struct clink *l = opaque;
+	struct cmsg m = { .type = CMSG_EOI, .eoi = { vector } };
+
+	if (!link_send(l, node, &m))
+		atomic_fetch_add(&l->st.eoi_sent, 1);
+}
+
 void clink_exit_broadcast(struct clink *l, int code, bool fatal, const char *why)
 {
 	for (uint32_t to = 0; to < l->n_nodes; to++) {
@@ -345,6 +358,7 @@ void clink_hooks(struct clink *l, struct vm_cluster_hooks *out)
 	out->apic.send_logical = hook_send_logical;
 	out->forward_io = hook_forward_io;
 	out->exit_broadcast = hook_exit_broadcast;
+	out->forward_eoi = hook_forward_eoi;
 }
 
 /* ---- receiving ------------------------------------------------------------------------------------------- */
@@ -391,6 +405,17 @@ static void *link_worker_main(void *arg)
 		l->work_n--;
 		pthread_mutex_unlock(&l->lock);
 
+		if (w.m.type == CMSG_EOI) {
+			struct clink_ops ops;
+
+			if (link_get_ops(l, &ops)) {
+				if (ops.eoi)
+					ops.eoi(ops.opaque, w.m.eoi.vector);
+				link_put_ops(l);
+			}
+			pthread_mutex_lock(&l->lock);
+			continue;
+		}
 		memset(&a, 0, sizeof(a));
 		a.addr = w.m.io_req.addr;
 		a.size = w.m.io_req.size;
@@ -469,6 +494,23 @@ static void link_deliver(struct clink *l, uint32_t from, const struct cmsg *m)
 		pthread_mutex_unlock(&l->lock);
 		break;
 	}
+	case CMSG_EOI:
+		atomic_fetch_add(&l->st.eoi_received, 1);
+		pthread_mutex_lock(&l->lock);
+		if (l->work_n == WORK_QUEUE) {
+			/* Cannot happen with an honest peer: each pin has at most one EOI outstanding (24 pins). */
+			pthread_mutex_unlock(&l->lock);
+			atomic_fetch_add(&l->st.eoi_refused, 1);
+			if (!atomic_exchange(&l->eoi_refuse_warned, true))
+				pr_warn("node %u: too much queued work, dropping an EOI of vector %u", from,
+					m->eoi.vector);
+			break;
+		}
+		l->work[(l->work_head + l->work_n) % WORK_QUEUE] = (struct work){ from, *m };
+		l->work_n++;
+		pthread_cond_signal(&l->work_cond);
+		pthread_mutex_unlock(&l->lock);
+		break;
 	case CMSG_EXIT:
 		if (have && ops.exit)
 			ops.exit(ops.opaque, from, m->exit.code, m->exit.fatal, m->exit.why);
@@ -696,6 +738,9 @@ void clink_get_stats(struct clink *l, struct clink_stats *out)
 	out->io_forwarded = atomic_load(&l->st.io_forwarded);
 	out->io_served = atomic_load(&l->st.io_served);
 	out->io_failed = atomic_load(&l->st.io_failed);
+	out->eoi_sent = atomic_load(&l->st.eoi_sent);
+	out->eoi_received = atomic_load(&l->st.eoi_received);
+	out->eoi_refused = atomic_load(&l->st.eoi_refused);
 	out->retransmits = atomic_load(&l->st.retransmits);
 	out->duplicates = atomic_load(&l->st.duplicates);
 	out->out_of_order = atomic_load(&l->st.out_of_order);

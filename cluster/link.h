@@ -5,9 +5,12 @@
  *
  * It implements the VM's cluster hooks (hypervisor/vm.h): interrupts and LDR/DFR replication are sent and
  * return at once; forwarded I/O blocks the calling vCPU thread until the owner answered (or died: -EHOSTDOWN);
- * the guest's exit is broadcast. Received messages reach the VM through struct clink_ops: IRQ, LOGICAL and EXIT
- * in the receive context (the region's I/O thread — they only queue work and kick vCPUs), IO_REQ on the link's
- * worker thread (device handlers may block, e.g. on the console, and must not stall DSM traffic).
+ * the guest's exit is broadcast; an EOI of a level-triggered vector on a node other than the io node is sent to
+ * the io node (forward_eoi) and returns at once. Received messages reach the VM through struct clink_ops: IRQ,
+ * LOGICAL and EXIT in the receive context (the region's I/O thread — they only queue work and kick vCPUs),
+ * IO_REQ and EOI on the link's worker thread, in arrival order (device handlers may block, e.g. on the console,
+ * and an EOI may re-deliver a still-asserted line to a vCPU on another node, which sends: neither may stall DSM
+ * traffic or the acknowledgements that sending waits for).
  *
  * Reliability: sequenced messages are kept until the peer acknowledged them and resent (go-back-N) after rto_ns,
  * so a lossy fabric loses no IPI, I/O or exit; the receiver delivers each in order exactly once.
@@ -32,6 +35,8 @@ struct clink_ops {
 	void (*irq)(void *opaque, const struct irq_msg *m);
 	void (*logical)(void *opaque, uint32_t apic_id, uint32_t ldr, uint32_t dfr);
 	void (*exit)(void *opaque, uint32_t from, int code, bool fatal, const char *why);
+	/* A peer's local APIC EOI'd level-triggered `vector` (vm_remote_eoi); may be NULL. Worker thread. */
+	void (*eoi)(void *opaque, uint8_t vector);
 };
 
 /* Send one frame to node `to`: 0 or -errno (the link retransmits sequenced messages whose send failed). */
@@ -49,6 +54,7 @@ struct clink_config {
 struct clink_stats {
 	uint64_t irq_sent, irq_received, logical_sent, logical_received;
 	uint64_t io_forwarded, io_served, io_failed;
+	uint64_t eoi_sent, eoi_received, eoi_refused;   /* refused: the worker queue was full (one warning) */
 	uint64_t retransmits, duplicates, out_of_order;
 	uint64_t drops[5];            /* per enum cmsg_drop */
 	uint64_t dropped;             /* sum of drops[] */

@@ -18,6 +18,7 @@
 #define BODY_READY 0u
 #define BODY_ACK 8u
 #define BODY_PING 24u
+#define BODY_EOI 8u
 
 #define IRQF_LOGICAL 0x01u
 #define IRQF_LEVEL 0x02u
@@ -74,6 +75,7 @@ bool cmsg_type_is_sequenced(uint8_t type)
 	case CMSG_IO_RESP:
 	case CMSG_EXIT:
 	case CMSG_READY:
+	case CMSG_EOI:
 		return true;
 	default:
 		return false;
@@ -83,7 +85,7 @@ bool cmsg_type_is_sequenced(uint8_t type)
 const char *cmsg_type_name(uint8_t type)
 {
 	static const char *const names[] = { "IRQ", "LOGICAL", "IO_REQ", "IO_RESP", "EXIT", "READY", "ACK", "PING",
-					     "PONG" };
+					     "PONG", "EOI" };
 
 	if (type < CMSG_TYPE_FIRST || type > CMSG_TYPE_LAST)
 		return "?";
@@ -142,6 +144,9 @@ static bool msg_valid(const struct cmsg *m)
 	case CMSG_PING:
 	case CMSG_PONG:
 		return true;
+	case CMSG_EOI:
+		/* vectors 0-15 are reserved: no IOAPIC entry delivers them */
+		return m->eoi.vector >= 16;
 	default:
 		return false;
 	}
@@ -212,6 +217,11 @@ size_t cmsg_encode(const struct cmsg *m, void *buf, size_t cap)
 		put64(&p, m->ping.id);
 		put64(&p, m->ping.t0);
 		put64(&p, m->ping.t1);
+		break;
+	case CMSG_EOI:
+		put8(&p, m->eoi.vector);
+		for (int i = 0; i < 7; i++)
+			put8(&p, 0);
 		break;
 	}
 	return (size_t)(p - (uint8_t *)buf);
@@ -325,6 +335,14 @@ int cmsg_decode(uint8_t type, const void *payload, size_t len, struct cmsg *out)
 		out->ping.id = get64(&p);
 		out->ping.t0 = get64(&p);
 		out->ping.t1 = get64(&p);
+		break;
+	case CMSG_EOI:
+		if (body != BODY_EOI)
+			return drop(CMSG_DROP_SHORT);
+		out->eoi.vector = get8(&p);
+		for (int i = 0; i < 7; i++)
+			if (get8(&p) != 0)
+				return drop(CMSG_DROP_FIELD);
 		break;
 	}
 	if (cmsg_type_is_sequenced(type) != (out->seq != 0))

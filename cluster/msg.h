@@ -16,8 +16,10 @@
  *   0x46 ACK      cumulative acknowledgement of sequenced messages: ack (highest seq delivered in order)
  *   0x47 PING     clock offset measurement: id, t0 (sender's CLOCK_MONOTONIC)
  *   0x48 PONG     its answer: id, t0 echoed, t1 (the answerer's clock when it answered)
+ *   0x49 EOI      a local APIC EOI'd level-triggered `vector` (16..255): for the io node's IOAPIC (remote IRR
+ *                 cleared, a line still asserted delivered again); 1 byte vector + 7 zero bytes
  *
- * Sequencing: IRQ, LOGICAL, IO_REQ, IO_RESP, EXIT and READY carry seq >= 1, per sender and receiver, and are
+ * Sequencing: IRQ, LOGICAL, IO_REQ, IO_RESP, EXIT, READY and EOI carry seq >= 1, per sender and receiver, and are
  * delivered in order exactly once (the fabric may lose frames: the link retransmits, cluster/link.c); ACK, PING
  * and PONG carry seq 0 and are not retransmitted.
  *
@@ -50,8 +52,9 @@ enum cmsg_type {
 	CMSG_ACK = 0x46,
 	CMSG_PING = 0x47,
 	CMSG_PONG = 0x48,
+	CMSG_EOI = 0x49,
 	CMSG_TYPE_FIRST = CMSG_IRQ,
-	CMSG_TYPE_LAST = CMSG_PONG,
+	CMSG_TYPE_LAST = CMSG_EOI,
 };
 
 /* Why a received payload was dropped. */
@@ -97,6 +100,9 @@ struct cmsg {
 		struct {
 			uint64_t id, t0, t1;
 		} ping;          /* PING and PONG */
+		struct {
+			uint8_t vector;
+		} eoi;
 	};
 };
 

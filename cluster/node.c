@@ -61,6 +61,7 @@ struct node_opts {
 	uint64_t seed;
 	uint32_t dead_ms;
 	bool verbose;
+	bool console_input;
 };
 
 struct node {
@@ -107,10 +108,12 @@ static void node_summary(struct node *n, const char *result)
 	fprintf(stderr,
 		"summary: node %u vcpus %u faults r/w/wp %" PRIu64 "/%" PRIu64 "/%" PRIu64 " remote %" PRIu64
 		" p50 %.1fus bytes in/out %" PRIu64 "/%" PRIu64 " ipis sent/recv %" PRIu64 "/%" PRIu64
-		" io fwd/served %" PRIu64 "/%" PRIu64 " retx %" PRIu64 " dsm retx %" PRIu64 "%s result %s\n",
+		" io fwd/served %" PRIu64 "/%" PRIu64 " eoi sent/recv %" PRIu64 "/%" PRIu64 " retx %" PRIu64
+		" dsm retx %" PRIu64 "%s result %s\n",
 		n->o.id, local, d.faults_read, d.faults_write, d.faults_wp, d.faults_remote,
 		(double)hist_quantile(&d.remote_fault_ns, 0.5) / 1000.0, d.bytes_in, d.bytes_out, c.irq_sent,
-		c.irq_received, c.io_forwarded, c.io_served, c.retransmits, d.retransmissions, clock, result);
+		c.irq_received, c.io_forwarded, c.io_served, c.eoi_sent, c.eoi_received, c.retransmits,
+		d.retransmissions, clock, result);
 }
 
 /* ---- callbacks ------------------------------------------------------------------------------------------- */
@@ -172,6 +175,11 @@ static void ops_logical(void *opaque, uint32_t apic_id, uint32_t ldr, uint32_t d
 	vm_remote_logical(opaque, apic_id, ldr, dfr);
 }
 
+static void ops_eoi(void *opaque, uint8_t vector)
+{
+	vm_remote_eoi(opaque, vector);
+}
+
 static void ops_exit(void *opaque, uint32_t from, int code, bool fatal, const char *why)
 {
 	struct node *n = the_node;
@@ -210,6 +218,7 @@ static void node_usage(FILE *f)
 		"  --cmdline S          guest command line\n"
 		"  --placement LIST     node of each vCPU, e.g. 0,0,1,1 (default: contiguous blocks)\n"
 		"  --io-node ID         node owning the devices and the console (default 0)\n"
+		"  --console-input      the io node's stdin feeds the guest's UART (COM1)\n"
 		"  --transport tcp|rdma|fabric   (default tcp; fabric = tcp through the fabric shim)\n"
 		"  --latency US --bandwidth MBPS --loss P --seed S   fabric link parameters (imply fabric)\n"
 		"  --dead-ms MS         a silent peer is dead after this (default 1000)\n"
@@ -247,6 +256,7 @@ static int node_parse(int argc, char **argv, struct node_opts *o)
 		{ "bandwidth", required_argument, NULL, 'B' }, { "loss", required_argument, NULL, 'X' },
 		{ "seed", required_argument, NULL, 'S' },     { "dead-ms", required_argument, NULL, 'D' },
 		{ "accel", required_argument, NULL, 'a' },    { "verbose", no_argument, NULL, 'V' },
+		{ "console-input", no_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },           { NULL, 0, NULL, 0 },
 	};
 	bool have_id = false;
@@ -322,6 +332,7 @@ static int node_parse(int argc, char **argv, struct node_opts *o)
 			break;
 		case 'a': o->accel = optarg; break;
 		case 'V': o->verbose = true; break;
+		case 'C': o->console_input = true; break;
 		case 'h':
 			node_usage(stdout);
 			return 1;
@@ -542,12 +553,14 @@ static int node_run(struct node *n)
 	vc.kernel = n->o.kernel;
 	vc.cmdline = n->o.cmdline;
 	vc.console_fd = 1;
+	/* the UART lives on the io node; elsewhere stdin is not read */
+	vc.console_input = n->o.console_input && n->o.id == n->o.io_node;
 	vc.verbose = n->o.verbose;
 	err = vm_create(&vc, &vm);
 	if (err)
 		goto out_region;
 	atomic_store(&n->vm, vm);
-	ops = (struct clink_ops){ vm, ops_io, ops_irq, ops_logical, ops_exit };
+	ops = (struct clink_ops){ vm, ops_io, ops_irq, ops_logical, ops_exit, ops_eoi };
 	clink_set_ops(n->link, &ops);
 
 	memset(&sa, 0, sizeof(sa));

@@ -58,7 +58,7 @@ struct sim_opts {
 	const char *mem, *kernel, *cmdline, *accel, *placement, *transport, *node_exe;
 	const char *latency, *bandwidth, *loss, *seed;
 	unsigned io_node;
-	bool netns, quiet;
+	bool netns, quiet, console_input;
 	uint64_t timeout_s;
 };
 
@@ -272,9 +272,12 @@ static void child_exec(struct sim *s, struct sim_node *n, char **argv, int out_w
 		}
 		close(fd);
 	}
-	fd = open("/dev/null", O_RDONLY);
-	if (fd >= 0)
-		dup2(fd, 0);
+	/* with --console-input the io node reads the sim's stdin (the guest's COM1); no other node reads it */
+	if (!s->o.console_input || n->id != s->o.io_node) {
+		fd = open("/dev/null", O_RDONLY);
+		if (fd >= 0)
+			dup2(fd, 0);
+	}
 	dup2(out_w, 1);
 	dup2(err_w, 2);
 	execv(s->exe, argv);
@@ -317,6 +320,8 @@ static int node_spawn(struct sim *s, unsigned k)
 	argv[a++] = (char *)s->o.kernel;
 	argv[a++] = "--io-node";
 	argv[a++] = io;
+	if (s->o.console_input)
+		argv[a++] = "--console-input";
 	if (s->o.cmdline) {
 		argv[a++] = "--cmdline";
 		argv[a++] = (char *)s->o.cmdline;
@@ -621,6 +626,7 @@ static void usage(FILE *f)
 		"  --cmdline S          guest command line\n"
 		"  --placement LIST     node of each vCPU, e.g. 0,0,1,1 (default: contiguous blocks)\n"
 		"  --io-node K          node owning the devices and the console (default 0)\n"
+		"  --console-input      stdin feeds the guest's UART (COM1) on the io node\n"
 		"  --accel auto|kvm|emu execution backend of every node (default auto)\n"
 		"  --transport tcp|rdma|fabric   (default tcp; fabric over tcp with the link options)\n"
 		"  --latency US --bandwidth MBPS --loss P --seed S   fabric link parameters\n"
@@ -641,6 +647,7 @@ static int sim_parse(int argc, char **argv, struct sim_opts *o)
 		{ "seed", required_argument, NULL, 'S' },    { "netns", no_argument, NULL, 'N' },
 		{ "timeout", required_argument, NULL, 'T' }, { "node-exe", required_argument, NULL, 'X' },
 		{ "quiet", no_argument, NULL, 'q' },         { "help", no_argument, NULL, 'h' },
+		{ "console-input", no_argument, NULL, 'C' },
 		{ NULL, 0, NULL, 0 },
 	};
 	uint64_t v;
@@ -705,6 +712,7 @@ static int sim_parse(int argc, char **argv, struct sim_opts *o)
 			break;
 		case 'X': o->node_exe = optarg; break;
 		case 'q': o->quiet = true; break;
+		case 'C': o->console_input = true; break;
 		case 'h':
 			usage(stdout);
 			return 1;
@@ -731,6 +739,11 @@ static int sim_parse(int argc, char **argv, struct sim_opts *o)
 	}
 	if (o->io_node >= o->nodes) {
 		fprintf(stderr, "rackvm sim: --io-node %u is not one of the %u nodes\n", o->io_node, o->nodes);
+		return -EINVAL;
+	}
+	/* the io node runs in a process group of its own: reading a terminal would stop it (SIGTTIN) */
+	if (o->console_input && isatty(0)) {
+		fprintf(stderr, "rackvm sim: --console-input needs stdin to be a pipe or a file, not a terminal\n");
 		return -EINVAL;
 	}
 	return 0;

@@ -106,6 +106,15 @@ static void test_codec_round_trip_every_type(void **state)
 	assert_int_equal(n, CMSG_HDR_LEN + 24);
 	assert_int_equal(cmsg_decode(CMSG_PONG, buf, n, &d), 0);
 	assert_int_equal(d.ping.t1, 3);
+
+	m = (struct cmsg){ .type = CMSG_EOI, .seq = 9, .eoi = { 0x31 } };
+	n = enc(&m, buf);
+	assert_int_equal(n, CMSG_HDR_LEN + 8);
+	assert_int_equal(cmsg_decode(CMSG_EOI, buf, n, &d), 0);
+	assert_int_equal(d.seq, 9);
+	assert_int_equal(d.eoi.vector, 0x31);
+	assert_true(cmsg_type_is_sequenced(CMSG_EOI));
+	assert_string_equal(cmsg_type_name(CMSG_EOI), "EOI");
 }
 
 #define DROP(why) (-(1 + (int)(why)))
@@ -135,7 +144,7 @@ static void test_codec_drops_malformed(void **state)
 	bad[3] = 1;
 	assert_int_equal(cmsg_decode(CMSG_IO_REQ, bad, n, &d), DROP(CMSG_DROP_FIELD));
 	/* unknown types, inside and outside the cluster range */
-	assert_int_equal(cmsg_decode(0x49, buf, n, &d), DROP(CMSG_DROP_TYPE));
+	assert_int_equal(cmsg_decode(0x4a, buf, n, &d), DROP(CMSG_DROP_TYPE));
 	assert_int_equal(cmsg_decode(0x4f, buf, n, &d), DROP(CMSG_DROP_TYPE));
 	assert_int_equal(cmsg_decode(0x20, buf, n, &d), DROP(CMSG_DROP_TYPE));
 	/* bad space (offset 16+8), bad size (+9), write flag 2 (+10), PIO port above 0xffff, data above size */
@@ -197,6 +206,27 @@ static void test_codec_drops_malformed(void **state)
 	bad[22] = 255;  /* why_len above CMSG_WHY_MAX */
 	assert_int_equal(cmsg_decode(CMSG_EXIT, bad, n, &d), DROP(CMSG_DROP_FIELD));
 
+	/* EOI: a reserved vector (0-15), a nonzero padding byte, a wrong length, seq 0 */
+	m = (struct cmsg){ .type = CMSG_EOI, .seq = 1, .eoi = { 0x31 } };
+	n = enc(&m, buf);
+	memcpy(bad, buf, n);
+	bad[16] = 15;
+	assert_int_equal(cmsg_decode(CMSG_EOI, bad, n, &d), DROP(CMSG_DROP_FIELD));
+	for (size_t k = 17; k < n; k++) {
+		memcpy(bad, buf, n);
+		bad[k] = 1;
+		assert_int_equal(cmsg_decode(CMSG_EOI, bad, n, &d), DROP(CMSG_DROP_FIELD));
+	}
+	assert_int_equal(cmsg_decode(CMSG_EOI, buf, n - 1, &d), DROP(CMSG_DROP_SHORT));
+	memcpy(bad, buf, n);
+	bad[n] = 0;
+	assert_int_equal(cmsg_decode(CMSG_EOI, bad, n + 1, &d), DROP(CMSG_DROP_SHORT));
+	memcpy(bad, buf, n);
+	memset(bad + 8, 0, 8);
+	assert_int_equal(cmsg_decode(CMSG_EOI, bad, n, &d), DROP(CMSG_DROP_SEQ));
+	m = (struct cmsg){ .type = CMSG_EOI, .seq = 1, .eoi = { 2 } };
+	assert_int_equal(cmsg_encode(&m, buf, sizeof(buf)), 0);
+
 	/* IO_RESP with a positive error */
 	m = (struct cmsg){ .type = CMSG_IO_RESP, .seq = 1, .io_resp = { .id = 1 } };
 	n = enc(&m, buf);
@@ -218,7 +248,7 @@ static void test_codec_random_payloads(void **state)
 	unsigned accepted = 0;
 
 	for (unsigned i = 0; i < 200000; i++) {
-		static const size_t body[] = { 16, 12, 32, 24, 8, 0, 8, 24, 24 };
+		static const size_t body[] = { 16, 12, 32, 24, 8, 0, 8, 24, 24, 8 };
 		uint8_t type = (uint8_t)(0x3e + i % 14);
 		size_t len = i % (CMSG_MAX_LEN + 16);
 		struct cmsg d;
@@ -421,6 +451,8 @@ struct fake_vm {
 	atomic_uint io_calls;
 	atomic_uint irq_seq_errors;
 	uint32_t next_vector;
+	atomic_uint eois;
+	uint8_t last_eoi;
 };
 
 static struct fake_vm fvm[NN];
@@ -468,6 +500,14 @@ static void fake_exit(void *opaque, uint32_t from, int code, bool fatal, const c
 	atomic_fetch_add(&v->exits, 1);
 }
 
+static void fake_eoi(void *opaque, uint8_t vector)
+{
+	struct fake_vm *v = opaque;
+
+	v->last_eoi = vector;
+	atomic_fetch_add(&v->eois, 1);
+}
+
 static void net_start(unsigned loss_permille, uint64_t rto_ns)
 {
 	memset(&net, 0, sizeof(net));
@@ -481,7 +521,7 @@ static void net_start(unsigned loss_permille, uint64_t rto_ns)
 		struct clink_config cfg = { .self = i, .n_nodes = NN, .send = net_send,
 					    .send_opaque = (void *)(uintptr_t)i, .rto_ns = rto_ns,
 					    .io_timeout_ns = 3 * NSEC_PER_SEC };
-		struct clink_ops ops = { &fvm[i], fake_io, fake_irq, fake_logical, fake_exit };
+		struct clink_ops ops = { &fvm[i], fake_io, fake_irq, fake_logical, fake_exit, fake_eoi };
 
 		fvm[i].id = i;
 		assert_int_equal(clink_create(&cfg, &net.link[i]), 0);
@@ -573,6 +613,12 @@ static void run_link_scenario(unsigned loss_permille)
 		assert_int_equal(h[2].forward_io(h[2].opaque, 0, BUS_PIO, &a), 0);
 		assert_int_equal(a.data, 'a' + k % 26);
 	}
+	/* EOIs of level-triggered vectors 2 -> 0 (the io node), each exactly once */
+	assert_non_null(h[2].forward_eoi);
+	for (unsigned k = 0; k < 20; k++)
+		h[2].forward_eoi(h[2].opaque, 0, (uint8_t)(0x30 + k));
+	assert_true(wait_count(&fvm[0].eois, 20));
+	assert_int_equal(fvm[0].last_eoi, 0x30 + 19);
 	/* an access the owner's device refuses comes back as its error */
 	a = (struct io_access){ .addr = 0x60, .size = 1, .write = false };
 	assert_int_equal(h[1].forward_io(h[1].opaque, 0, BUS_PIO, &a), -ENOENT);
@@ -588,6 +634,10 @@ static void run_link_scenario(unsigned loss_permille)
 	clink_get_stats(net.link[0], &st);
 	assert_int_equal(st.irq_sent, n_irq);
 	assert_int_equal(st.io_served, 101);
+	assert_int_equal(st.eoi_received, 20);
+	assert_int_equal(atomic_load(&fvm[0].eois), 20);
+	clink_get_stats(net.link[2], &st);
+	assert_int_equal(st.eoi_sent, 20);
 	clink_get_stats(net.link[1], &st);
 	assert_int_equal(st.irq_received, n_irq);
 	if (loss_permille) {
