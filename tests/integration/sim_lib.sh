@@ -12,6 +12,7 @@ mkdir -p "$SIM_LOG_DIR"
 npass=0
 nfail=0
 nskip=0
+SIM_ORDERLY=()   # stderr logs of runs that ended normally (check_quiet_ends)
 
 # sim_run <log-name> <workload> <cmdline> <sim args...>: console in $SIM_LOG, sim/node stderr in $SIM_ERR.
 sim_run() {
@@ -24,6 +25,7 @@ sim_run() {
 	"$RACKVM" sim --accel emu --kernel "$GUEST_DIR/$wl.elf" --cmdline "$cmdline" --timeout "$SIM_TIMEOUT" "$@" \
 		</dev/null >"$SIM_LOG.raw" 2>"$SIM_ERR"
 	rc=$?
+	[ $rc -ne 124 ] && SIM_ORDERLY+=("$SIM_ERR")
 	tr -d '\r' <"$SIM_LOG.raw" >"$SIM_LOG"
 	rm -f "$SIM_LOG.raw"
 	local us=$((${EPOCHREALTIME/./} - t0))
@@ -72,6 +74,18 @@ verdict() {
 		tail -n 15 "$SIM_LOG" | sed 's/^/    | /'
 		grep -v '^\[node [0-9]*\] \[ *[0-9.]*\] node[0-9]* info:' "$SIM_ERR" | tail -n 25 | sed 's/^/    ! /'
 	fi
+}
+
+# A node's warnings and errors after its summary line, i.e. while it leaves the region and closes its connections,
+# in the given stderr logs. An orderly end says nothing there (a peer that does not leave in time still shows).
+check_quiet_ends() {
+	local f bad=0
+	for f in "$@"; do
+		awk -v f="$f" '/^\[node [0-9]+\] summary:/ { done[$2] = 1; next }
+			/^\[node [0-9]+\] .* (warn|error): / { if (done[$2]) { print "    " f ": " $0; n++ } }
+			END { exit n > 0 }' "$f" || bad=1
+	done
+	return $bad
 }
 
 skip_case() {

@@ -161,6 +161,7 @@ dev_run() {
 	done
 	wait $pid
 	local rc=$?
+	[ $rc -ne 124 ] && SIM_ORDERLY+=("$SIM_ERR")
 	exec 3>&-
 	tr -d '\r' <"$SIM_LOG.raw" | grep -v '^\[' >"$SIM_LOG"
 	rm -f "$SIM_LOG.raw"
@@ -228,6 +229,10 @@ if [ "$(id -u)" = 0 ] && ip netns add "rkvm-probe-$$" 2>/dev/null; then
 else
 	skip_case "--netns" "ip netns is not permitted here (needs root and iproute2)"
 fi
+
+# ---- every run above that ended normally: no node warned while leaving (after its summary line)
+SIM_CODE=0 SIM_SECS=0 SIM_LOG=/dev/null SIM_ERR=/dev/null
+verdict "orderly ends: no warnings at shutdown (${#SIM_ORDERLY[@]} runs)" 0 check_quiet_ends "${SIM_ORDERLY[@]}"
 
 # ---- a node killed mid-run: the sim names it and stops everything within seconds
 kill_case() {
