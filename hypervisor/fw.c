@@ -52,13 +52,19 @@ bool fw_loadable(const struct fw_ctx *c, uint64_t gpa, uint64_t len)
 	return gpa >= FW_HIGH_BASE && fw_gpa(c, gpa, len) != NULL;
 }
 
+void fw_zero(const struct fw_ctx *c, void *p, size_t len)
+{
+	if (!c->cfg->ram_zeroed)
+		memset(p, 0, len);
+}
+
 uint64_t fw_info_alloc(struct fw_ctx *c, uint64_t size, uint64_t align)
 {
 	uint64_t a = (c->info_next + align - 1) & ~(align - 1);
 	if (size > FW_BOOTINFO_END || a > FW_BOOTINFO_END - size)
 		return 0;
 	c->info_next = a + size;
-	memset(c->ram + a, 0, size);
+	fw_zero(c, c->ram + a, size);
 	return a;
 }
 
@@ -281,7 +287,7 @@ int fw_setup(const struct fw_config *cfg, void *ram, struct fw_boot *out, char *
 	if (!cfg->kernel)
 		return fw_fail(&c, EINVAL, "firmware: no kernel given");
 	/* The firmware area starts from zero whatever the buffer held. */
-	memset(c.ram, 0, FW_HIGH_BASE);
+	fw_zero(&c, c.ram, FW_HIGH_BASE);
 	e820_build(&c);
 	fw_wr16(c.ram + 0x40e, (uint16_t)(FW_EBDA >> 4));
 	fw_gdt_write(&c);
@@ -422,7 +428,7 @@ int fw_elf_load(struct fw_ctx *c, const char *what, struct fw_elf_info *info)
 				       (unsigned long long)paddr, (unsigned long long)(paddr + memsz),
 				       (unsigned long long)(c->cfg->ram_size >> 20));
 		memcpy(dst, img + off, filesz);
-		memset(dst + filesz, 0, memsz - filesz);
+		fw_zero(c, dst + filesz, memsz - filesz);
 		info->lo = paddr < info->lo ? paddr : info->lo;
 		info->hi = paddr + memsz > info->hi ? paddr + memsz : info->hi;
 		if (!entry_mapped && entry >= vaddr && entry - vaddr < memsz) {

@@ -37,6 +37,10 @@ struct fw_config {
 	const char *kernel, *cmdline, *initrd;
 	const char *const *modules;        /* multiboot: "path[ args]" */
 	size_t n_modules;
+	/* The RAM buffer is known to hold only zeros (fresh anonymous memory or a fresh dsm region): the loaders
+	 * then skip zeroing bss and the firmware area. Every page written costs a fault on a DSM-backed guest
+	 * (a userfaultfd round trip), so this shortens start-up; false = zero whatever must be zero. */
+	bool ram_zeroed;
 };
 
 enum fw_kind { FW_MULTIBOOT = 1, FW_LINUX_BZIMAGE, FW_LINUX_ELF };

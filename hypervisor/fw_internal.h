@@ -69,6 +69,9 @@ struct fw_ctx {
 	size_t err_len;
 };
 
+/* Zero guest RAM that must read as zero, unless the whole buffer is known to be zero already (cfg->ram_zeroed). */
+void fw_zero(const struct fw_ctx *c, void *p, size_t len);
+
 /* Sets err (one line) and returns -e. */
 __attribute__((format(printf, 3, 4)))
 int fw_fail(struct fw_ctx *c, int e, const char *fmt, ...);

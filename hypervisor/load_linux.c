@@ -192,8 +192,8 @@ static int place_initrd(struct fw_ctx *c, uint8_t *bp, const struct linux_image 
 static void page_tables_write(struct fw_ctx *c)
 {
 	uint8_t *pml4 = fw_gpa(c, FW_PML4, 0x1000), *pdpt = fw_gpa(c, FW_PDPT, 0x1000);
-	memset(pml4, 0, 0x1000);
-	memset(pdpt, 0, 0x1000);
+	fw_zero(c, pml4, 0x1000);
+	fw_zero(c, pdpt, 0x1000);
 	fw_wr64(pml4, FW_PDPT | 0x3);      /* present, writable */
 	for (uint64_t i = 0; i < 4; i++) {
 		uint8_t *pd = fw_gpa(c, FW_PD + 0x1000 * i, 0x1000);

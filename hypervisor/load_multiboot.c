@@ -79,7 +79,7 @@ static int load_aout(struct fw_ctx *c, size_t hdr, struct fw_elf_info *info)
 		return fw_fail(c, ERANGE, "multiboot: segment 0x%x - 0x%llx outside guest RAM (%llu MiB)", load_addr,
 			       (unsigned long long)mem_end, (unsigned long long)(c->cfg->ram_size >> 20));
 	memcpy(dst, c->image + file_off, len);
-	memset(dst + len, 0, mem_end - end);
+	fw_zero(c, dst + len, mem_end - end);
 	if (entry < load_addr || entry >= mem_end)
 		return fw_fail(c, ENOEXEC, "multiboot: entry_addr 0x%x is outside the loaded image 0x%x - 0x%llx", entry,
 			       load_addr, (unsigned long long)mem_end);

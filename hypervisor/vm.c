@@ -343,6 +343,9 @@ static int vm_firmware(struct vm *vm)
 		.node_mem_size = c->node_mem_size, .slit = NULL, .ram_size = vm->ram_size,
 		.hole_start = vm->hole_start, .kernel = c->kernel, .cmdline = c->cmdline ? c->cmdline : "",
 		.initrd = c->initrd, .modules = c->modules, .n_modules = c->n_modules,
+		/* vm_create just made the RAM (a fresh region or mapping): nothing needs zeroing, and every page
+		 * the loader does not write stays unfaulted. */
+		.ram_zeroed = true,
 	};
 	uint64_t *gpa_base = NULL, *gpa_size = NULL;
 	char err[256] = "";

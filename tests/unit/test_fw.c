@@ -826,6 +826,32 @@ static void test_multiboot_synthetic(void **state)
 	ram_free(ram, rs);
 }
 
+/* bss and the firmware area are zeroed in RAM that held something, and left alone (never touched, so never
+ * faulted on a DSM-backed guest) when the caller says the RAM is fresh. */
+static void test_ram_zeroed(void **state)
+{
+	uint64_t rs = 64 * MIB;
+	size_t len = make_mb_elf(mb_img, 0x3, 0x100000);
+	const char *k = tmp_write("mbz.elf", mb_img, len);
+	for (int fresh = 0; fresh < 2; fresh++) {
+		uint8_t *ram = ram_new(rs);
+		memset(ram, 0xee, 4 * MIB);
+		struct fw_config cfg = cfg_basic(rs, k);
+		cfg.ram_zeroed = fresh;
+		struct fw_boot b;
+		char err[256];
+		assert_int_equal(setup(&cfg, ram, &b, err), 0);
+		check_mb_entry(&b, MB_ENTRY);
+		assert_memory_equal(ram + 0x100000, mb_img + 0x1000, 0x2000);
+		uint8_t want = fresh ? 0xee : 0;
+		for (int i = 0x2000; i < 0x3000; i++)
+			assert_int_equal(ram[0x100000 + i], want);   /* the segment's bss */
+		assert_int_equal(ram[0x500], want);                  /* firmware area nobody writes */
+		fw_boot_release(&b);
+		ram_free(ram, rs);
+	}
+}
+
 /* A raw image with the multiboot a.out fields: file offset 0 at 2 MiB, 0x1800 bytes loaded, bss to +0x4000. */
 static size_t make_aout(uint8_t *img)
 {
@@ -1355,6 +1381,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_cpuid_kvm_base),
 		cmocka_unit_test(test_multiboot_synthetic),
 		cmocka_unit_test(test_multiboot_aout),
+		cmocka_unit_test(test_ram_zeroed),
 		cmocka_unit_test(test_multiboot_sdk),
 		cmocka_unit_test(test_linux_bzimage),
 		cmocka_unit_test(test_linux_vmlinux),
