@@ -154,6 +154,48 @@ struct emu_cpu {
 };
 enum { EMU_DLV_BENIGN = 0, EMU_DLV_CONTRIB, EMU_DLV_PF, EMU_DLV_DF };
 
+/*
+ * Added by emu owner (2nd round): host fences for guest memory ordering (MFENCE/LFENCE/SFENCE, misaligned RAM
+ * accesses done with memcpy). Guest RAM accesses are acquire loads / release stores already, so on an x86 host only
+ * the full fence (MFENCE: store->load order) needs a hardware barrier; acquire/release fences only stop the compiler.
+ * ThreadSanitizer does not model atomic_thread_fence and GCC makes that a -Werror=tsan error, so a TSan build uses
+ * a seq_cst RMW on a per-thread dummy for the full fence (on x86 a LOCKed instruction is a full barrier: the guest
+ * sees the same ordering) and compiler barriers for the others (x86 needs no more; TSan builds race-check the VMM,
+ * the litmus tests check guest TSO in the normal and ASan builds).
+ */
+#ifdef __SANITIZE_THREAD__
+static inline void emu_fence_full(void)
+{
+	static _Thread_local unsigned long dummy;
+	__atomic_fetch_add(&dummy, 0, __ATOMIC_SEQ_CST);
+}
+
+static inline void emu_fence_acquire(void)
+{
+	__asm__ volatile("" ::: "memory");
+}
+
+static inline void emu_fence_release(void)
+{
+	__asm__ volatile("" ::: "memory");
+}
+#else
+static inline void emu_fence_full(void)
+{
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+static inline void emu_fence_acquire(void)
+{
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+}
+
+static inline void emu_fence_release(void)
+{
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+}
+#endif
+
 /* ---- emu_exec.c ---- */
 /* Execute one instruction at cpu->rip (may longjmp to cpu->jmp). */
 void emu_step(struct emu_cpu *cpu);

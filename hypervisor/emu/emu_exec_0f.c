@@ -274,9 +274,9 @@ static void exec_grp15(struct emu_insn *d)    /* 0F AE */
 		emu_ud(d);
 	if (!d->mem) {
 		switch (sub) {
-		case 5: __atomic_thread_fence(__ATOMIC_ACQUIRE); break;    /* LFENCE */
-		case 6: __atomic_thread_fence(__ATOMIC_SEQ_CST); break;    /* MFENCE: a full host fence */
-		case 7: __atomic_thread_fence(__ATOMIC_RELEASE); break;    /* SFENCE */
+		case 5: emu_fence_acquire(); break;    /* LFENCE */
+		case 6: emu_fence_full(); break;       /* MFENCE: a full host fence */
+		case 7: emu_fence_release(); break;    /* SFENCE */
 		default: emu_ud(d);
 		}
 	} else if (sub == 7) {    /* CLFLUSH: coherent memory, only the access check */

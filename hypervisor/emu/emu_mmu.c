@@ -325,7 +325,7 @@ static inline uint64_t host_load(const uint8_t *p, unsigned size)
 		break;
 	}
 	uint64_t v = 0;
-	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	emu_fence_acquire();
 	memcpy(&v, p, size);
 	__atomic_signal_fence(__ATOMIC_ACQUIRE);
 	return v;
@@ -359,7 +359,7 @@ static inline void host_store(uint8_t *p, unsigned size, uint64_t v)
 		break;
 	}
 	__atomic_signal_fence(__ATOMIC_RELEASE);
-	__atomic_thread_fence(__ATOMIC_RELEASE);
+	emu_fence_release();
 	memcpy(p, &v, size);
 }
 

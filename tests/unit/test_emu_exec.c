@@ -64,12 +64,34 @@ static uint64_t fake_linear(struct emu_cpu *cpu, int seg, uint64_t off, unsigned
 	return lin;
 }
 
+/* Fake RAM accesses are atomic when aligned, like emu_mmu.c's (the LOCK tests run several threads on it). */
 static uint64_t ld(const uint8_t *p, unsigned size)
 {
 	uint64_t v = 0;
 
+	if (((uintptr_t)p & (size - 1)) == 0) {
+		switch (size) {
+		case 1: return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+		case 2: return __atomic_load_n((const uint16_t *)(const void *)p, __ATOMIC_ACQUIRE);
+		case 4: return __atomic_load_n((const uint32_t *)(const void *)p, __ATOMIC_ACQUIRE);
+		case 8: return __atomic_load_n((const uint64_t *)(const void *)p, __ATOMIC_ACQUIRE);
+		}
+	}
 	memcpy(&v, p, size);
 	return v;
+}
+
+static void st(uint8_t *p, unsigned size, uint64_t v)
+{
+	if (((uintptr_t)p & (size - 1)) == 0) {
+		switch (size) {
+		case 1: __atomic_store_n(p, (uint8_t)v, __ATOMIC_RELEASE); return;
+		case 2: __atomic_store_n((uint16_t *)(void *)p, (uint16_t)v, __ATOMIC_RELEASE); return;
+		case 4: __atomic_store_n((uint32_t *)(void *)p, (uint32_t)v, __ATOMIC_RELEASE); return;
+		case 8: __atomic_store_n((uint64_t *)(void *)p, v, __ATOMIC_RELEASE); return;
+		}
+	}
+	memcpy(p, &v, size);
 }
 
 uint64_t emu_read(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size)
@@ -79,7 +101,7 @@ uint64_t emu_read(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size)
 
 void emu_write(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size, uint64_t val)
 {
-	memcpy(ram + fake_linear(cpu, seg, off, size), &val, size);
+	st(ram + fake_linear(cpu, seg, off, size), size, val);
 }
 
 uint64_t emu_linear(struct emu_cpu *cpu, int seg, uint64_t off, unsigned size, bool write)
