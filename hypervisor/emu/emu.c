@@ -18,6 +18,9 @@
  * After a read exit (IN, MMIO read, RDMSR of a VMM MSR) the instruction has not executed: get_regs shows RIP on it,
  * and the next run() executes it again with the value from the exit. A set_regs that moves RIP abandons the read.
  *
+ * exit->irq_ready: IF=1, no interrupt shadow and no injected vector still queued (a kick can end a run before a
+ * vector injected for it is delivered; the VMM must then wait for the window instead of injecting again).
+ *
  * The guest TSC is CLOCK_MONOTONIC scaled to tsc_hz (plus the VM's offset): identical on every vCPU and in every
  * process on one host, which keeps guest time consistent across the node processes of a simulated cluster.
  */
@@ -441,7 +444,10 @@ static int emu_run(struct accel_vcpu *v, const struct accel_entry *entry, struct
 	cpu->exit_pending = false;
 	cpu->exit_restart = false;
 	run_loop(cpu, wrmsr_fault);
-	exit->irq_ready = (cpu->rflags & EFL_IF) && !cpu->irq_shadow;
+	/* Ready only if an injection now would be taken at once and the backend holds none: a kick or an exit can
+	 * come before a queued vector is delivered (the kick is tested first at every boundary), and inject_irq would
+	 * then refuse (-EBUSY). KVM's ready_for_interrupt_injection is false while an injection is pending too. */
+	exit->irq_ready = (cpu->rflags & EFL_IF) && !cpu->irq_shadow && cpu->pending_irq < 0;
 	return 0;
 }
 

@@ -1566,6 +1566,37 @@ static void test_guest_multiboot_entry(void **state)
 	vmh_fini(&h);
 }
 
+/* ---- second round: irq_ready, insn_count, PAUSE, SYSENTER/SYSEXIT, CPUID model, memory ordering ---- */
+
+/* A kick that ends a run before the injected vector is delivered: irq_ready must be false (the backend still holds
+ * the vector; KVM's ready_for_interrupt_injection is false then too), and true again once it is delivered. */
+static void test_irq_ready_false_while_injection_queued(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       " sti\n nop\n"
+	       "1: jmp 1b\n"
+	       ".org 0x500\n"
+	       "irq: mov $0x31, %al\n out %al, $0xf4\n");
+	lm_setup(&h, CODE);
+	idt_set(&h, 0x31, CODE + 0x500, 0, 0);
+	struct accel_entry e = { .request_irq_window = true };
+	assert_int_equal(run_until(&h, &e), ACCEL_EXIT_IRQ_WINDOW);
+	assert_true(h.exit.irq_ready);
+	assert_int_equal(ops->inject_irq(h.cpu, 0x31), 0);
+	ops->kick(h.cpu);            /* the kick is seen at the first boundary, before the delivery */
+	assert_int_equal(ops->run(h.cpu, NULL, &h.exit), 0);
+	assert_int_equal(h.exit.reason, ACCEL_EXIT_KICK);
+	assert_false(h.exit.irq_ready);
+	assert_int_equal(ops->inject_irq(h.cpu, 0x32), -EBUSY);   /* what a VMM trusting irq_ready would get */
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	assert_int_equal(h.done, 0x31);
+	vmh_fini(&h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1601,6 +1632,7 @@ int main(void)
 		cmocka_unit_test(test_lldt_ltr),
 		cmocka_unit_test(test_random_code_robust),
 		cmocka_unit_test(test_sysenter_sysexit_direct),
+		cmocka_unit_test(test_irq_ready_false_while_injection_queued),
 		cmocka_unit_test(test_perf_ring3_loop),
 		cmocka_unit_test(test_guest_multiboot_entry),
 	};
