@@ -448,6 +448,7 @@ static int emu_run(struct accel_vcpu *v, const struct accel_entry *entry, struct
 	 * come before a queued vector is delivered (the kick is tested first at every boundary), and inject_irq would
 	 * then refuse (-EBUSY). KVM's ready_for_interrupt_injection is false while an injection is pending too. */
 	exit->irq_ready = (cpu->rflags & EFL_IF) && !cpu->irq_shadow && cpu->pending_irq < 0;
+	__atomic_store_n(&cpu->insns_pub, cpu->insns, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -477,6 +478,13 @@ static uint64_t emu_read_tsc(struct accel_vcpu *v)
 	return emu_tsc_now(&v->cpu);
 }
 
+/* Retired instructions as of the end of this vCPU's last run() (any thread; a run in progress is not counted
+ * until it exits — the VMM kicks vCPUs for timers and events, so the value lags by at most one run). */
+static uint64_t emu_insn_count(struct accel_vcpu *v)
+{
+	return __atomic_load_n(&v->cpu.insns_pub, __ATOMIC_RELAXED);
+}
+
 const struct accel_ops accel_emu_ops = {
 	.name = "emu",
 	.probe = emu_probe,
@@ -493,4 +501,5 @@ const struct accel_ops accel_emu_ops = {
 	.inject_irq = emu_inject_irq,
 	.inject_nmi = emu_inject_nmi,
 	.read_tsc = emu_read_tsc,
+	.insn_count = emu_insn_count,
 };

@@ -151,6 +151,9 @@ struct emu_cpu {
 	uint64_t dlv_rip;            /* its saved RIP (a fault during delivery reports this one) */
 	uint64_t wrmsr_rip;          /* WRMSR that exited: the VMM's error on it becomes #GP at this RIP */
 	bool dlv_ext;                /* the event being delivered is not INT n: error codes get EXT (bit 0) */
+	/* Added by emu owner (2nd round). */
+	uint64_t insns_pub;          /* cpu->insns as of the end of the last run(), __atomic relaxed: what accel
+	                              * insn_count returns to other threads (insns itself is the vCPU thread's) */
 };
 enum { EMU_DLV_BENIGN = 0, EMU_DLV_CONTRIB, EMU_DLV_PF, EMU_DLV_DF };
 

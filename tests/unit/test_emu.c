@@ -1597,6 +1597,24 @@ static void test_irq_ready_false_while_injection_queued(void **state)
 	vmh_fini(&h);
 }
 
+/* accel insn_count: instructions retired by the vCPU (published at every exit). */
+static void test_insn_count(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE, " mov $100, %ecx\n1: dec %ecx\n jnz 1b\n hlt\n mov $7, %eax\n hlt\n");
+	lm_setup(&h, CODE);
+	assert_non_null(ops->insn_count);
+	assert_int_equal(ops->insn_count(h.cpu), 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_HLT);
+	assert_int_equal(ops->insn_count(h.cpu), 1 + 2 * 100 + 1);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_HLT);
+	assert_int_equal(ops->insn_count(h.cpu), 1 + 2 * 100 + 1 + 2);
+	vmh_fini(&h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1633,6 +1651,7 @@ int main(void)
 		cmocka_unit_test(test_random_code_robust),
 		cmocka_unit_test(test_sysenter_sysexit_direct),
 		cmocka_unit_test(test_irq_ready_false_while_injection_queued),
+		cmocka_unit_test(test_insn_count),
 		cmocka_unit_test(test_perf_ring3_loop),
 		cmocka_unit_test(test_guest_multiboot_entry),
 	};
