@@ -154,7 +154,13 @@ struct emu_cpu {
 	/* Added by emu owner (2nd round). */
 	uint64_t insns_pub;          /* cpu->insns as of the end of the last run(), __atomic relaxed: what accel
 	                              * insn_count returns to other threads (insns itself is the vCPU thread's) */
+	uint64_t pauses, pause_yields; /* PAUSE executed / host sched_yield() done for them (stats, vCPU thread) */
+	unsigned pause_streak;       /* PAUSEs since the last yield: every EMU_PAUSE_YIELD_EVERY-th yields */
 };
+/* PAUSE (F3 90) yields the host thread every this many PAUSEs: a spinning vCPU thread lets the node's other
+ * threads (the vCPU it waits for, the interconnect) run on a host with fewer cores than threads. docs/emu.md has
+ * the measurement behind the value. */
+#define EMU_PAUSE_YIELD_EVERY 64u
 enum { EMU_DLV_BENIGN = 0, EMU_DLV_CONTRIB, EMU_DLV_PF, EMU_DLV_DF };
 
 /*

@@ -6,6 +6,7 @@
  */
 #include "hypervisor/emu/emu_exec_internal.h"
 
+#include <sched.h>
 
 _Noreturn void emu_ud(struct emu_insn *d)
 {
@@ -996,6 +997,14 @@ static __attribute__((noinline)) void exec_one(struct emu_insn *d, uint8_t op)
 			v = emu_reg_get(d, R_R8, d->opsize);
 			emu_reg_set(d, R_R8, d->opsize, emu_reg_get(d, R_AX, d->opsize));
 			emu_reg_set(d, R_AX, d->opsize, v);
+		} else if (d->rep == 0xf3) {
+			/* PAUSE: a spin-wait hint. Every EMU_PAUSE_YIELD_EVERY-th gives the host CPU away (emu.h). */
+			cpu->pauses++;
+			if (++cpu->pause_streak >= EMU_PAUSE_YIELD_EVERY) {
+				cpu->pause_streak = 0;
+				cpu->pause_yields++;
+				sched_yield();
+			}
 		}
 		emu_insn_retire(d);   /* NOP, F3 90 PAUSE */
 		return;

@@ -1615,6 +1615,24 @@ static void test_insn_count(void **state)
 	vmh_fini(&h);
 }
 
+/* PAUSE yields the host thread every EMU_PAUSE_YIELD_EVERY-th time (counted); a plain NOP does not count. */
+static void test_pause_yields(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE, " mov $1000, %ecx\n1: pause\n nop\n dec %ecx\n jnz 1b\n hlt\n");
+	lm_setup(&h, CODE);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_HLT);
+	const struct emu_cpu *cpu = (const struct emu_cpu *)(const void *)h.cpu;
+	assert_int_equal(cpu->pauses, 1000);
+	assert_int_equal(cpu->pause_yields, 1000 / EMU_PAUSE_YIELD_EVERY);
+	printf("emu: 1000 PAUSE -> %llu host yields (every %u)\n", (unsigned long long)cpu->pause_yields,
+	       EMU_PAUSE_YIELD_EVERY);
+	vmh_fini(&h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1652,6 +1670,7 @@ int main(void)
 		cmocka_unit_test(test_sysenter_sysexit_direct),
 		cmocka_unit_test(test_irq_ready_false_while_injection_queued),
 		cmocka_unit_test(test_insn_count),
+		cmocka_unit_test(test_pause_yields),
 		cmocka_unit_test(test_perf_ring3_loop),
 		cmocka_unit_test(test_guest_multiboot_entry),
 	};
