@@ -2,7 +2,8 @@
 /*
  * The two-byte (0F) opcode map: system instructions (decoded here, executed by emu_sys.c), CMOVcc/SETcc/Jcc,
  * bit instructions, SHLD/SHRD, CMPXCHG/XADD/CMPXCHG8B/16B, MOVZX/MOVSX, BSWAP, fences and hint NOPs.
- * Not implemented (#UD): SSE/AVX/x87 state, MONITOR/MWAIT, XGETBV, RDRAND/RDSEED, SYSENTER/SYSEXIT, VMX/SVM,
+ * SYSENTER/SYSEXIT are decoded here and executed by emu_sys.c (IA32_SYSENTER_* MSRs).
+ * Not implemented (#UD): SSE/AVX/x87 state, MONITOR/MWAIT, XGETBV, RDRAND/RDSEED, VMX/SVM,
  * TZCNT (F3 0F BC executes as BSF, as on CPUs without BMI1).
  */
 #include "hypervisor/emu/emu_exec_internal.h"
@@ -353,6 +354,18 @@ void emu_exec_0f(struct emu_insn *d)
 		cpu->rip = emu_next_rip(d);
 		cpu->insns++;
 		emu_syscall(cpu);
+		return;
+	case 0x34:                         /* SYSENTER: emu_sysenter checks mode and MSR, sets RIP */
+		if (d->lock)
+			emu_ud(d);
+		emu_sysenter(cpu);
+		cpu->insns++;
+		return;
+	case 0x35:                         /* SYSEXIT (REX.W: to 64-bit): emu_sysexit checks CPL 0 */
+		if (d->lock)
+			emu_ud(d);
+		emu_sysexit(cpu, (d->rex & 8) ? 8 : 4);
+		cpu->insns++;
 		return;
 	case 0x06:
 		emu_need_cpl0(d);

@@ -154,6 +154,16 @@ void emu_sysret(struct emu_cpu *cpu, unsigned opsize)
 	(void)cpu; (void)opsize;
 }
 
+void emu_sysenter(struct emu_cpu *cpu)
+{
+	(void)cpu;
+}
+
+void emu_sysexit(struct emu_cpu *cpu, unsigned opsize)
+{
+	(void)cpu; (void)opsize;
+}
+
 void emu_hlt(struct emu_cpu *cpu)
 {
 	longjmp(cpu->jmp, EMU_JMP_EXIT);

@@ -1633,6 +1633,34 @@ static void test_pause_yields(void **state)
 	vmh_fini(&h);
 }
 
+/* SYSEXIT (REX.W) from ring 0 to 64-bit ring 3 and SYSENTER back, decoded from guest code (0F 35 / 0F 34). */
+static void test_sysenter_sysexit_opcodes(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       " mov $0x174, %ecx\n mov $0x08, %eax\n xor %edx, %edx\n wrmsr\n"          /* SYSENTER_CS */
+	       " mov $0x175, %ecx\n mov $0x70000, %eax\n wrmsr\n"                           /* SYSENTER_ESP */
+	       " mov $0x176, %ecx\n mov $kentry, %eax\n wrmsr\n"                            /* SYSENTER_EIP */
+	       " mov $user, %edx\n mov $0x50000, %ecx\n sysexitq\n"
+	       "user: mov %cs, %eax\n mov %eax, %ebx\n mov %ss, %eax\n shl $16, %eax\n or %ebx, %eax\n"
+	       " mov %eax, %esi\n sysenter\n"
+	       "kentry: mov %esi, %eax\n out %eax, $0xe0\n"          /* ring-3 CS | SS << 16 */
+	       " mov %cs, %eax\n out %eax, $0xe0\n mov %ss, %eax\n out %eax, $0xe0\n"
+	       " mov %rsp, %rax\n out %eax, $0xe0\n"
+	       " hlt\n");
+	lm_setup(&h, CODE);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_HLT);
+	assert_int_equal(h.n_reports, 4);
+	assert_int_equal(h.reports[0], 0x2b | (0x33 << 16));   /* SYSENTER_CS + 32 | 3, + 40 | 3 */
+	assert_int_equal(h.reports[1], 0x08);
+	assert_int_equal(h.reports[2], 0x10);
+	assert_int_equal(h.reports[3], 0x70000);
+	vmh_fini(&h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1671,6 +1699,7 @@ int main(void)
 		cmocka_unit_test(test_irq_ready_false_while_injection_queued),
 		cmocka_unit_test(test_insn_count),
 		cmocka_unit_test(test_pause_yields),
+		cmocka_unit_test(test_sysenter_sysexit_opcodes),
 		cmocka_unit_test(test_perf_ring3_loop),
 		cmocka_unit_test(test_guest_multiboot_entry),
 	};

@@ -36,7 +36,7 @@ static uint8_t *ram;
 static __thread struct {
 	uint64_t fault_lo, fault_hi;  /* accesses touching [lo, hi) raise #PF */
 	bool no_fast_fetch;
-	unsigned hlt, syscalls, far_jmps, ints, iret;
+	unsigned hlt, syscalls, far_jmps, ints, iret, sysenters, sysexit_opsize;
 	int last_int;
 	uint64_t int_next;
 	uint16_t far_sel;
@@ -225,6 +225,18 @@ void emu_syscall(struct emu_cpu *cpu)
 void emu_sysret(struct emu_cpu *cpu, unsigned opsize)
 {
 	(void)cpu; (void)opsize;
+}
+
+void emu_sysenter(struct emu_cpu *cpu)
+{
+	fk.sysenters++;
+	cpu->rip = 0x5000;
+}
+
+void emu_sysexit(struct emu_cpu *cpu, unsigned opsize)
+{
+	fk.sysexit_opsize = opsize;
+	cpu->rip = 0x6000;
 }
 
 void emu_hlt(struct emu_cpu *cpu)
@@ -1499,6 +1511,17 @@ static void test_system_decode(void **state)
 	RUN(cpu, 0x0f, 0x05);                        /* syscall */
 	assert_int_equal(fk.syscalls, 1);
 	assert_int_equal(cpu->rip, CODE + 2);        /* RIP of the next instruction for emu_syscall */
+	RUN(cpu, 0x0f, 0x34);                        /* sysenter: emu_sysenter sets RIP */
+	assert_int_equal(fk.sysenters, 1);
+	assert_int_equal(cpu->rip, 0x5000);
+	cpu->rip = CODE;
+	RUN(cpu, 0x48, 0x0f, 0x35);                  /* sysexitq: REX.W selects the 64-bit form */
+	assert_int_equal(fk.sysexit_opsize, 8);
+	assert_int_equal(cpu->rip, 0x6000);
+	cpu->rip = CODE;
+	RUN(cpu, 0x0f, 0x35);                        /* sysexit (to 32-bit) */
+	assert_int_equal(fk.sysexit_opsize, 4);
+	cpu->rip = CODE;
 	RUN(cpu, 0xcd, 0x80);                        /* int $0x80 */
 	assert_int_equal(fk.last_int, 0x80);
 	assert_int_equal(fk.int_next, CODE + 2);
