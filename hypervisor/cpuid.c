@@ -10,8 +10,11 @@
  * emu model (base == NULL): "GenuineIntel" family 15 model 6 stepping 1 (the kvm64 signature, a generic CPU to
  * Linux), integer-only: no FPU/MMX/SSE/FXSR/XSAVE bits, because the interpreter raises #UD for them. A 64-bit
  * Linux requires FPU/FXSR/SSE/SSE2 (verify_cpu) and therefore does not boot on emu; the guest SDK needs none of
- * them. Advertised: PSE, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, HTT (n > 1), x2APIC, TSC-deadline,
- * hypervisor; SYSCALL, NX, LM; invariant TSC; ARAT; 0x15/0x16 for a 1 GHz TSC until fw_cpuid_set_tsc says other.
+ * them. Advertised: PSE, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, HTT (n > 1), CMPXCHG16B, POPCNT, x2APIC,
+ * TSC-deadline, hypervisor; SYSCALL, NX, RDTSCP, LM, LAHF/SAHF in 64-bit mode, LZCNT (ABM); invariant TSC; ARAT;
+ * 0x15/0x16 for a 1 GHz TSC until fw_cpuid_set_tsc says other. Each of these is executed by the interpreter and
+ * tested in tests/unit/test_emu.c (test_cpuid_emu_model_features). Never: BMI1 (TZCNT runs as BSF), MOVBE, SSE*,
+ * XSAVE, MONITOR, RDRAND, FSGSBASE, SMAP — the interpreter raises #UD for them.
  *
  * KVM (base != NULL): the supported table, with leaf 1 (APIC id, logical count, HTT, x2APIC, TSC-deadline,
  * hypervisor), leaf 4's sharing fields and leaves 0xB/0x1F rewritten; everything else as KVM reports it.
@@ -88,7 +91,8 @@ static int emu_model(struct cpuid_table *t)
 		return -ENOSPC;
 	e->eax = 0x00000f61;               /* family 15, model 6, stepping 1 */
 	e->ebx = 8u << 8;                  /* CLFLUSH line 64 bytes; count and APIC id set by topology */
-	e->ecx = (1u << 21) | (1u << 24) | (1u << 31);
+	/* CMPXCHG16B, x2APIC, POPCNT, TSC-deadline, hypervisor */
+	e->ecx = (1u << 13) | (1u << 21) | (1u << 23) | (1u << 24) | (1u << 31);
 	e->edx = (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) | (1u << 11) | (1u << 13) |
 		 (1u << 15) | (1u << 16);
 	/* Deterministic cache parameters: L1d, L1i, L2 per core; L3 shared by the package. */
@@ -120,7 +124,8 @@ static int emu_model(struct cpuid_table *t)
 	e->eax = 0x80000008;
 	if (!(e = table_get(t, 0x80000001, 0, false)))
 		return -ENOSPC;
-	e->edx = (1u << 11) | (1u << 20) | (1u << 29); /* SYSCALL, NX, LM */
+	e->ecx = (1u << 0) | (1u << 5);                 /* LAHF/SAHF in 64-bit mode, LZCNT (ABM) */
+	e->edx = (1u << 11) | (1u << 20) | (1u << 27) | (1u << 29); /* SYSCALL, NX, RDTSCP, LM */
 	for (uint32_t i = 0; i < 3; i++) {
 		if (!(e = table_get(t, 0x80000002 + i, 0, false)))
 			return -ENOSPC;

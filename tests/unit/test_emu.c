@@ -28,6 +28,7 @@
 
 #include "hypervisor/accel.h"
 #include "hypervisor/emu/emu.h"
+#include "hypervisor/fw.h"
 
 #define RAM_SIZE (8u << 20)
 #define CODE     0x100000u   /* guest code (1 MiB) */
@@ -1661,6 +1662,65 @@ static void test_sysenter_sysexit_opcodes(void **state)
 	vmh_fini(&h);
 }
 
+/* The emu CPUID model advertises exactly what the interpreter executes: each advertised extension runs here. */
+static void test_cpuid_emu_model_features(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct accel_cpuid_entry t[64];
+	size_t n = 0;
+	const uint32_t ids[1] = { 0 };
+	assert_int_equal(fw_cpuid_build(1, ids, NULL, 0, t, 64, &n), 0);
+	const struct accel_cpuid_entry *l1 = NULL, *l7 = NULL, *x1 = NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (t[i].function == 1)
+			l1 = &t[i];
+		if (t[i].function == 7 && t[i].index == 0)
+			l7 = &t[i];
+		if (t[i].function == 0x80000001)
+			x1 = &t[i];
+	}
+	assert_non_null(l1);
+	assert_non_null(x1);
+	uint32_t want1c = (1u << 13) | (1u << 23);                  /* CMPXCHG16B, POPCNT */
+	assert_int_equal(l1->ecx & want1c, want1c);
+	assert_int_equal(x1->ecx & ((1u << 0) | (1u << 5)), (1u << 0) | (1u << 5));   /* LAHF-SAHF, LZCNT */
+	assert_int_equal(x1->edx & (1u << 27), 1u << 27);           /* RDTSCP */
+	/* never: SSE3/SSSE3/SSE4.1/4.2, MONITOR, MOVBE, XSAVE, AVX, RDRAND; FPU/MMX/FXSR/SSE/SSE2 */
+	assert_int_equal(l1->ecx & ((1u << 0) | (1u << 3) | (1u << 9) | (1u << 19) | (1u << 20) | (1u << 22) |
+				    (1u << 26) | (1u << 27) | (1u << 28) | (1u << 30)), 0);
+	assert_int_equal(l1->edx & ((1u << 0) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26)), 0);
+	if (l7)   /* FSGSBASE, BMI1, BMI2, SMAP */
+		assert_int_equal(l7->ebx & ((1u << 0) | (1u << 3) | (1u << 8) | (1u << 20)), 0);
+
+	struct vmh h;
+	vmh_init(&h, t, n, 0);
+	asm_at(&h, CODE,
+	       " mov $0xf0f0, %rax\n popcnt %rax, %rbx\n mov %ebx, %eax\n out %eax, $0xe0\n"
+	       " mov $0x100, %eax\n lzcnt %eax, %ebx\n mov %ebx, %eax\n out %eax, $0xe0\n"
+	       " xor %eax, %eax\n lzcnt %eax, %ebx\n setc %al\n shl $8, %ebx\n or %ebx, %eax\n out %eax, $0xe0\n"
+	       " mov $0x4000, %edi\n mov $1, %eax\n mov $2, %edx\n mov $3, %ebx\n mov $4, %ecx\n"
+	       " lock cmpxchg16b (%rdi)\n setz %al\n movzbl %al, %eax\n out %eax, $0xe0\n"
+	       " mov $0xc0000103, %ecx\n mov $7, %eax\n xor %edx, %edx\n wrmsr\n"
+	       " rdtscp\n mov %ecx, %eax\n out %eax, $0xe0\n"
+	       " mov $0xd700, %eax\n sahf\n mov $0, %eax\n lahf\n shr $8, %eax\n out %eax, $0xe0\n"
+	       " hlt\n");
+	lm_setup(&h, CODE);
+	put64(&h, 0x4000, 1);
+	put64(&h, 0x4008, 2);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_HLT);
+	assert_int_equal(h.n_reports, 6);
+	assert_int_equal(h.reports[0], 8);               /* POPCNT */
+	assert_int_equal(h.reports[1], 23);              /* LZCNT */
+	assert_int_equal(h.reports[2], (32 << 8) | 1);   /* LZCNT of 0: 32, CF */
+	assert_int_equal(h.reports[3], 1);               /* CMPXCHG16B matched */
+	assert_int_equal(get64(&h, 0x4000), 3);
+	assert_int_equal(get64(&h, 0x4008), 4);
+	assert_int_equal(h.reports[4], 7);               /* RDTSCP: ECX = TSC_AUX */
+	assert_int_equal(h.reports[5], 0xd7);            /* SAHF/LAHF in 64-bit mode */
+	vmh_fini(&h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1700,6 +1760,7 @@ int main(void)
 		cmocka_unit_test(test_insn_count),
 		cmocka_unit_test(test_pause_yields),
 		cmocka_unit_test(test_sysenter_sysexit_opcodes),
+		cmocka_unit_test(test_cpuid_emu_model_features),
 		cmocka_unit_test(test_perf_ring3_loop),
 		cmocka_unit_test(test_guest_multiboot_entry),
 	};
