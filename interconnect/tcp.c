@@ -379,7 +379,13 @@ static int conn_send_locked(struct tcp_conn *c, uint8_t type, uint16_t flags, co
 		while (n < 0 && errno == EINTR);
 		if (n < 0) {
 			if (errno != EAGAIN && errno != EWOULDBLOCK) {
-				pr_warn("%s: send failed: %s", c->name, strerror(errno));
+				/* CLOSE is best effort: at an orderly end the peer has often closed first (and a
+				 * socket closed with frames unread answers with a reset). A peer that really died is
+				 * reported by the liveness path, not here. */
+				if (type == IC_T_CLOSE)
+					pr_debug("%s: CLOSE not sent: %s", c->name, strerror(errno));
+				else
+					pr_warn("%s: send failed: %s", c->name, strerror(errno));
 				conn_mark_broken(c);
 				return -ENOTCONN;
 			}
