@@ -19,6 +19,7 @@ sim_run() {
 	local name=$1 wl=$2 cmdline=$3
 	shift 3
 	SIM_LOG=$SIM_LOG_DIR/$name.log
+	GUEST_LOG=$SIM_LOG   # what tests/guest/checks.sh reads
 	SIM_ERR=$SIM_LOG_DIR/$name.err
 	local t0 rc
 	t0=${EPOCHREALTIME/./}
@@ -116,3 +117,6 @@ sim_summary() {
 	echo "sim: $npass passed, $nfail failed, $nskip skipped"
 	[ "$nfail" -eq 0 ]
 }
+
+# the workload checks shared with run-qemu.sh and test_hv_run.sh
+. tests/guest/checks.sh

@@ -132,7 +132,7 @@ run_workloads() {
 	verdict "$accel litmus inject=MP (negative)" 1 check_litmus_injected
 	for n in 1 2 4; do
 		hv_run "$accel-memtest-smp$n" "$accel" "$GUEST_DIR/memtest.elf" $n "max=$MT_MAX"
-		verdict "$accel memtest vcpus=$n max=$MT_MAX" 0 check_memtest $n
+		verdict "$accel memtest vcpus=$n max=$MT_MAX" 0 check_memtest $n =8388608
 	done
 	hv_run "$accel-memtest-corrupt" "$accel" "$GUEST_DIR/memtest.elf" 2 "max=8M corrupt=4096"
 	verdict "$accel memtest corrupt=4096 (negative)" 1 check_memtest_corrupt
