@@ -146,12 +146,7 @@ static int link_send(struct clink *l, uint32_t to, struct cmsg *m)
 			pr_warn("node %u acknowledges nothing: dropping a %s", to, cmsg_type_name(m->type));
 			return -ENOBUFS;
 		}
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += 10 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		ts = clock_timespec(now + 10 * NSEC_PER_MSEC);
 		pthread_cond_timedwait(&p->tx_space, &p->tx, &ts);
 	}
 	m->seq = p->next_seq;
@@ -195,8 +190,7 @@ static void *link_timer_main(void *arg)
 		struct timespec ts;
 		uint64_t when = clock_now_ns() + l->rto_ns / 4;
 
-		ts.tv_sec = (time_t)(when / NSEC_PER_SEC);
-		ts.tv_nsec = (long)(when % NSEC_PER_SEC);
+		ts = clock_timespec(when);
 		pthread_cond_timedwait(&l->timer_cond, &l->timer_lock, &ts);
 		if (atomic_load(&l->stop))
 			break;
@@ -300,8 +294,7 @@ static int hook_forward_io(void *opaque, uint32_t node, enum bus_space space, st
 			err = -EHOSTDOWN;
 			break;
 		}
-		ts.tv_sec = (time_t)(deadline / NSEC_PER_SEC);
-		ts.tv_nsec = (long)(deadline % NSEC_PER_SEC);
+		ts = clock_timespec(deadline);
 		pthread_cond_timedwait(&l->cond, &l->lock, &ts);
 	}
 	if (!err && !s->done)
@@ -605,8 +598,7 @@ static bool wait_until(struct clink *l, uint64_t deadline)
 
 	if (clock_now_ns() >= deadline)
 		return false;
-	ts.tv_sec = (time_t)(deadline / NSEC_PER_SEC);
-	ts.tv_nsec = (long)(deadline % NSEC_PER_SEC);
+	ts = clock_timespec(deadline);
 	pthread_cond_timedwait(&l->cond, &l->lock, &ts);
 	return true;
 }
@@ -660,12 +652,7 @@ int clink_flush(struct clink *l, uint64_t timeout_ns)
 				pthread_mutex_unlock(&p->tx);
 				return -ETIMEDOUT;
 			}
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_nsec += 5 * 1000 * 1000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
+			ts = clock_timespec(clock_now_ns() + 5 * NSEC_PER_MSEC);
 			pthread_cond_timedwait(&p->tx_space, &p->tx, &ts);
 		}
 		pthread_mutex_unlock(&p->tx);

@@ -776,8 +776,7 @@ static void *region_timer_main(void *arg)
 			continue;
 		}
 		if (now < r->timer_when) {
-			struct timespec ts = { .tv_sec = (time_t)(r->timer_when / NSEC_PER_SEC),
-					       .tv_nsec = (long)(r->timer_when % NSEC_PER_SEC) };
+			struct timespec ts = clock_timespec(r->timer_when);
 
 			r->timer_sleep_until = r->timer_when;
 			pthread_cond_timedwait(&r->timer_cond, &r->lock, &ts);
@@ -1062,12 +1061,7 @@ static void region_leave(struct dsm_region *r)
 				(unsigned long long)(LEAVE_TIMEOUT_NS / NSEC_PER_SEC));
 			break;
 		}
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 50 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		ts = clock_realtime_after(50 * NSEC_PER_MSEC);
 		pthread_cond_timedwait(&r->st_cond, &r->st_lock, &ts);
 	}
 	pthread_mutex_unlock(&r->st_lock);
@@ -1152,12 +1146,7 @@ int dsm_region_wait_peers(struct dsm_region *r, uint64_t timeout_ns)
 			err = -ETIMEDOUT;
 			break;
 		}
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 20 * 1000 * 1000;
-		if (ts.tv_nsec >= 1000000000) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000;
-		}
+		ts = clock_realtime_after(20 * NSEC_PER_MSEC);
 		pthread_cond_timedwait(&r->st_cond, &r->st_lock, &ts);
 	}
 	if (!err && atomic_load(&r->failed))

@@ -141,8 +141,7 @@ static void vcpu_wait(struct vcpu *v, uint64_t seq, uint64_t deadline_ns)
 		if (deadline_ns == UINT64_MAX) {
 			pthread_cond_wait(&v->cond, &v->lock);
 		} else {
-			struct timespec ts = { .tv_sec = (time_t)(deadline_ns / NSEC_PER_SEC),
-					       .tv_nsec = (long)(deadline_ns % NSEC_PER_SEC) };
+			struct timespec ts = clock_timespec(deadline_ns);
 
 			if (clock_now_ns() >= deadline_ns ||
 			    pthread_cond_timedwait(&v->cond, &v->lock, &ts) == ETIMEDOUT)

@@ -259,8 +259,7 @@ static void *vm_timer_thread(void *arg)
 		if (next == UINT64_MAX) {
 			pthread_cond_wait(&vm->timer_cond, &vm->timer_lock);
 		} else {
-			struct timespec ts = { .tv_sec = (time_t)(next / NSEC_PER_SEC),
-					       .tv_nsec = (long)(next % NSEC_PER_SEC) };
+			struct timespec ts = clock_timespec(next);
 
 			pthread_cond_timedwait(&vm->timer_cond, &vm->timer_lock, &ts);
 		}
@@ -791,8 +790,7 @@ int vm_vcpu_wait_state(struct vm *vm, unsigned vcpu, enum vm_vcpu_state state, u
 		return -ENOENT;
 	pthread_mutex_lock(&v->lock);
 	while (atomic_load(&v->state) != (int)state) {
-		struct timespec ts = { .tv_sec = (time_t)(deadline / NSEC_PER_SEC),
-				       .tv_nsec = (long)(deadline % NSEC_PER_SEC) };
+		struct timespec ts = clock_timespec(deadline);
 
 		if (pthread_cond_timedwait(&v->cond, &v->lock, &ts) == ETIMEDOUT &&
 		    atomic_load(&v->state) != (int)state) {

@@ -169,8 +169,7 @@ static void *fab_timer_main(void *arg)
 			}
 			continue;
 		}
-		ts.tv_sec = (time_t)(top->release_ns / NSEC_PER_SEC);
-		ts.tv_nsec = (long)(top->release_ns % NSEC_PER_SEC);
+		ts = clock_timespec(top->release_ns);
 		pthread_cond_timedwait(&f->q_cond, &f->q_lock, &ts);
 	}
 	pthread_mutex_unlock(&f->q_lock);

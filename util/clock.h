@@ -18,4 +18,23 @@ static inline uint64_t clock_now_ns(void)
 	return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
 }
 
+/* An absolute CLOCK_MONOTONIC time in ns as a timespec, for pthread_cond_timedwait on a condition variable whose
+ * clock is CLOCK_MONOTONIC (pthread_condattr_setclock). */
+static inline struct timespec clock_timespec(uint64_t ns)
+{
+	return (struct timespec){ .tv_sec = (time_t)(ns / NSEC_PER_SEC), .tv_nsec = (long)(ns % NSEC_PER_SEC) };
+}
+
+/* CLOCK_REALTIME now + delta_ns, for condition variables on the default clock. */
+static inline struct timespec clock_realtime_after(uint64_t delta_ns)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	uint64_t ns = (uint64_t)ts.tv_nsec + delta_ns;
+	ts.tv_sec += (time_t)(ns / NSEC_PER_SEC);
+	ts.tv_nsec = (long)(ns % NSEC_PER_SEC);
+	return ts;
+}
+
 #endif
