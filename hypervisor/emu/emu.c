@@ -3,7 +3,8 @@
  * emu accelerator: struct accel_ops over the interpreter (hypervisor/accel.h, hypervisor/emu/emu.h).
  *
  * run() loop, at every instruction boundary, in this order:
- *   1. an exit recorded by the last instruction (OUT, MMIO write, WRMSR to the VMM, HLT) is returned;
+ *   1. an exit recorded by the last instruction (OUT, MMIO write, WRMSR to the VMM, HLT) is returned — except a
+ *      HLT when an NMI or an injected interrupt is deliverable now (HLT in an STI shadow): it wakes at once;
  *   2. a kick (atomic flag, set by accel kick from any thread or a signal handler) returns ACCEL_EXIT_KICK — it is
  *      tested before every instruction, so a kick is seen within one instruction's time;
  *   3. an instruction waiting for a value the VMM just supplied (IN, MMIO read, RDMSR) is re-executed first, before
@@ -330,6 +331,12 @@ static void exit_set(struct emu_cpu *cpu, enum accel_exit_reason r)
 	cpu->exit->reason = r;
 }
 
+/* An NMI or injected interrupt the next boundary would deliver (shadow not considered: HLT ends it). */
+static bool hlt_wakes(const struct emu_cpu *cpu)
+{
+	return (cpu->pending_nmi && !cpu->nmi_blocked) || (cpu->pending_irq >= 0 && (cpu->rflags & EFL_IF));
+}
+
 /* Runs until an exit is recorded in *cpu->exit. All state lives in *cpu (setjmp: no locals survive longjmp). */
 static void run_loop(struct emu_cpu *cpu, bool wrmsr_fault)
 {
@@ -368,7 +375,12 @@ static void run_loop(struct emu_cpu *cpu, bool wrmsr_fault)
 	for (;;) {
 		if (cpu->exit_pending) {
 			cpu->exit_pending = false;
-			return;
+			if (!(cpu->exit->reason == ACCEL_EXIT_HLT && hlt_wakes(cpu)))
+				return;
+			/* HLT with an event already deliverable (its STI/MOV SS shadow ended with it): the event wakes
+			 * it at once, as on hardware, instead of a HLT exit the VMM could not wake (the event is no
+			 * longer in its APIC) */
+			memset(cpu->exit, 0, sizeof(*cpu->exit));
 		}
 		if (atomic_load_explicit(&cpu->kicked, memory_order_relaxed) &&
 		    atomic_exchange(&cpu->kicked, false)) {

@@ -1060,6 +1060,31 @@ static void test_nmi(void **state)
 	vmh_fini(&h);
 }
 
+/* HLT executed in an STI shadow while an NMI is already pending (injected at an exit inside the shadow): the NMI
+ * wakes the HLT at once, no HLT exit (the VMM would sleep: the NMI is no longer in its APIC). */
+static void test_hlt_in_shadow_woken_by_pending_nmi(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       " hlt\n mov $1, %eax\n out %eax, $0xe0\n hlt\n"
+	       ".org 0x200\n"
+	       "nmi: mov (%rsp), %rax\n out %eax, $0xe0\n iretq\n");
+	lm_setup(&h, CODE);
+	idt_set(&h, 2, CODE + 0x200, 0, 0);
+	struct emu_cpu *cpu = (struct emu_cpu *)(void *)h.cpu;
+	cpu->rflags |= EFL_IF;
+	cpu->irq_shadow = true;      /* as right after STI, where a kick may end a run */
+	assert_int_equal(ops->inject_nmi(h.cpu), 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_HLT);
+	assert_int_equal(h.n_reports, 2);
+	assert_int_equal(h.reports[0], CODE + 1);    /* the NMI interrupted right after the first HLT */
+	assert_int_equal(h.reports[1], 1);
+	vmh_fini(&h);
+}
+
 /* A WRMSR the VMM refuses becomes #GP(0) at the WRMSR. */
 static void test_wrmsr_refused(void **state)
 {
@@ -1948,6 +1973,7 @@ int main(void)
 		cmocka_unit_test(test_random_code_robust),
 		cmocka_unit_test(test_sysenter_sysexit_direct),
 		cmocka_unit_test(test_irq_ready_false_while_injection_queued),
+		cmocka_unit_test(test_hlt_in_shadow_woken_by_pending_nmi),
 		cmocka_unit_test(test_insn_count),
 		cmocka_unit_test(test_pause_yields),
 		cmocka_unit_test(test_sysenter_sysexit_opcodes),
