@@ -905,7 +905,6 @@ static void region_tables_free(struct dsm_region *r, size_t n_homed)
 int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **out)
 {
 	struct dsm_config ec;
-	pthread_condattr_t ca;
 	struct dsm_region *r;
 	uint64_t n_homed;
 	int err;
@@ -932,10 +931,7 @@ int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **o
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_mutex_init(&r->st_lock, NULL);
 	pthread_cond_init(&r->st_cond, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&r->timer_cond, &ca);
-	pthread_condattr_destroy(&ca);
+	clock_cond_init(&r->timer_cond);
 
 	dsm_config_init(&ec);
 	ec.self = cfg->self;

@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "hypervisor/bus.h"
+#include "util/clock.h"
 #include "util/log.h"
 
 #define PIT_HZ 1193182ull
@@ -433,16 +434,12 @@ static void pit_ch0_rearm(struct pit *p, uint64_t now)
 static int pit_create(struct bus *b, const struct machine_desc *m, const struct vm_services *svc, void **state)
 {
 	struct pit *p = calloc(1, sizeof(*p));
-	pthread_condattr_t ca;
 	int r;
 
 	if (!p)
 		return -ENOMEM;
 	pthread_mutex_init(&p->lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&p->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	clock_cond_init(&p->cond);
 	p->svc = svc;
 	for (int i = 0; i < 3; i++) {
 		p->ch[i].count = 0x10000;

@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "hypervisor/bus.h"
+#include "util/clock.h"
 #include "util/log.h"
 
 #define RTC_REG_A 0x0a
@@ -417,17 +418,13 @@ static void rtc_init_cmos(struct rtc *r, const struct machine_desc *m)
 static int rtc_create(struct bus *b, const struct machine_desc *m, const struct vm_services *svc, void **state)
 {
 	struct rtc *r = calloc(1, sizeof(*r));
-	pthread_condattr_t ca;
 	struct timespec ts;
 	int err;
 
 	if (!r)
 		return -ENOMEM;
 	pthread_mutex_init(&r->lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&r->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	clock_cond_init(&r->cond);
 	r->svc = svc;
 	rtc_init_cmos(r, m);
 	clock_gettime(CLOCK_REALTIME, &ts);

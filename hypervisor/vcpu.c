@@ -601,7 +601,6 @@ static void lapic_env_logical(void *opaque, uint32_t apic_id, uint32_t ldr, uint
 int vcpu_create(struct vm *vm, unsigned index, struct vcpu **out)
 {
 	struct lapic_env env;
-	pthread_condattr_t ca;
 	struct vcpu *v;
 	int err;
 
@@ -616,10 +615,7 @@ int vcpu_create(struct vm *vm, unsigned index, struct vcpu **out)
 	atomic_store(&v->state, VM_VCPU_CREATED);
 	atomic_store(&v->timer_ns, UINT64_MAX);
 	pthread_mutex_init(&v->lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&v->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	clock_cond_init(&v->cond);
 
 	err = vm->accel->vcpu_create(vm->avm, index, v->apic_id, &v->av);
 	if (err) {

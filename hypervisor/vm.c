@@ -483,7 +483,6 @@ static int vm_check_config(const struct vm_config *cfg)
 
 int vm_create(const struct vm_config *cfg, struct vm **out)
 {
-	pthread_condattr_t ca;
 	char why[256];
 	struct vm *vm;
 	int err;
@@ -503,10 +502,7 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 	pthread_mutex_init(&vm->console_lock, NULL);
 	pthread_mutex_init(&vm->why_lock, NULL);
 	pthread_mutex_init(&vm->timer_lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&vm->timer_cond, &ca);
-	pthread_condattr_destroy(&ca);
+	clock_cond_init(&vm->timer_cond);
 	vm->svc = (struct vm_services){ .opaque = vm, .irq_set = svc_irq_set, .console_write = svc_console_write,
 					.request_exit = svc_request_exit, .now_ns = svc_now_ns,
 					.deliver = svc_deliver };

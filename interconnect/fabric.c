@@ -506,7 +506,6 @@ static void fab_free_links(struct fabric *f, size_t n)
 static int fab_create(const struct ic_config *cfg, struct ic_transport **out)
 {
 	struct ic_config inner_cfg = *cfg;
-	pthread_condattr_t ca;
 	struct fabric *f;
 	int ret;
 
@@ -541,10 +540,7 @@ static int fab_create(const struct ic_config *cfg, struct ic_transport **out)
 		rng_seed(&l->rng, rng_splitmix64(&x) ^ ((uint64_t)cfg->self << 32 | cfg->peers[i].id));
 	}
 	pthread_mutex_init(&f->q_lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&f->q_cond, &ca);
-	pthread_condattr_destroy(&ca);
+	clock_cond_init(&f->q_cond);
 
 	inner_cfg.inner = NULL;
 	inner_cfg.on_frame = fab_on_frame;

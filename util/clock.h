@@ -3,6 +3,7 @@
 #ifndef RACKVM_UTIL_CLOCK_H
 #define RACKVM_UTIL_CLOCK_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -16,6 +17,18 @@ static inline uint64_t clock_now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+/* A condition variable whose timed waits take CLOCK_MONOTONIC deadlines (clock_timespec): immune to wall-clock
+ * steps. */
+static inline void clock_cond_init(pthread_cond_t *cond)
+{
+	pthread_condattr_t ca;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(cond, &ca);
+	pthread_condattr_destroy(&ca);
 }
 
 /* An absolute CLOCK_MONOTONIC time in ns as a timespec, for pthread_cond_timedwait on a condition variable whose
