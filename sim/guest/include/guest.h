@@ -32,12 +32,17 @@ enum guest_exit {
 	GUEST_EXIT_USAGE = 4,       /* bad command line: qemu status 9 */
 };
 
-struct guest_cpu {
+/* Two pages per CPU: one read-mostly (written at boot, read by every CPU that sends this one an IPI), one for the
+ * IPI counters its interrupt handler writes. On a machine whose memory is kept coherent page by page across nodes
+ * (rackvm's DSM), a counter sharing a page with data other CPUs read, or with another CPU's counter, would move
+ * that page between nodes on every interrupt (false sharing). */
+struct __attribute__((aligned(4096))) guest_cpu {
 	uint32_t apic_id;
 	uint32_t acpi_uid;
 	uint32_t node;              /* SRAT proximity domain, 0 without SRAT */
 	volatile uint32_t up;       /* reached ring 3 */
-	volatile uint64_t ipi_rx[2];/* GUEST_IPI_PING / GUEST_IPI_PONG received */
+	/* GUEST_IPI_PING / GUEST_IPI_PONG received */
+	volatile uint64_t ipi_rx[2] __attribute__((aligned(4096)));
 };
 
 struct guest_mem_range {

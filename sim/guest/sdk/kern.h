@@ -85,8 +85,9 @@ static inline void *phys_ptr(uint64_t addr)
 
 #define MSR_GS_BASE 0xC0000101
 
-/* Per-CPU kernel state; %gs base points at it and its first field points at itself. */
-struct percpu {
+/* Per-CPU kernel state; %gs base points at it and its first field points at itself. A page each: the counters are
+ * written on every ring-0 entry (see struct guest_cpu on false sharing). */
+struct __attribute__((aligned(4096))) percpu {
 	struct percpu *self;
 	unsigned index;
 	uint32_t apic_id;

@@ -49,7 +49,10 @@ void sys_dispatch(struct trap_frame *f)
 			f->rax = (uint64_t)-1;
 			return;
 		}
-		g_ipi_source[f->rdi] = pc->index;
+		/* written only when it changes: repeated pings to one CPU then leave the page shared (read-only) on
+		 * every node instead of moving it to the sender and back on each ping */
+		if (g_ipi_source[f->rdi] != pc->index)
+			g_ipi_source[f->rdi] = pc->index;
 		apic_send_fixed(g_info.cpu[f->rdi].apic_id, (uint8_t)f->rsi);
 		f->rax = 0;
 		return;
