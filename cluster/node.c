@@ -372,7 +372,7 @@ static int node_parse(int argc, char **argv, struct node_opts *o)
 	}
 	return 0;
 bad:
-	fprintf(stderr, "rackvm node: bad value '%s' (try 'rackvm node --help')\n", optarg);
+	fprintf(stderr, "rackvm node: --%s %s: bad value (try 'rackvm node --help')\n", opts_name(lo, c), optarg);
 	return -EINVAL;
 }
 

@@ -59,3 +59,11 @@ int opts_parse_prob(const char *s, double *out)
 	*out = v;
 	return 0;
 }
+
+const char *opts_name(const struct option *lo, int val)
+{
+	for (; lo->name; lo++)
+		if (lo->val == val)
+			return lo->name;
+	return "?";
+}

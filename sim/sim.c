@@ -748,7 +748,7 @@ static int sim_parse(int argc, char **argv, struct sim_opts *o)
 	}
 	return 0;
 bad:
-	fprintf(stderr, "rackvm sim: bad value '%s'\n", optarg);
+	fprintf(stderr, "rackvm sim: --%s %s: bad value (try 'rackvm sim --help')\n", opts_name(lo, c), optarg);
 	return -EINVAL;
 }
 

@@ -32,6 +32,12 @@ check_refusals() {
 	[ $? -eq 2 ] && grep -q "node 1 runs no vCPU" <<<"$out" || { echo "    bad placement accepted: $out"; ok=1; }
 	out=$("$RACKVM" sim --nodes 2 --vcpus 2 --kernel "$GUEST_DIR/ipi.elf" 2>&1)
 	[ $? -eq 2 ] || { echo "    missing --mem accepted"; ok=1; }
+	# a bad value names its option
+	out=$("$RACKVM" sim --nodes 2 --vcpus 2 --mem 64M --kernel "$GUEST_DIR/ipi.elf" --loss 2 2>&1)
+	[ $? -eq 2 ] && grep -q "^rackvm sim: --loss 2: bad value" <<<"$out" || { echo "    --loss 2 accepted: $out"; ok=1; }
+	out=$("$RACKVM" node --id x --listen 127.0.0.1:1 --key-file /dev/null --vcpus 1 --mem 16M \
+		--kernel "$GUEST_DIR/ipi.elf" 2>&1)
+	[ $? -eq 2 ] && grep -q "^rackvm node: --id x: bad value" <<<"$out" || { echo "    --id x accepted: $out"; ok=1; }
 	return $ok
 }
 SIM_CODE=0 SIM_SECS=0 SIM_LOG=/dev/null SIM_ERR=/dev/null
