@@ -495,6 +495,24 @@ static void via_call_gate(struct emu_cpu *cpu, uint16_t gsel, uint64_t glo, bool
 	cpu->rip = off;
 }
 
+/* Protected/long-mode far JMP or CALL to sel:off. Through a call gate the transfer is done here (false); to a code
+ * segment, *ns and its descriptor (*addr, *d) are returned checked for the caller to commit (true). */
+static bool far_direct_target(struct emu_cpu *cpu, uint16_t sel, uint64_t off, bool call, struct kvm_segment *ns,
+			      uint64_t *addr, uint64_t *d)
+{
+	if (!(sel & 0xfffc))
+		emu_raise(cpu, EXC_GP, 0);
+	*d = desc_read(cpu, sel, EXC_GP, addr, NULL);
+	if (!((*d >> 44) & 1)) {
+		via_call_gate(cpu, sel, *d, call);
+		return false;
+	}
+	seg_from_desc(ns, sel, *d);
+	code_check_direct(cpu, sel, ns);
+	rip_check(cpu, ns, off);
+	return true;
+}
+
 void emu_far_jmp(struct emu_cpu *cpu, uint16_t sel, uint64_t off)
 {
 	struct kvm_segment ns;
@@ -505,16 +523,8 @@ void emu_far_jmp(struct emu_cpu *cpu, uint16_t sel, uint64_t off)
 		cpu->rip = off;
 		return;
 	}
-	if (!(sel & 0xfffc))
-		emu_raise(cpu, EXC_GP, 0);
-	d = desc_read(cpu, sel, EXC_GP, &addr, NULL);
-	if (!((d >> 44) & 1)) {
-		via_call_gate(cpu, sel, d, false);
+	if (!far_direct_target(cpu, sel, off, false, &ns, &addr, &d))
 		return;
-	}
-	seg_from_desc(&ns, sel, d);
-	code_check_direct(cpu, sel, &ns);
-	rip_check(cpu, &ns, off);
 	desc_set_accessed(cpu, addr, d);
 	cs_commit(cpu, &ns, cpu->cpl);
 	cpu->rip = off;
@@ -533,16 +543,8 @@ void emu_far_call(struct emu_cpu *cpu, uint16_t sel, uint64_t off, unsigned opsi
 		cpu->rip = off;
 		return;
 	}
-	if (!(sel & 0xfffc))
-		emu_raise(cpu, EXC_GP, 0);
-	d = desc_read(cpu, sel, EXC_GP, &addr, NULL);
-	if (!((d >> 44) & 1)) {
-		via_call_gate(cpu, sel, d, true);
+	if (!far_direct_target(cpu, sel, off, true, &ns, &addr, &d))
 		return;
-	}
-	seg_from_desc(&ns, sel, d);
-	code_check_direct(cpu, sel, &ns);
-	rip_check(cpu, &ns, off);
 	unsigned ssz = emu_stack_size(cpu);
 	stk_push(cpu, &sp, opsize, cpu->seg[SEG_CS].selector);
 	stk_push(cpu, &sp, opsize, cpu->rip);
