@@ -19,9 +19,7 @@ else
 	GUEST_ACCEL_NAME=tcg
 fi
 
-npass=0
-nfail=0
-nskip=0
+. tests/guest/verdict.sh
 
 # guest_run <log-name> <workload> <smp> <append> [extra qemu args...]
 guest_run() {
@@ -46,42 +44,6 @@ guest_run() {
 	else
 		GUEST_CODE=noexit
 	fi
-}
-
-# expect_line <regex>: the last guest log must contain a line matching the extended regex.
-expect_line() {
-	if ! grep -Eq -- "$1" "$GUEST_LOG"; then
-		echo "    missing line /$1/"
-		return 1
-	fi
-}
-
-# verdict <case-name> <expected-code> <check-function> [args...]
-verdict() {
-	local name=$1 want=$2 fn=$3
-	shift 3
-	local ok=1
-	if [ "$GUEST_CODE" != "$want" ]; then
-		echo "    guest exit $GUEST_CODE, expected $want"
-		ok=0
-	fi
-	if ! "$fn" "$@"; then
-		ok=0
-	fi
-	if [ $ok -eq 1 ]; then
-		npass=$((npass + 1))
-		printf 'PASS %-36s %6ss\n' "$name" "$GUEST_SECS"
-	else
-		nfail=$((nfail + 1))
-		printf 'FAIL %-36s %6ss  (log %s)\n' "$name" "$GUEST_SECS" "$GUEST_LOG"
-		tail -n 25 "$GUEST_LOG" | sed 's/^/    | /'
-	fi
-}
-
-# skip_case <case-name> <reason>
-skip_case() {
-	nskip=$((nskip + 1))
-	echo "SKIP: $1: $2"
 }
 
 guest_summary() {

@@ -1,6 +1,6 @@
 # Helpers for tests that boot a guest across simulated nodes with `rackvm sim` (tests/integration/test_sim.sh,
 # tests/bench/bench_cluster.sh). Exit convention as qemu and rackvm run: the guest's isa-debug-exit code c makes
-# the sim exit (c << 1) | 1; sim_run sets SIM_CODE to c, or "timeout", or "status:<n>" for anything else.
+# the sim exit (c << 1) | 1; sim_run sets GUEST_CODE to c, or "timeout", or "status:<n>" for anything else.
 
 BUILD=${BUILD:-build}
 RACKVM=${RACKVM:-$BUILD/rackvm}
@@ -9,72 +9,37 @@ SIM_TIMEOUT=${SIM_TIMEOUT:-120}
 SIM_LOG_DIR=${SIM_LOG_DIR:-$BUILD/test-logs/sim}
 mkdir -p "$SIM_LOG_DIR"
 
-npass=0
-nfail=0
-nskip=0
+. tests/guest/verdict.sh
 SIM_ORDERLY=()   # stderr logs of runs that ended normally (check_quiet_ends)
 
-# sim_run <log-name> <workload> <cmdline> <sim args...>: console in $SIM_LOG, sim/node stderr in $SIM_ERR.
+# sim_run <log-name> <workload> <cmdline> <sim args...>: console in $GUEST_LOG, sim/node stderr in $GUEST_ERR.
 sim_run() {
 	local name=$1 wl=$2 cmdline=$3
 	shift 3
-	SIM_LOG=$SIM_LOG_DIR/$name.log
-	GUEST_LOG=$SIM_LOG   # what tests/guest/checks.sh reads
-	SIM_ERR=$SIM_LOG_DIR/$name.err
+	GUEST_LOG=$SIM_LOG_DIR/$name.log
+	GUEST_ERR=$SIM_LOG_DIR/$name.err
 	local t0 rc
 	t0=${EPOCHREALTIME/./}
 	"$RACKVM" sim --accel emu --kernel "$GUEST_DIR/$wl.elf" --cmdline "$cmdline" --timeout "$SIM_TIMEOUT" "$@" \
-		</dev/null >"$SIM_LOG.raw" 2>"$SIM_ERR"
+		</dev/null >"$GUEST_LOG.raw" 2>"$GUEST_ERR"
 	rc=$?
-	[ $rc -ne 124 ] && SIM_ORDERLY+=("$SIM_ERR")
-	tr -d '\r' <"$SIM_LOG.raw" >"$SIM_LOG"
-	rm -f "$SIM_LOG.raw"
+	[ $rc -ne 124 ] && SIM_ORDERLY+=("$GUEST_ERR")
+	tr -d '\r' <"$GUEST_LOG.raw" >"$GUEST_LOG"
+	rm -f "$GUEST_LOG.raw"
 	local us=$((${EPOCHREALTIME/./} - t0))
-	SIM_SECS=$(printf '%d.%02d' $((us / 1000000)) $((us % 1000000 / 10000)))
+	GUEST_SECS=$(printf '%d.%02d' $((us / 1000000)) $((us % 1000000 / 10000)))
 	if [ $rc -eq 124 ]; then
-		SIM_CODE=timeout
+		GUEST_CODE=timeout
 	elif [ $((rc % 2)) -eq 1 ]; then
-		SIM_CODE=$(((rc - 1) / 2))
+		GUEST_CODE=$(((rc - 1) / 2))
 	else
-		SIM_CODE=status:$rc
+		GUEST_CODE=status:$rc
 	fi
 }
 
-expect_line() {
-	if ! grep -Eq -- "$1" "$SIM_LOG"; then
-		echo "    missing console line /$1/"
-		return 1
-	fi
-}
-
-expect_err() {
-	if ! grep -Eq -- "$1" "$SIM_ERR"; then
-		echo "    missing sim/node line /$1/"
-		return 1
-	fi
-}
-
-# verdict <case-name> <expected-code> <check-function> [args...]
-verdict() {
-	local name=$1 want=$2 fn=$3
-	shift 3
-	local ok=1
-	if [ "$SIM_CODE" != "$want" ]; then
-		echo "    guest exit $SIM_CODE, expected $want"
-		ok=0
-	fi
-	if ! "$fn" "$@"; then
-		ok=0
-	fi
-	if [ $ok -eq 1 ]; then
-		npass=$((npass + 1))
-		printf 'PASS %-44s %6ss\n' "$name" "$SIM_SECS"
-	else
-		nfail=$((nfail + 1))
-		printf 'FAIL %-44s %6ss  (logs %s, %s)\n' "$name" "$SIM_SECS" "$SIM_LOG" "$SIM_ERR"
-		tail -n 15 "$SIM_LOG" | sed 's/^/    | /'
-		grep -v '^\[node [0-9]*\] \[ *[0-9.]*\] node[0-9]* info:' "$SIM_ERR" | tail -n 25 | sed 's/^/    ! /'
-	fi
+# on a failure, the sim's and nodes' stderr without the nodes' info lines
+verdict_err_tail() {
+	grep -v '^\[node [0-9]*\] \[ *[0-9.]*\] node[0-9]* info:' "$GUEST_ERR" | tail -n 25 | sed 's/^/    ! /'
 }
 
 # A node's warnings and errors after its summary line, i.e. while it leaves the region and closes its connections,
@@ -87,11 +52,6 @@ check_quiet_ends() {
 			END { exit n > 0 }' "$f" || bad=1
 	done
 	return $bad
-}
-
-skip_case() {
-	nskip=$((nskip + 1))
-	echo "SKIP: $1: $2"
 }
 
 sim_preflight() {

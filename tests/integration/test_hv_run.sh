@@ -18,7 +18,7 @@ LOG_DIR=$BUILD/test-logs/hv-run
 HV_TIMEOUT=${HV_TIMEOUT:-120}
 mkdir -p "$LOG_DIR"
 
-npass=0 nfail=0 nskip=0
+. tests/guest/verdict.sh
 t_start=$SECONDS
 
 if [ ! -x "$RACKVM" ]; then
@@ -57,45 +57,6 @@ hv_run() {
 	else
 		GUEST_CODE=noexit
 	fi
-}
-
-expect_line() {
-	if ! grep -Eq -- "$1" "$GUEST_LOG"; then
-		echo "    missing console line /$1/"
-		return 1
-	fi
-}
-
-expect_err() {
-	if ! grep -Eq -- "$1" "$GUEST_ERR"; then
-		echo "    missing stderr line /$1/"
-		return 1
-	fi
-}
-
-pass() {
-	npass=$((npass + 1))
-	printf 'PASS %-44s %6ss\n' "$1" "${GUEST_SECS:-0}"
-}
-
-fail() {
-	nfail=$((nfail + 1))
-	printf 'FAIL %-44s %6ss  (logs %s)\n' "$1" "${GUEST_SECS:-0}" "$GUEST_LOG"
-	tail -n 15 "$GUEST_LOG" 2>/dev/null | sed 's/^/    | /'
-	tail -n 5 "$GUEST_ERR" 2>/dev/null | sed 's/^/    ! /'
-}
-
-# verdict <case-name> <expected-guest-code> <check-function> [args...]
-verdict() {
-	local name=$1 want=$2 fn=$3
-	shift 3
-	local ok=1
-	if [ "$GUEST_CODE" != "$want" ]; then
-		echo "    guest exit $GUEST_CODE (status $RC), expected $want"
-		ok=0
-	fi
-	"$fn" "$@" || ok=0
-	if [ $ok -eq 1 ]; then pass "$name"; else fail "$name"; fi
 }
 
 # the workload checks shared with run-qemu.sh and test_sim.sh
@@ -162,8 +123,7 @@ run_workloads emu
 if [ -w /dev/kvm ]; then
 	run_workloads kvm
 else
-	nskip=$((nskip + 1))
-	echo "SKIP: kvm workloads: /dev/kvm: $( [ -e /dev/kvm ] && echo 'not writable' || echo 'No such file or directory')"
+	skip_case "kvm workloads" "/dev/kvm: $( [ -e /dev/kvm ] && echo 'not writable' || echo 'No such file or directory')"
 fi
 
 # ---- bad inputs: one line on stderr, non-zero exit, no crash --------------------------------------------------

@@ -40,7 +40,7 @@ check_refusals() {
 	[ $? -eq 2 ] && grep -q "^rackvm node: --id x: bad value" <<<"$out" || { echo "    --id x accepted: $out"; ok=1; }
 	return $ok
 }
-SIM_CODE=0 SIM_SECS=0 SIM_LOG=/dev/null SIM_ERR=/dev/null
+GUEST_CODE=0 GUEST_SECS=0 GUEST_LOG=/dev/null GUEST_ERR=/dev/null
 verdict "refusals (key mode, key text, placement, options)" 0 check_refusals
 
 # ---- topology: N cpus up, one proximity domain per node, each cpu in its node's domain
@@ -64,7 +64,7 @@ done
 # ---- time: every node's measured clock offset to node 0 is within its own error bound (one host, one clock)
 check_clock() {
 	local lines
-	lines=$(grep -E '^sim:   node [1-9]+: .* clock [-+][0-9.]+us\+-[0-9.]+us ' "$SIM_ERR")
+	lines=$(grep -E '^sim:   node [1-9]+: .* clock [-+][0-9.]+us\+-[0-9.]+us ' "$GUEST_ERR")
 	[ "$(wc -l <<<"$lines")" -eq 3 ] || { echo "    expected 3 clock measurements"; return 1; }
 	sed -E 's/.* clock ([-+][0-9.]+)us\+-([0-9.]+)us .*/\1 \2/' <<<"$lines" |
 		awk '{ o = $1 < 0 ? -$1 : $1; if (o > $2) { print "    offset " $1 " us outside +-" $2 " us"; bad = 1 } }
@@ -118,16 +118,16 @@ verdict "compute nodes=2 --io-node 1" 0 check_io1
 dev_run() {
 	local name=$1 pid i t0 us
 	shift
-	SIM_LOG=$SIM_LOG_DIR/$name.log
-	SIM_ERR=$SIM_LOG_DIR/$name.err
-	rm -f "$DEV_DIR/in" "$SIM_LOG.raw"
+	GUEST_LOG=$SIM_LOG_DIR/$name.log
+	GUEST_ERR=$SIM_LOG_DIR/$name.err
+	rm -f "$DEV_DIR/in" "$GUEST_LOG.raw"
 	mkfifo "$DEV_DIR/in"
 	t0=${EPOCHREALTIME/./}
-	timeout "$SIM_TIMEOUT" "$@" <"$DEV_DIR/in" >"$SIM_LOG.raw" 2>"$SIM_ERR" &
+	timeout "$SIM_TIMEOUT" "$@" <"$DEV_DIR/in" >"$GUEST_LOG.raw" 2>"$GUEST_ERR" &
 	pid=$!
 	exec 3>"$DEV_DIR/in"
 	for ((i = 0; i < SIM_TIMEOUT * 20; i++)); do
-		if grep -q '^uart: send 3 bytes now' "$SIM_LOG.raw" 2>/dev/null; then
+		if grep -q '^uart: send 3 bytes now' "$GUEST_LOG.raw" 2>/dev/null; then
 			printf xyz >&3
 			break
 		fi
@@ -136,21 +136,21 @@ dev_run() {
 	done
 	wait $pid
 	local rc=$?
-	[ $rc -ne 124 ] && SIM_ORDERLY+=("$SIM_ERR")
+	[ $rc -ne 124 ] && SIM_ORDERLY+=("$GUEST_ERR")
 	exec 3>&-
-	tr -d '\r' <"$SIM_LOG.raw" | grep -v '^\[' >"$SIM_LOG"
-	rm -f "$SIM_LOG.raw"
+	tr -d '\r' <"$GUEST_LOG.raw" | grep -v '^\[' >"$GUEST_LOG"
+	rm -f "$GUEST_LOG.raw"
 	us=$((${EPOCHREALTIME/./} - t0))
-	SIM_SECS=$(printf '%d.%02d' $((us / 1000000)) $((us % 1000000 / 10000)))
-	if [ $rc -eq 124 ]; then SIM_CODE=timeout; elif [ $((rc % 2)) -eq 1 ]; then SIM_CODE=$(((rc - 1) / 2)); else
-		SIM_CODE=status:$rc; fi
+	GUEST_SECS=$(printf '%d.%02d' $((us / 1000000)) $((us % 1000000 / 10000)))
+	if [ $rc -eq 124 ]; then GUEST_CODE=timeout; elif [ $((rc % 2)) -eq 1 ]; then GUEST_CODE=$(((rc - 1) / 2)); else
+		GUEST_CODE=status:$rc; fi
 }
 check_devices_io1() {
 	local ok=0
 	expect_line '^uart thre interrupts \(level-triggered pin\): ##$' || ok=1
 	expect_line '^ioapic remote irr set in the handler, times: 00000003$' || ok=1
 	expect_line '^devices: done$' || ok=1
-	if ! diff "$DEV_ONE" "$SIM_LOG" >"$DEV_DIR/diff"; then
+	if ! diff "$DEV_ONE" "$GUEST_LOG" >"$DEV_DIR/diff"; then
 		echo "    output differs from one node (< rackvm run, > rackvm sim)"
 		sed 's/^/    /' "$DEV_DIR/diff"
 		ok=1
@@ -165,13 +165,13 @@ if as --32 -o "$DEV_DIR/g.o" tests/integration/hv_devices_guest.S &&
 	ld -N -m elf_i386 --no-warn-rwx-segments -Ttext=0x100000 -e _start -o "$DEV_DIR/g.elf" "$DEV_DIR/g.o"; then
 	dev_run devices-one "$RACKVM" run --accel emu --vcpus 2 --mem 128M --console-input --kernel "$DEV_DIR/g.elf"
 	DEV_ONE=$DEV_DIR/one.log
-	cp "$SIM_LOG" "$DEV_ONE"
-	if [ "$SIM_CODE" = 32 ]; then
+	cp "$GUEST_LOG" "$DEV_ONE"
+	if [ "$GUEST_CODE" = 32 ]; then
 		dev_run devices-io1 "$RACKVM" sim --accel emu --nodes 2 --vcpus 2 --mem 128M --io-node 1 \
 			--console-input --timeout "$SIM_TIMEOUT" --kernel "$DEV_DIR/g.elf"
 		verdict "devices guest nodes=2 --io-node 1 (level irq EOIs)" 32 check_devices_io1
 	else
-		SIM_ERR=$SIM_LOG_DIR/devices-one.err
+		GUEST_ERR=$SIM_LOG_DIR/devices-one.err
 		verdict "devices guest on one node (reference run)" 32 check_true
 	fi
 else
@@ -194,7 +194,7 @@ if [ "$(id -u)" = 0 ] && ip netns add "rkvm-probe-$$" 2>/dev/null; then
 	sim_run compute-netns compute "n=$CN rounds=$CR expect=$CEXP" --nodes 2 --vcpus 2 --mem 64M --netns
 	verdict "compute nodes=2 --netns" 0 check_compute 2
 	check_netns_clean() {
-		if ip netns list | grep -q "^rkvm$(sed -n 's/^sim: node 0 pid \([0-9]*\).*/\1/p' "$SIM_ERR")-"; then
+		if ip netns list | grep -q "^rkvm$(sed -n 's/^sim: node 0 pid \([0-9]*\).*/\1/p' "$GUEST_ERR")-"; then
 			echo "    a namespace of the run is left behind"
 			return 1
 		fi
@@ -206,7 +206,7 @@ else
 fi
 
 # ---- every run above that ended normally: no node warned while leaving (after its summary line)
-SIM_CODE=0 SIM_SECS=0 SIM_LOG=/dev/null SIM_ERR=/dev/null
+GUEST_CODE=0 GUEST_SECS=0 GUEST_LOG=/dev/null GUEST_ERR=/dev/null
 verdict "orderly ends: no warnings at shutdown (${#SIM_ORDERLY[@]} runs)" 0 check_quiet_ends "${SIM_ORDERLY[@]}"
 
 # ---- a node killed mid-run: the sim names it and stops everything within seconds
@@ -229,9 +229,9 @@ kill_case() {
 	wait "$sim"
 	rc=$?
 	t_end=${EPOCHREALTIME/./}
-	SIM_LOG=$log SIM_ERR=$err
-	SIM_SECS=$(printf '%d.%02d' $(((t_end - t_kill) / 1000000)) $(((t_end - t_kill) % 1000000 / 10000)))
-	SIM_CODE=0   # checked below
+	GUEST_LOG=$log GUEST_ERR=$err
+	GUEST_SECS=$(printf '%d.%02d' $(((t_end - t_kill) / 1000000)) $(((t_end - t_kill) % 1000000 / 10000)))
+	GUEST_CODE=0   # checked below
 	local ok=0
 	[ $rc -ne 0 ] || { echo "    sim exited 0"; ok=1; }
 	[ $((t_end - t_kill)) -lt 10000000 ] || { echo "    sim took more than 10 s after the kill"; ok=1; }
@@ -258,8 +258,8 @@ int_case() {
 	wait "$sim"
 	rc=$?
 	t1=${EPOCHREALTIME/./}
-	SIM_LOG=$log SIM_ERR=$err
-	SIM_SECS=$(printf '%d.%02d' $(((t1 - t0) / 1000000)) $(((t1 - t0) % 1000000 / 10000)))
+	GUEST_LOG=$log GUEST_ERR=$err
+	GUEST_SECS=$(printf '%d.%02d' $(((t1 - t0) / 1000000)) $(((t1 - t0) % 1000000 / 10000)))
 	[ $rc -eq 130 ] || { echo "    sim exited $rc, expected 130"; ok=1; }
 	[ $((t1 - t0)) -lt 10000000 ] || { echo "    sim took more than 10 s after SIGINT"; ok=1; }
 	expect_err "^sim: stopped by Interrupt; every node stopped" || ok=1
@@ -272,7 +272,7 @@ int_case() {
 	return $ok
 }
 if int_case; then int_ok=check_true; else int_ok=false; fi
-SIM_CODE=0
+GUEST_CODE=0
 verdict "SIGINT to the sim (2 nodes)" 0 $int_ok
 if kill_case; then kill_ok=check_true; else kill_ok=false; fi
 verdict "node 1 SIGKILLed mid-run (3 nodes)" 0 $kill_ok
