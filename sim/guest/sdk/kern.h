@@ -16,7 +16,13 @@ struct trap_frame {
 	uint64_t rip, cs, rflags, rsp, ss;
 };
 
-/* Syscall numbers (rax) for int $0x80; arguments in rdi, rsi, rdx; result in rax. */
+/*
+ * System calls: INT3 from ring 3 through the IDT's only DPL-3 gate (vector 3), the number in rax, arguments in
+ * rdi, rsi, rdx, the result in rax; the kernel returns with IRETQ. Why INT3: on the nested paravirtual KVM hosts
+ * rackvm targets (kvm_pvm) a ring-3 "int $n" arrives as #UD, SYSCALL jumps to LSTAR but leaves the CPU at CPL 3
+ * (measured: the handler's OUT faults with no I/O bitmap), and SYSRETQ raises #GP, while exceptions (INT3 is #BP)
+ * and interrupts from ring 3 enter ring 0 as on hardware. docs/guest.md has the measurements.
+ */
 enum {
 	SYS_WRITE = 1,
 	SYS_EXIT = 2,
@@ -25,7 +31,7 @@ enum {
 	SYS_IPI = 5,
 	SYS_IDLE = 6,
 };
-#define SYSCALL_VECTOR   0x80
+#define SYSCALL_VECTOR   3      /* #BP: INT3 (0xcc) */
 #define SPURIOUS_VECTOR  0xff
 
 extern struct guest_info g_info;

@@ -1,4 +1,5 @@
-/* int $0x80 from ring 3: rax = number, rdi/rsi/rdx = arguments, rax = result. Arguments are checked. */
+/* System calls (INT3 from ring 3, see kern.h): rax = number, rdi/rsi/rdx = arguments, rax = result. Arguments are
+ * checked. */
 #include "kern.h"
 
 volatile uint32_t g_ipi_source[GUEST_MAX_CPUS];

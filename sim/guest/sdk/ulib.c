@@ -7,7 +7,7 @@
 static long syscall3(long nr, long a0, long a1, long a2)
 {
 	long ret;
-	__asm__ volatile("int $0x80" : "=a"(ret) : "a"(nr), "D"(a0), "S"(a1), "d"(a2) : "memory");
+	__asm__ volatile("int3" : "=a"(ret) : "a"(nr), "D"(a0), "S"(a1), "d"(a2) : "memory");   /* kern.h */
 	return ret;
 }
 
