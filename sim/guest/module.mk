@@ -62,3 +62,16 @@ test_guest_apic_SRCS := tests/guest/test_guest_apic.c
 test_guest_apic_LDLIBS := $(CMOCKA_LIBS)
 $(BUILD)/tests/guest/test_guest_acpi.o $(BUILD)/tests/guest/test_guest_apic.o: \
 	CPPFLAGS += -Isim/guest/include -DGUEST_HOST_TEST
+
+# The platform-devices guest of tests/integration/test_hv_devices.sh and test_sim.sh (one assembler file, long
+# mode; its object sits with the SDK's so tests/guest/insn-scan.sh checks it too).
+GUEST_DEVICES_SRC := tests/integration/hv_devices_guest.S
+$(GUEST_OUT)/obj/hv-devices.o: $(GUEST_DEVICES_SRC) $(GUEST_DIR)/module.mk
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  GAS     $<")
+	$(Q)as --64 -o $@ $<
+$(GUEST_OUT)/hv-devices.elf: $(GUEST_OUT)/obj/hv-devices.o
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)ld -N -m elf_x86_64 --no-warn-rwx-segments -Ttext=0x100000 -e _start -o $@.64 $<
+	$(Q)objcopy -O elf32-i386 $@.64 $@
+guest: $(GUEST_OUT)/hv-devices.elf

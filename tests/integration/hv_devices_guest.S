@@ -1,11 +1,16 @@
 # A tiny multiboot v1 guest that drives rackvm's platform devices the way firmware and Linux do, for
-# tests/integration/test_hv_devices.sh. It runs in 32-bit protected mode (paging off), prints one line per check
+# tests/integration/test_hv_devices.sh. It switches to long mode at once (identity-mapped 4 GiB, 2 MiB pages) and
+# runs in ring 0 of 64-bit mode: the nested-KVM hosts rackvm targets cannot emulate a 32-bit protected-mode IRET,
+# while IRETQ works. It prints one line per check
 # on COM1 (including up to 3 bytes it receives on COM1 within 5 s of its prompt) and exits through isa-debug-exit with 0x20 on success (status 0x41), or:
 #   0x11 PIT channel 2 OUT was high right after programming a mode 0 count
 #   0x12 PIT channel 2 OUT never went high (port 0x61 bit 5)
 #   0x13 an unexpected interrupt or exception (anything but vector 0x30)
 # The same image runs under qemu (-M q35) so the printed values can be compared line by line.
-# Assemble: as --32 -o g.o hv_devices_guest.S && ld -N -m elf_i386 -Ttext=0x100000 -e _start -o g.elf g.o
+# Built by make as $(BUILD)/guest/hv-devices.elf (tests/module.mk): assembled and linked as ELF64, then
+# repackaged as ELF32 for multiboot loaders, like the SDK's images.
+# Registers: %r14 holds the IOAPIC base and %r15 the local APIC base throughout (a 32-bit absolute address above
+# 2 GiB cannot be encoded in 64-bit code: displacements are sign-extended).
 
 	.set MB_MAGIC, 0x1badb002
 	.set MB_FLAGS, 0
@@ -17,7 +22,7 @@
 	.set RTC_VECTOR, 0x32
 	.set PIT_10MS, 11932
 
-	.text
+	.section .text.boot, "ax"     # 32-bit code: tests/guest/insn-scan.sh disassembles only .text as 64-bit
 	.globl _start
 	.align 4
 mb_header:
@@ -25,6 +30,7 @@ mb_header:
 	.long MB_FLAGS
 	.long -(MB_MAGIC + MB_FLAGS)
 
+	.code32
 _start:
 	cli
 	lgdt gdt_desc
@@ -35,7 +41,26 @@ _start:
 	mov %ax, %ss
 	mov %ax, %fs
 	mov %ax, %gs
+	mov $pml4, %eax
+	mov %eax, %cr3
+	mov %cr4, %eax
+	or $0x20, %eax                  # PAE
+	mov %eax, %cr4
+	mov $0xc0000080, %ecx           # EFER.LME
+	rdmsr
+	or $0x100, %eax
+	wrmsr
+	mov %cr0, %eax
+	or $0x80000000, %eax            # PG
+	mov %eax, %cr0
+	ljmp $0x18, $long64
+
+	.text
+	.code64
+long64:
 	mov $stack_top, %esp
+	mov $IOAPIC, %r14d
+	mov $LAPIC, %r15d
 	call uart_init
 	mov $s_start, %esi
 	call puts
@@ -94,8 +119,8 @@ _start:
 	# IOAPIC version register
 	mov $s_ioapic, %esi
 	call puts
-	movl $1, IOAPIC
-	mov IOAPIC + 0x10, %eax
+	movl $1, (%r14)
+	mov 0x10(%r14), %eax
 	call print_hex_nl
 
 	# PIT channel 2, mode 0, 10 ms, gate through port 0x61, poll OUT2 (Linux's pit_calibrate_tsc)
@@ -164,11 +189,15 @@ _start:
 12:	cmp $RTC_VECTOR, %ecx
 	jne 16f
 	mov $rtc_isr, %eax
-16:	mov %ax, idt(, %ecx, 8)
-	movw $0x08, idt + 2(, %ecx, 8)
-	movw $0x8e00, idt + 4(, %ecx, 8)
+16:	mov %ecx, %edx                  # 16-byte 64-bit interrupt gates, handlers below 4 GiB
+	shl $4, %edx
+	mov %ax, idt(%rdx)
+	movw $0x18, idt + 2(%rdx)
+	movw $0x8e00, idt + 4(%rdx)
 	shr $16, %eax
-	mov %ax, idt + 6(, %ecx, 8)
+	mov %ax, idt + 6(%rdx)
+	movl $0, idt + 8(%rdx)
+	movl $0, idt + 12(%rdx)
 	inc %ecx
 	cmp $256, %ecx
 	jb 5b
@@ -176,14 +205,14 @@ _start:
 	mov $0xff, %al
 	outb %al, $0x21
 	outb %al, $0xa1
-	movl $0x1ff, LAPIC + 0xf0
-	movl $0, LAPIC + 0x80
-	mov LAPIC + 0x20, %eax
+	movl $0x1ff, 0xf0(%r15)
+	movl $0, 0x80(%r15)
+	mov 0x20(%r15), %eax
 	and $0xff000000, %eax
-	movl $0x15, IOAPIC
-	mov %eax, IOAPIC + 0x10
-	movl $0x14, IOAPIC
-	movl $TIMER_VECTOR, IOAPIC + 0x10
+	movl $0x15, (%r14)
+	mov %eax, 0x10(%r14)
+	movl $0x14, (%r14)
+	movl $TIMER_VECTOR, 0x10(%r14)
 	mov $0x34, %al
 	outb %al, $0x43
 	mov $(PIT_10MS & 0xff), %al
@@ -197,8 +226,8 @@ _start:
 	cli
 	jmp 7b
 15:
-	movl $0x14, IOAPIC
-	movl $(0x10000 | TIMER_VECTOR), IOAPIC + 0x10
+	movl $0x14, (%r14)
+	movl $(0x10000 | TIMER_VECTOR), 0x10(%r14)
 	mov $0x30, %al
 	outb %al, $0x43
 	mov $s_timer, %esi
@@ -209,12 +238,12 @@ _start:
 	# still holds the pin) and EOIs: the IOAPIC must deliver again at that EOI.
 	mov $s_thre, %esi
 	call puts
-	mov LAPIC + 0x20, %eax
+	mov 0x20(%r15), %eax
 	and $0xff000000, %eax
-	movl $0x19, IOAPIC
-	mov %eax, IOAPIC + 0x10
-	movl $0x18, IOAPIC
-	movl $(0x8000 | UART_VECTOR), IOAPIC + 0x10
+	movl $0x19, (%r14)
+	mov %eax, 0x10(%r14)
+	movl $0x18, (%r14)
+	movl $(0x8000 | UART_VECTOR), 0x10(%r14)
 	mov $(COM1 + 1), %dx
 	mov $0x02, %al                  # IER: THR empty (the interrupt stays pending until sti)
 	outb %al, %dx
@@ -228,8 +257,8 @@ _start:
 	mov $(COM1 + 1), %dx
 	xor %al, %al
 	outb %al, %dx
-	movl $0x18, IOAPIC
-	movl $(0x10000 | 0x8000 | UART_VECTOR), IOAPIC + 0x10
+	movl $0x18, (%r14)
+	movl $(0x10000 | 0x8000 | UART_VECTOR), 0x10(%r14)
 	call newline
 	mov $s_rirr, %esi
 	call puts
@@ -239,12 +268,12 @@ _start:
 	# RTC update-ended interrupt: IRQ 8 on IOAPIC pin 8 (edge) -> vector 0x32; the handler reads register C
 	mov $0x0c, %al
 	call cmos_read
-	mov LAPIC + 0x20, %eax
+	mov 0x20(%r15), %eax
 	and $0xff000000, %eax
-	movl $0x21, IOAPIC
-	mov %eax, IOAPIC + 0x10
-	movl $0x20, IOAPIC
-	movl $RTC_VECTOR, IOAPIC + 0x10
+	movl $0x21, (%r14)
+	mov %eax, 0x10(%r14)
+	movl $0x20, (%r14)
+	movl $RTC_VECTOR, 0x10(%r14)
 	mov $0x0b, %al
 	outb %al, $0x70
 	mov $0x12, %al                  # UIE, 24 h, BCD
@@ -259,8 +288,8 @@ _start:
 	outb %al, $0x70
 	mov $0x02, %al
 	outb %al, $0x71
-	movl $0x20, IOAPIC
-	movl $(0x10000 | RTC_VECTOR), IOAPIC + 0x10
+	movl $0x20, (%r14)
+	movl $(0x10000 | RTC_VECTOR), 0x10(%r14)
 	mov $s_rtc, %esi
 	call puts
 	mov rtc_c, %eax
@@ -276,18 +305,18 @@ exit:
 	jmp 8b
 
 timer_isr:
-	push %eax
+	push %rax
 	incl ticks
-	movl $0, LAPIC + 0xb0
-	pop %eax
-	iret
+	movl $0, 0xb0(%r15)
+	pop %rax
+	iretq
 
 uart_isr:
-	push %eax
-	push %edx
+	push %rax
+	push %rdx
 	incl uart_irqs
-	movl $0x18, IOAPIC              # remote IRR (bit 14) of pin 4 while the interrupt is in service
-	mov IOAPIC + 0x10, %eax
+	movl $0x18, (%r14)              # remote IRR (bit 14) of pin 4 while the interrupt is in service
+	mov 0x10(%r14), %eax
 	shr $14, %eax
 	and $1, %eax
 	add %eax, remote_irr_seen
@@ -298,13 +327,13 @@ uart_isr:
 	mov $COM1, %dx
 	mov $'#', %al
 	outb %al, %dx
-1:	movl $0, LAPIC + 0xb0
-	pop %edx
-	pop %eax
-	iret
+1:	movl $0, 0xb0(%r15)
+	pop %rdx
+	pop %rax
+	iretq
 
 rtc_isr:
-	push %eax
+	push %rax
 	mov $0x0c, %al
 	call cmos_read
 	cmpl $0, rtc_irqs
@@ -312,9 +341,9 @@ rtc_isr:
 	movzbl %al, %eax
 	mov %eax, rtc_c
 1:	incl rtc_irqs
-	movl $0, LAPIC + 0xb0
-	pop %eax
-	iret
+	movl $0, 0xb0(%r15)
+	pop %rax
+	iretq
 
 bad_isr:
 	mov $s_bad, %esi
@@ -324,14 +353,14 @@ bad_isr:
 
 # PIT channel 2: a new 10 ms mode 0 count (OUT2 goes high when it ends)
 pit2_start:
-	push %eax
+	push %rax
 	mov $0xb0, %al
 	outb %al, $0x43
 	mov $(PIT_10MS & 0xff), %al
 	outb %al, $0x42
 	mov $(PIT_10MS >> 8), %al
 	outb %al, $0x42
-	pop %eax
+	pop %rax
 	ret
 
 # al = CMOS index -> al = value
@@ -366,51 +395,51 @@ uart_init:
 
 # al = byte; preserves everything
 putc:
-	push %edx
-	push %eax
+	push %rdx
+	push %rax
 	mov $(COM1 + 5), %dx
 1:	inb %dx, %al
 	test $0x20, %al
 	jz 1b
-	pop %eax
+	pop %rax
 	mov $COM1, %dx
 	outb %al, %dx
-	pop %edx
+	pop %rdx
 	ret
 
 newline:
-	push %eax
+	push %rax
 	mov $'\n', %al
 	call putc
-	pop %eax
+	pop %rax
 	ret
 
 # esi = NUL-terminated string
 puts:
-	push %eax
+	push %rax
 1:	lodsb
 	test %al, %al
 	jz 2f
 	call putc
 	jmp 1b
-2:	pop %eax
+2:	pop %rax
 	ret
 
 # eax = value: 8 hex digits and a newline
 print_hex_nl:
-	push %ecx
-	push %ebx
+	push %rcx
+	push %rbx
 	mov %eax, %ebx
 	mov $8, %ecx
 1:	rol $4, %ebx
 	mov %ebx, %eax
 	and $0xf, %eax
-	mov hexdigits(%eax), %al
+	mov hexdigits(%rax), %al
 	call putc
 	loop 1b
 	call newline
-	pop %ebx
-	pop %ecx
+	pop %rbx
+	pop %rcx
 	ret
 
 	.data
@@ -419,13 +448,31 @@ gdt:
 	.quad 0
 	.quad 0x00cf9a000000ffff        # 0x08: flat 32-bit code
 	.quad 0x00cf92000000ffff        # 0x10: flat data
+	.quad 0x00af9a000000ffff        # 0x18: 64-bit code
 gdt_desc:
 	.word gdt_desc - gdt - 1
 	.long gdt
 	.align 8
 idt_desc:
-	.word 256 * 8 - 1
-	.long idt
+	.word 256 * 16 - 1
+	.quad idt
+# identity map of the low 4 GiB with 2 MiB pages (the top GiB holds the IOAPIC and local APIC)
+	.align 4096
+pml4:
+	.quad pdpt + 3
+	.fill 511, 8, 0
+pdpt:
+	.quad pd + 0x0003
+	.quad pd + 0x1003
+	.quad pd + 0x2003
+	.quad pd + 0x3003
+	.fill 508, 8, 0
+pd:
+	.set i, 0
+	.rept 2048
+	.quad (i << 21) + 0x83
+	.set i, i + 1
+	.endr
 hexdigits:
 	.ascii "0123456789abcdef"
 s_start:  .asciz "devices: start\n"
@@ -459,7 +506,7 @@ rtc_c:
 	.bss
 	.align 4096
 idt:
-	.space 256 * 8
+	.space 256 * 16
 stack:
 	.space 8192
 stack_top:
