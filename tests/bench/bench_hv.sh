@@ -28,7 +28,7 @@ fi
 if [ -w /dev/kvm ]; then
 	MODE=kvm
 	RACCEL=(--accel kvm)
-	QACCEL=(-accel kvm -cpu host)
+	QACCEL=(-accel kvm -cpu host,-arch-capabilities)   # kvm_pvm, see tests/guest/lib.sh
 	N=${BENCH_HV_N:-2000000} ROUNDS=${BENCH_HV_ROUNDS:-64}
 	echo "bench_hv: rackvm --accel kvm vs qemu -accel kvm (goals: start <= 0.50x, compute <= 1.02x)"
 else

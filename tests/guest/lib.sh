@@ -12,7 +12,8 @@ LOG_DIR=${LOG_DIR:-$BUILD/test-logs/guest}
 mkdir -p "$LOG_DIR"
 
 if [ -w /dev/kvm ]; then
-	GUEST_ACCEL=(-accel kvm -cpu host)
+	# kvm_pvm hosts: the bare host CPU model aborts in kvm_buf_set_msrs (MSR 0x10a, IA32_ARCH_CAPABILITIES)
+	GUEST_ACCEL=(-accel kvm -cpu host,-arch-capabilities)
 	GUEST_ACCEL_NAME=kvm
 else
 	GUEST_ACCEL=(-accel tcg,thread=multi)
