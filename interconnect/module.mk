@@ -82,8 +82,10 @@ test_rdma_PATH := tests/test_rdma
 test_rdma_SRCS := tests/unit/test_rdma.c
 test_rdma_DEPLIBS := ic util
 test_rdma_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
-# the test includes rdma.c (to drive its input checks) when RDMA is built, else checks the stub
-$(BUILD)/tests/unit/test_rdma.o: CPPFLAGS += -DRACKVM_HAVE_RDMA=$(HAVE_RDMA)
+# the test includes rdma.c (to drive its input checks) when RDMA is built, else checks the stub: it reads
+# RACKVM_HAVE_RDMA from config.h, so a change of configuration rebuilds it (and libic, whose sources change)
+$(BUILD)/tests/unit/test_rdma.o: $(CONFIG_H)
+$(BUILD)/libic.a: $(CONFIG_H)
 endif
 ifneq ($(wildcard tests/bench/bench_ic.c),)
 BENCHES += bench_ic

@@ -28,9 +28,7 @@
 #include "util/clock.h"
 #include "util/log.h"
 
-#ifndef RACKVM_HAVE_RDMA
-#define RACKVM_HAVE_RDMA 0
-#endif
+#include "config.h"     /* $(BUILD)/gen: RACKVM_HAVE_RDMA, probed by the Makefile */
 
 static const uint8_t key_a[32] = "0123456789abcdef0123456789abcdef";
 static const uint8_t key_b[32] = "fedcba9876543210fedcba9876543210";
