@@ -330,6 +330,105 @@ static void test_long_mode_out(void **state)
 	guest_destroy(&g);
 }
 
+
+/* Long mode with ring-0 and ring-3 segments and a TSS: identity-mapped user-accessible 2 MiB page; GDT at 0x5000,
+ * IDT descriptor at 0x5100 (IDT at 0x5200), TSS at 0x5800 with RSP0 = 0x9000 and no I/O bitmap. */
+static void guest_long_rings(struct guest *g, uint64_t rip)
+{
+	static const uint64_t gdt[] = {
+		0, 0x00af9a000000ffffull, 0x00cf92000000ffffull,  /* 0x08 ring-0 code64, 0x10 ring-0 data */
+		0x00cff2000000ffffull, 0x00affa000000ffffull,     /* 0x18 ring-3 data, 0x20 ring-3 code64 */
+		0x0000890058000067ull, 0,                          /* 0x28 TSS at 0x5800, limit 0x67 */
+	};
+	uint64_t *pml4 = (uint64_t *)(g->ram + 0x2000), *pdpt = (uint64_t *)(g->ram + 0x3000),
+		 *pd = (uint64_t *)(g->ram + 0x4000);
+	struct kvm_sregs s;
+	struct kvm_regs r;
+
+	pml4[0] = 0x3000 | 7;
+	pdpt[0] = 0x4000 | 7;
+	pd[0] = 0x0 | 0x87;     /* 2 MiB, present, writable, user */
+	memcpy(g->ram + 0x5000, gdt, sizeof(gdt));
+	*(uint16_t *)(g->ram + 0x5100) = 256 * 16 - 1;
+	*(uint64_t *)(g->ram + 0x5102) = 0x5200;
+	*(uint64_t *)(g->ram + 0x5804) = 0x9000;                /* RSP0 */
+	*(uint16_t *)(g->ram + 0x5866) = 0x68;                  /* I/O map base past the limit: no bitmap */
+	assert_int_equal(kvm->get_sregs(g->cpu, &s), 0);
+	s.cr3 = 0x2000;
+	s.cr4 = 1u << 5;                      /* PAE */
+	s.cr0 = 0x80000011u;                  /* PG ET PE */
+	s.efer = (1u << 8) | (1u << 10);      /* LME LMA */
+	s.gdt = (struct kvm_dtable){ .base = 0x5000, .limit = sizeof(gdt) - 1 };
+	s.cs = (struct kvm_segment){ .base = 0, .limit = 0xffffffff, .selector = 8, .type = 11, .present = 1,
+				     .dpl = 0, .db = 0, .s = 1, .l = 1, .g = 1 };
+	s.ds = (struct kvm_segment){ .base = 0, .limit = 0xffffffff, .selector = 16, .type = 3, .present = 1,
+				     .dpl = 0, .db = 1, .s = 1, .l = 0, .g = 1 };
+	s.es = s.ss = s.fs = s.gs = s.ds;
+	assert_int_equal(kvm->set_sregs(g->cpu, &s), 0);
+	memset(&r, 0, sizeof(r));
+	r.rip = rip;
+	r.rflags = 2;
+	r.rsp = 0x8000;
+	assert_int_equal(kvm->set_regs(g->cpu, &r), 0);
+}
+
+static uint32_t io_u32(const struct guest *g)
+{
+	uint32_t v;
+
+	memcpy(&v, g->x.io.data, 4);
+	return v;
+}
+
+/*
+ * The guest SDK's system call: INT3 from ring 3 through a DPL-3 interrupt gate enters ring 0, and IRETQ returns to
+ * ring 3 (kvm_pvm delivers a ring-3 "int $n" as #UD and lets SYSCALL reach LSTAR at CPL 3, so neither can be the
+ * SDK's gate; docs/guest.md). Ring 0 loads IDT and TSS and IRETQs to ring 3 at 0x1400, which does INT3 twice;
+ * the handler at 0x1800 does OUT (possible only in ring 0: the TSS has no I/O bitmap) with the caller's RAX, then
+ * reports the CS the gate pushed, and returns.
+ */
+static void test_int3_from_ring3_enters_ring0(void **state)
+{
+	static const uint8_t ring0[] = {
+		0x0f, 0x01, 0x1c, 0x25, 0x00, 0x51, 0x00, 0x00, 0xb8, 0x28, 0x00, 0x00,
+		0x00, 0x0f, 0x00, 0xd8, 0x6a, 0x1b, 0x68, 0x00, 0x70, 0x00, 0x00, 0x68,
+		0x02, 0x02, 0x00, 0x00, 0x6a, 0x23, 0x68, 0x00, 0x14, 0x00, 0x00, 0x48,
+		0xcf,
+	};
+	static const uint8_t user[] = {
+		0xb8, 0x34, 0x12, 0x00, 0x00, 0xcc, 0xb8, 0x78, 0x56, 0x00, 0x00, 0xcc,
+		0xf4,
+	};
+	static const uint8_t handler[] = {
+		0xe7, 0x18, 0x48, 0x8b, 0x44, 0x24, 0x08, 0xe7, 0x19, 0x48, 0xcf,
+	};
+	const uint64_t h = 0x1800;
+	struct guest g;
+
+	REQUIRE_KVM();
+	guest_create(&g);
+	memcpy(g.ram + 0x1000, ring0, sizeof(ring0));
+	memcpy(g.ram + 0x1400, user, sizeof(user));
+	memcpy(g.ram + h, handler, sizeof(handler));
+	/* IDT vector 3: 64-bit interrupt gate, DPL 3, CS 0x08 */
+	*(uint64_t *)(g.ram + 0x5200 + 3 * 16) = (h & 0xffff) | (0x08ull << 16) | (0xeeull << 40) |
+						  ((h >> 16 & 0xffff) << 48);
+	guest_long_rings(&g, 0x1000);
+	for (unsigned i = 0; i < 2; i++) {
+		guest_run(&g, false);
+		assert_int_equal(g.x.reason, ACCEL_EXIT_IO);
+		assert_int_equal(g.x.io.port, 0x18);
+		assert_int_equal(io_u32(&g), i == 0 ? 0x1234 : 0x5678);
+		guest_run(&g, false);
+		assert_int_equal(g.x.reason, ACCEL_EXIT_IO);
+		assert_int_equal(g.x.io.port, 0x19);
+		assert_int_equal(io_u32(&g) & 3, 3);      /* called from ring 3 */
+	}
+	guest_run(&g, false);     /* HLT in ring 3: #GP into an IDT whose vector 13 is not present: shutdown */
+	assert_int_equal(g.x.reason, ACCEL_EXIT_SHUTDOWN);
+	guest_destroy(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -340,6 +439,7 @@ int main(void)
 		cmocka_unit_test(test_irq_window_and_inject),
 		cmocka_unit_test(test_kick),
 		cmocka_unit_test(test_long_mode_out),
+		cmocka_unit_test(test_int3_from_ring3_enters_ring0),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
