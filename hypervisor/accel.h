@@ -124,6 +124,9 @@ struct accel_ops {
 	int (*supported_cpuid)(struct accel_cpuid_entry *out, size_t max, size_t *n_out);
 	/* Instructions this vCPU retired (emu: for vm_get_stats; kvm cannot count them). */
 	uint64_t (*insn_count)(struct accel_vcpu *vcpu);
+	/* The rate a new VM's guest TSC will really run at when `want` Hz is asked for (kvm without TSC scaling: the
+	 * host's rate), so that CPUID 0x15/0x16 and the APIC timer state the truth; 0 if it cannot tell. */
+	uint64_t (*tsc_hz)(uint64_t want);
 };
 
 /* Backends by name: "kvm", "emu". NULL if unknown. */

@@ -19,9 +19,10 @@
  * looks at its APIC again, so a kick is never lost: it lands either before that look or makes the next KVM_RUN
  * return at once.
  *
- * TSC: the VMM asks for tsc_hz; with KVM_CAP_TSC_CONTROL each vCPU gets KVM_SET_TSC_KHZ, otherwise the guest TSC
- * runs at the host's rate (warned once: CPUID 0x15 then misstates it). read_tsc reads IA32_TSC with KVM_GET_MSRS
- * (the vCPU's own thread calls it, between runs).
+ * TSC: the VMM asks tsc_hz() what rate a guest TSC will have: with KVM_CAP_TSC_CONTROL the one it wants (each vCPU
+ * gets KVM_SET_TSC_KHZ), otherwise the host's (KVM_GET_TSC_KHZ of a scratch vCPU), which the VMM then states in
+ * CPUID 0x15/0x16 and uses for the APIC timer. read_tsc reads IA32_TSC with KVM_GET_MSRS (the vCPU's own thread
+ * calls it, between runs).
  */
 #include "hypervisor/accel.h"
 
@@ -188,6 +189,36 @@ static int kvm_supported_cpuid(struct accel_cpuid_entry *out, size_t max, size_t
 	free(c);
 	*n_out = n;
 	return n < max ? 0 : -E2BIG;
+}
+
+/* The guest TSC rate KVM gives a new vCPU when asked for `want` Hz: `want` with KVM_CAP_TSC_CONTROL, otherwise what
+ * KVM_GET_TSC_KHZ reports for a scratch vCPU (the host's rate); 0 if /dev/kvm cannot tell. */
+static uint64_t kvm_tsc_hz(uint64_t want)
+{
+	char why[160];
+	int fd = kvm_open_checked(why, sizeof(why)), vm_fd, cpu_fd;
+	uint64_t hz = 0;
+	long khz;
+
+	if (fd < 0)
+		return 0;
+	if (ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_CONTROL) > 0) {
+		close(fd);
+		return want;
+	}
+	vm_fd = ioctl(fd, KVM_CREATE_VM, 0);
+	if (vm_fd >= 0) {
+		cpu_fd = ioctl(vm_fd, KVM_CREATE_VCPU, 0ul);
+		if (cpu_fd >= 0) {
+			khz = ioctl(cpu_fd, KVM_GET_TSC_KHZ, 0);
+			if (khz > 0)
+				hz = (uint64_t)khz * 1000;
+			close(cpu_fd);
+		}
+		close(vm_fd);
+	}
+	close(fd);
+	return hz;
 }
 
 static int kvm_set_slot(struct accel_vm *vm, uint32_t slot, uint64_t gpa, uint64_t size, void *host)
@@ -398,8 +429,8 @@ static int kvm_vcpu_create(struct accel_vm *vm, unsigned index, uint32_t apic_id
 	err = kvm_vcpu_set_cpuid(v);
 	if (err)
 		goto out_unmap;
-	if (vm->tsc_hz) {
-		if (!vm->tsc_control || ioctl(v->fd, KVM_SET_TSC_KHZ, (unsigned long)(vm->tsc_hz / 1000)) < 0) {
+	if (vm->tsc_hz && vm->tsc_control) {
+		if (ioctl(v->fd, KVM_SET_TSC_KHZ, (unsigned long)(vm->tsc_hz / 1000)) < 0) {
 			static atomic_bool warned;
 
 			if (!atomic_exchange(&warned, true))
@@ -626,4 +657,5 @@ const struct accel_ops accel_kvm_ops = {
 	.read_tsc = kvm_read_tsc,
 	.supported_cpuid = kvm_supported_cpuid,
 	.insn_count = NULL,
+	.tsc_hz = kvm_tsc_hz,
 };

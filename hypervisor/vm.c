@@ -522,6 +522,15 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 		err = -ENODEV;
 		goto out_destroy;
 	}
+	if (vm->accel->tsc_hz) {
+		uint64_t real = vm->accel->tsc_hz(vm->tsc_hz);
+
+		if (real && real != vm->tsc_hz) {
+			pr_info("%s: the guest TSC runs at %llu kHz (no TSC scaling): CPUID and the APIC timer use that rate",
+				vm->accel->name, (unsigned long long)(real / 1000));
+			vm->tsc_hz = real;
+		}
+	}
 	err = vm_ram_setup(vm, cfg);
 	if (err)
 		goto out_destroy;
