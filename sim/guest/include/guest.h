@@ -9,7 +9,7 @@
  * GUEST_EXIT_OK if every call returned 0, else with the largest value returned.
  *
  * Everything is identity-mapped and user-accessible: ring 3 may read guest_info() and kernel counters
- * directly. Privileged work (serial, IPIs, exit) goes through int $0x80 (see docs/guest.md).
+ * directly. Privileged work (serial, IPIs, exit) goes through system calls (int3, see docs/guest.md).
  */
 #ifndef GUEST_H
 #define GUEST_H
