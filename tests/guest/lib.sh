@@ -15,9 +15,13 @@ if [ -w /dev/kvm ]; then
 	# kvm_pvm hosts: the bare host CPU model aborts in kvm_buf_set_msrs (MSR 0x10a, IA32_ARCH_CAPABILITIES)
 	GUEST_ACCEL=(-accel kvm -cpu host,-arch-capabilities)
 	GUEST_ACCEL_NAME=kvm
+	# the host CPU model offers x2APIC when the host has it, and the SDK then takes it (no apic= option)
+	GUEST_DEFAULT_APIC=xapic
+	grep -qw x2apic /proc/cpuinfo && GUEST_DEFAULT_APIC=x2apic
 else
 	GUEST_ACCEL=(-accel tcg,thread=multi)
 	GUEST_ACCEL_NAME=tcg
+	GUEST_DEFAULT_APIC=xapic    # qemu 7.2 TCG has no x2APIC
 fi
 
 . tests/guest/verdict.sh

@@ -20,15 +20,15 @@ check_topology_numa() {
 }
 for n in 1 2; do
 	guest_run topology-smp$n topology $n ""
-	verdict "topology smp=$n" 0 check_topology $n 1 xapic
+	verdict "topology smp=$n" 0 check_topology $n 1 "$GUEST_DEFAULT_APIC"
 done
 guest_run topology-smp4-numa topology 4 "" "${NUMA4[@]}"
-verdict "topology smp=4 numa=2" 0 check_topology_numa xapic
+verdict "topology smp=4 numa=2" 0 check_topology_numa "$GUEST_DEFAULT_APIC"
 GUEST_MACHINE=pc guest_run topology-pc-smp2 topology 2 "apic=xapic"
 verdict "topology machine=pc smp=2" 0 check_topology 2 1 xapic
 # MADT entries of absent (hot-pluggable) CPUs are disabled and must not be started
 check_topology_maxcpus() {
-	check_topology 2 1 xapic && expect_line "^acpi: MADT has 4 processor entries, 2 enabled, "
+	check_topology 2 1 "$GUEST_DEFAULT_APIC" && expect_line "^acpi: MADT has 4 processor entries, 2 enabled, "
 }
 guest_run topology-smp2-max4 topology "2,maxcpus=4" ""
 verdict "topology smp=2 maxcpus=4" 0 check_topology_maxcpus
