@@ -278,6 +278,31 @@ static void test_kick(void **state)
 	guest_destroy(&g);
 }
 
+/* A kick while the vCPU thread is between runs (the signal stays pending, blocked) ends the next run at once, and
+ * only that one: the run path takes the signal, so the run after it reaches the guest's next exit. Without taking
+ * it, every later KVM_RUN would return -EINTR at once and the guest would never run again. */
+static void test_kick_between_runs_is_taken_once(void **state)
+{
+	static const uint8_t code[] = { 0xe6, 0x10, 0xeb, 0xfc };     /* 1: out %al, $0x10; jmp 1b */
+
+	struct guest g;
+
+	REQUIRE_KVM();
+	guest_create(&g);
+	guest_real(&g, code, sizeof(code));
+	guest_run(&g, false);
+	assert_int_equal(g.x.reason, ACCEL_EXIT_IO);
+	for (int i = 0; i < 3; i++) {
+		kvm->kick(g.cpu);                 /* this thread is the vCPU's: the signal is now pending here */
+		guest_run(&g, false);
+		assert_int_equal(g.x.reason, ACCEL_EXIT_KICK);
+		guest_run(&g, false);
+		assert_int_equal(g.x.reason, ACCEL_EXIT_IO);
+		assert_int_equal(g.x.io.port, 0x10);
+	}
+	guest_destroy(&g);
+}
+
 /* Long mode straight from sregs: identity-mapped 2 MiB page, 64-bit CS; a 64-bit immediate goes out as 32 bits. */
 static void test_long_mode_out(void **state)
 {
@@ -463,6 +488,7 @@ int main(void)
 		cmocka_unit_test(test_msr_exits),
 		cmocka_unit_test(test_irq_window_and_inject),
 		cmocka_unit_test(test_kick),
+		cmocka_unit_test(test_kick_between_runs_is_taken_once),
 		cmocka_unit_test(test_long_mode_out),
 		cmocka_unit_test(test_int3_from_ring3_enters_ring0),
 		cmocka_unit_test(test_tsc_rate_is_what_tsc_hz_says),
