@@ -94,5 +94,11 @@ test_emu_exec_LDLIBS := $(CMOCKA_LIBS) -lpthread
 FUZZERS += fuzz_emu_exec
 fuzz_emu_exec_FUZZ_SRCS := tests/fuzz/fuzz_emu_exec.c $(wildcard hypervisor/emu/emu_exec*.c)
 fuzz_emu_exec_FUZZ_LDLIBS :=
-# start-to-first-byte and compute wall time, rackvm vs qemu in the same run (make bench)
+# start-to-first-byte and the guest's compute phase, rackvm vs qemu in the same run (make bench); tsc-hz turns a
+# qemu guest's TSC ticks into time
+BENCHES += tsc_hz
+tsc_hz_PATH := bench/tsc-hz
+tsc_hz_SRCS := tests/bench/tsc_hz.c
+tsc_hz_DEPLIBS :=
+tsc_hz_LDLIBS :=
 BENCH_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/bench/bench_hv.sh)

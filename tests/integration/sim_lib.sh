@@ -6,6 +6,7 @@ BUILD=${BUILD:-build}
 RACKVM=${RACKVM:-$BUILD/rackvm}
 GUEST_DIR=$BUILD/guest
 SIM_TIMEOUT=${SIM_TIMEOUT:-120}
+SIM_ACCEL=${SIM_ACCEL:-emu}   # tests run the emu accelerator; bench_cluster picks kvm where it is usable
 SIM_LOG_DIR=${SIM_LOG_DIR:-$BUILD/test-logs/sim}
 mkdir -p "$SIM_LOG_DIR"
 
@@ -20,7 +21,7 @@ sim_run() {
 	GUEST_ERR=$SIM_LOG_DIR/$name.err
 	local t0 rc
 	t0=${EPOCHREALTIME/./}
-	"$RACKVM" sim --accel emu --kernel "$GUEST_DIR/$wl.elf" --cmdline "$cmdline" --timeout "$SIM_TIMEOUT" "$@" \
+	"$RACKVM" sim --accel "$SIM_ACCEL" --kernel "$GUEST_DIR/$wl.elf" --cmdline "$cmdline" --timeout "$SIM_TIMEOUT" "$@" \
 		</dev/null >"$GUEST_LOG.raw" 2>"$GUEST_ERR"
 	rc=$?
 	[ $rc -ne 124 ] && SIM_ORDERLY+=("$GUEST_ERR")
