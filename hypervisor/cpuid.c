@@ -17,7 +17,8 @@
  * XSAVE, MONITOR, RDRAND, FSGSBASE, SMAP — the interpreter raises #UD for them.
  *
  * KVM (base != NULL): the supported table, with leaf 1 (APIC id, logical count, HTT, x2APIC, TSC-deadline,
- * hypervisor), leaf 4's sharing fields and leaves 0xB/0x1F rewritten; everything else as KVM reports it.
+ * hypervisor), leaf 4's sharing fields and leaves 0xB/0x1F rewritten; everything else as KVM reports it, less what
+ * the kvm backend hides on a host that cannot run it (fw_cpuid_hide; on kvm_pvm, fw_cpuid_kvm_pvm_hidden).
  */
 #include <errno.h>
 #include <string.h>
@@ -60,6 +61,67 @@ static void table_del(struct cpuid_table *t, uint32_t fn)
 		if (t->e[i].function != fn)
 			t->e[j++] = t->e[i];
 	t->n = j;
+}
+
+/* Bits, and for leaf 0xD the whole leaf, a kvm_pvm host offers but cannot run in ring 0 (measured there; see
+ * docs/hypervisor.md). XSAVE goes with everything that needs XSAVE-managed state, as a guest kernel cannot enable it
+ * without XSETBV/XRSTOR (Linux would otherwise stop at its first XRSTOR). */
+const struct fw_cpuid_hide fw_cpuid_kvm_pvm_hidden[] = {
+	{ 1, 0, 2, (1u << 13) | (1u << 22), "cmpxchg16b movbe" },
+	{ 1, 0, 2, (1u << 12) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 29), "fma xsave osxsave avx f16c" },
+	{ 7, 0, 1, (1u << 10) | (1u << 20) | (1u << 24), "invpcid smap clwb" },
+	{ 7, 0, 1, (1u << 5) | (1u << 14) | (1u << 16) | (1u << 17) | (1u << 21) | (1u << 26) | (1u << 27) |
+			   (1u << 28) | (1u << 30) | (1u << 31),
+	  "avx2 mpx avx512f/dq/ifma/pf/er/cd/bw/vl" },
+	{ 7, 0, 2, (1u << 1) | (1u << 3) | (1u << 4) | (1u << 6) | (1u << 7) | (1u << 9) | (1u << 10) | (1u << 11) |
+			   (1u << 12) | (1u << 14),
+	  "avx512vbmi pku ospke avx512vbmi2 cet-ss vaes vpclmulqdq avx512vnni/bitalg/vpopcntdq" },
+	{ 7, 0, 3, (1u << 2) | (1u << 3) | (1u << 8) | (1u << 20) | (1u << 22) | (1u << 23) | (1u << 24) | (1u << 25),
+	  "avx512-4vnniw/4fmaps/vp2intersect cet-ibt amx-bf16 avx512fp16 amx-tile amx-int8" },
+	{ 7, 1, 0, (1u << 4) | (1u << 5) | (1u << 21) | (1u << 23), "avx-vnni avx512bf16 amx-fp16 avx-ifma" },
+	{ 0xd, 0, 0, 0, "leaf 0xd (xsave state)" },
+	{ 0x80000001, 0, 2, (1u << 11) | (1u << 16), "xop fma4" },
+	{ 0x80000008, 0, 1, 1u << 4, "rdpru" },
+};
+const size_t fw_cpuid_kvm_pvm_hidden_n = sizeof(fw_cpuid_kvm_pvm_hidden) / sizeof(fw_cpuid_kvm_pvm_hidden[0]);
+
+static uint32_t *reg_of(struct accel_cpuid_entry *e, uint8_t reg)
+{
+	return reg == 0 ? &e->eax : reg == 1 ? &e->ebx : reg == 2 ? &e->ecx : &e->edx;
+}
+
+unsigned fw_cpuid_hide(struct accel_cpuid_entry *table, size_t *n, const struct fw_cpuid_hide *hide, size_t n_hide)
+{
+	struct cpuid_table t = { table, *n, *n };
+	unsigned changed = 0;
+
+	for (size_t i = 0; i < n_hide; i++) {
+		const struct fw_cpuid_hide *h = &hide[i];
+
+		if (!h->mask) {
+			size_t before = t.n;
+
+			table_del(&t, h->function);
+			changed += t.n != before;
+			continue;
+		}
+		/* a leaf may come with and without a significant index: clear it wherever (function, index) matches */
+		bool hit = false;
+		for (size_t j = 0; j < t.n; j++) {
+			struct accel_cpuid_entry *e = &t.e[j];
+			uint32_t *r = reg_of(e, h->reg);
+
+			if (e->function != h->function || (e->has_index && e->index != h->index) ||
+			    (!e->has_index && h->index != 0))
+				continue;
+			if (*r & h->mask)
+				hit = true;
+			*r &= ~h->mask;
+		}
+		changed += hit;
+	}
+	*n = t.n;
+	return changed;
 }
 
 static unsigned ceil_log2(uint32_t v)

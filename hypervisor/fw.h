@@ -70,6 +70,25 @@ int fw_cpuid_build(unsigned n_vcpus, const uint32_t *apic_ids, const struct acce
  * built table. *n is updated; -ENOSPC when max is too small. */
 int fw_cpuid_set_tsc(struct accel_cpuid_entry *table, size_t max, size_t *n, uint64_t tsc_hz);
 
+/* CPUID features a host reports but cannot run for a guest: each entry clears `mask` in register `reg` (0 EAX, 1 EBX,
+ * 2 ECX, 3 EDX) of leaf function/index, or, with mask 0, removes the whole leaf. */
+struct fw_cpuid_hide {
+	uint32_t function, index;
+	uint8_t reg;
+	uint32_t mask;
+	const char *names;                 /* what the bits are, for the log and the docs */
+};
+
+/* What a kvm_pvm host (nested paravirtual KVM: ring 0 emulated) cannot run although KVM_GET_SUPPORTED_CPUID offers
+ * it: CMPXCHG16B, MOVBE, INVPCID, CLWB, SMAP (CLAC/STAC), RDPRU, and XSAVE with everything whose state XSAVE
+ * manages (XGETBV/XRSTOR fail: AVX, AVX2, AVX-512, FMA, F16C, AMX, PKU, MPX, CET, leaf 0xD). docs/hypervisor.md. */
+extern const struct fw_cpuid_hide fw_cpuid_kvm_pvm_hidden[];
+extern const size_t fw_cpuid_kvm_pvm_hidden_n;
+
+/* Apply a hide list to a table of *n entries (a removed leaf shrinks *n). Returns how many entries of the list changed
+ * something (0: the table offered none of it). */
+unsigned fw_cpuid_hide(struct accel_cpuid_entry *table, size_t *n, const struct fw_cpuid_hide *hide, size_t n_hide);
+
 /* Addition to the contract (fw owner): only the fw_cfg files and rsdp_gpa fw_setup would publish for cfg (no RAM
  * written, no kernel read; regs/sregs/kind left zero) — for a node that owns the devices but does not load the
  * image. Release with fw_boot_release. */

@@ -28,6 +28,7 @@
  * calls it, between runs).
  */
 #include "hypervisor/accel.h"
+#include "hypervisor/fw.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -164,6 +165,32 @@ static struct kvm_cpuid2 *kvm_supported_cpuid_get(int kvm_fd)
 	return NULL;
 }
 
+/* kvm_pvm (nested paravirtual KVM) emulates guest ring 0 and cannot run some of what it reports: see fw.h. Its
+ * module is present when it provides /dev/kvm; a host with it loaded is treated as one, whatever else it has. */
+static bool kvm_host_is_pvm(void)
+{
+	return access("/sys/module/kvm_pvm", F_OK) == 0;
+}
+
+/* Remove from the supported table what this host cannot run (said once per process). */
+static void kvm_cpuid_host_hide(struct accel_cpuid_entry *t, size_t *n)
+{
+	static atomic_bool said;
+	char names[512] = "";
+	size_t len = 0;
+
+	if (!kvm_host_is_pvm())
+		return;
+	for (size_t i = 0; i < fw_cpuid_kvm_pvm_hidden_n; i++) {
+		const struct fw_cpuid_hide *h = &fw_cpuid_kvm_pvm_hidden[i];
+
+		if (fw_cpuid_hide(t, n, h, 1) && len < sizeof(names))
+			len += (size_t)snprintf(names + len, sizeof(names) - len, "%s%s", len ? ", " : "", h->names);
+	}
+	if (len && !atomic_exchange(&said, true))
+		pr_info("kvm: kvm_pvm host: CPUID hides what its ring-0 emulation cannot run: %s", names);
+}
+
 static int kvm_supported_cpuid(struct accel_cpuid_entry *out, size_t max, size_t *n_out)
 {
 	char why[160];
@@ -191,8 +218,11 @@ static int kvm_supported_cpuid(struct accel_cpuid_entry *out, size_t max, size_t
 		};
 	}
 	free(c);
+	if (n >= max)
+		return -E2BIG;
+	kvm_cpuid_host_hide(out, &n);
 	*n_out = n;
-	return n < max ? 0 : -E2BIG;
+	return 0;
 }
 
 /* The guest TSC rate KVM gives a new vCPU when asked for `want` Hz: `want` with KVM_CAP_TSC_CONTROL, otherwise what

@@ -673,6 +673,52 @@ static void test_cpuid_emu_model(void **state)
 	assert_int_equal(fw_cpuid_build(2, ids4, NULL, 0, t, 5, &small), -ENOSPC);
 }
 
+/* The kvm_pvm hide list on a table that offers everything: exactly the listed bits go, leaf 0xD goes with every
+ * subleaf, every other bit and leaf stays; a second pass (or a table without them) changes nothing. */
+static void test_cpuid_hide_kvm_pvm(void **state)
+{
+	struct accel_cpuid_entry t[] = {
+		{ .function = 0, .eax = 0x1f },
+		{ .function = 1, .eax = 0x906ea, .ecx = 0xffffffff, .edx = 0xffffffff },
+		{ .function = 7, .index = 0, .has_index = true, .ebx = 0xffffffff, .ecx = 0xffffffff, .edx = 0xffffffff },
+		{ .function = 7, .index = 1, .has_index = true, .eax = 0xffffffff },
+		{ .function = 0xd, .index = 0, .has_index = true, .eax = 7 },
+		{ .function = 0xd, .index = 1, .has_index = true, .eax = 0xf },
+		{ .function = 0xd, .index = 2, .has_index = true, .eax = 0x100 },
+		{ .function = 0x80000001, .ecx = 0xffffffff, .edx = 0xffffffff },
+		{ .function = 0x80000008, .eax = 0x3030, .ebx = 0xffffffff },
+	};
+	size_t n = sizeof(t) / sizeof(t[0]);
+
+	(void)state;
+	assert_int_equal(fw_cpuid_hide(t, &n, fw_cpuid_kvm_pvm_hidden, fw_cpuid_kvm_pvm_hidden_n),
+			 fw_cpuid_kvm_pvm_hidden_n);
+	assert_int_equal(n, 6);
+	assert_null(cpuid_get(t, n, 0xd, 0));
+	assert_null(cpuid_get(t, n, 0xd, 1));
+	const struct accel_cpuid_entry *l1 = cpuid_get(t, n, 1, 0), *l7 = cpuid_get(t, n, 7, 0),
+				       *l71 = cpuid_get(t, n, 7, 1), *x1 = cpuid_get(t, n, 0x80000001, 0),
+				       *x8 = cpuid_get(t, n, 0x80000008, 0);
+	/* leaf 1 ECX: FMA 12, CX16 13, MOVBE 22, XSAVE 26, OSXSAVE 27, AVX 28, F16C 29; the rest stays (SSE3 0, ...) */
+	assert_int_equal(l1->ecx, ~((1u << 12) | (1u << 13) | (1u << 22) | (1u << 26) | (1u << 27) | (1u << 28) |
+				    (1u << 29)));
+	assert_int_equal(l1->edx, 0xffffffff);
+	assert_int_equal(l1->eax, 0x906ea);
+	/* leaf 7: INVPCID 10, SMAP 20, CLWB 24 and the AVX2/AVX-512/MPX bits; FSGSBASE 0, BMI1 3, ERMS 9 stay */
+	assert_int_equal(l7->ebx & ((1u << 10) | (1u << 20) | (1u << 24) | (1u << 5) | (1u << 16) | (1u << 31)), 0);
+	assert_int_equal(l7->ebx & ((1u << 0) | (1u << 3) | (1u << 9)), (1u << 0) | (1u << 3) | (1u << 9));
+	assert_int_equal(l7->ecx & ((1u << 3) | (1u << 4) | (1u << 9)), 0);          /* PKU, OSPKE, VAES */
+	assert_int_equal(l7->edx & ((1u << 22) | (1u << 24) | (1u << 25)), 0);       /* AMX */
+	assert_int_equal(l71->eax & ((1u << 4) | (1u << 5)), 0);                     /* AVX-VNNI, AVX512-BF16 */
+	assert_int_equal(x1->ecx & ((1u << 11) | (1u << 16)), 0);                    /* XOP, FMA4 */
+	assert_int_equal(x1->ecx | (1u << 11) | (1u << 16), 0xffffffff);
+	assert_int_equal(x8->ebx, ~(1u << 4));                                       /* RDPRU */
+	assert_int_equal(x8->eax, 0x3030);
+	/* nothing left to hide */
+	assert_int_equal(fw_cpuid_hide(t, &n, fw_cpuid_kvm_pvm_hidden, fw_cpuid_kvm_pvm_hidden_n), 0);
+	assert_int_equal(n, 6);
+}
+
 /* KVM path: the supported table is kept except for the topology leaves. */
 static void test_cpuid_kvm_base(void **state)
 {
@@ -1379,6 +1425,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_cpuid_topology),
 		cmocka_unit_test(test_cpuid_emu_model),
 		cmocka_unit_test(test_cpuid_kvm_base),
+		cmocka_unit_test(test_cpuid_hide_kvm_pvm),
 		cmocka_unit_test(test_multiboot_synthetic),
 		cmocka_unit_test(test_multiboot_aout),
 		cmocka_unit_test(test_ram_zeroed),

@@ -479,6 +479,75 @@ static void test_tsc_rate_is_what_tsc_hz_says(void **state)
 	guest_destroy(&g);
 }
 
+/* CPUID on a kvm_pvm host. rackvm's table (supported_cpuid) leaves out everything that host cannot run in ring 0
+ * (fw_cpuid_kvm_pvm_hidden). What the guest itself then reads (ring 0, real mode): kvm_pvm honours the table for some
+ * bits — CMPXCHG16B is gone — but answers with the host's own bits for most of leaf 1 (SSE3..RDRAND, MOVBE, XSAVE,
+ * AVX among them) and for all of leaves 7 and 0xD, whatever KVM_SET_CPUID2 says (measured: a table with leaf 1 ECX
+ * and EDX zeroed still gives ECX 0x76d81203 and the host's EDX). The case asserts what rackvm controls and prints
+ * what the host forces, so a change of kvm_pvm either way shows here. docs/hypervisor.md. */
+static void test_cpuid_hides_what_kvm_pvm_cannot_run(void **state)
+{
+	static const uint8_t code[] = {
+		0x66, 0xb8, 0x01, 0x00, 0x00, 0x00, /* mov eax, 1 */
+		0x66, 0x31, 0xc9,                   /* xor ecx, ecx */
+		0x0f, 0xa2,                         /* cpuid */
+		0x66, 0x89, 0xc8,                   /* mov eax, ecx */
+		0x66, 0xe7, 0x10,                   /* out 0x10, eax: leaf 1 ECX */
+		0x66, 0xb8, 0x07, 0x00, 0x00, 0x00, /* mov eax, 7 */
+		0x66, 0x31, 0xc9,                   /* xor ecx, ecx */
+		0x0f, 0xa2,                         /* cpuid */
+		0x66, 0x89, 0xd8,                   /* mov eax, ebx */
+		0x66, 0xe7, 0x11,                   /* out 0x11, eax: leaf 7 EBX */
+		0x66, 0xb8, 0x0d, 0x00, 0x00, 0x00, /* mov eax, 0xd */
+		0x66, 0x31, 0xc9,                   /* xor ecx, ecx */
+		0x0f, 0xa2,                         /* cpuid */
+		0x66, 0xe7, 0x12,                   /* out 0x12, eax: leaf 0xD EAX (XCR0 bits) */
+		0xf4,                               /* hlt */
+	};
+	static struct accel_cpuid_entry t[256];
+	const uint32_t l1_hidden = (1u << 13) | (1u << 22) | (1u << 26) | (1u << 28), l7_hidden = (1u << 10) |
+				   (1u << 20) | (1u << 24);
+	uint32_t got[3];
+	size_t n = 0;
+	struct guest g;
+
+	REQUIRE_KVM();
+	if (access("/sys/module/kvm_pvm", F_OK) != 0) {
+		printf("SKIP: not a kvm_pvm host: its CPUID is KVM's, nothing hidden\n");
+		skip();
+		return;
+	}
+	/* the table rackvm gives KVM */
+	assert_int_equal(kvm->supported_cpuid(t, 256, &n), 0);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_not_equal(t[i].function, 0xd);
+		if (t[i].function == 1)
+			assert_int_equal(t[i].ecx & l1_hidden, 0);
+		if (t[i].function == 7 && t[i].index == 0)
+			assert_int_equal(t[i].ebx & l7_hidden, 0);
+	}
+	/* what the guest reads */
+	guest_create(&g);
+	guest_real(&g, code, sizeof(code));
+	for (int i = 0; i < 3; i++) {
+		guest_run(&g, false);
+		assert_int_equal(g.x.reason, ACCEL_EXIT_IO);
+		assert_int_equal(g.x.io.port, 0x10 + i);
+		assert_int_equal(g.x.io.size, 4);
+		memcpy(&got[i], g.x.io.data, 4);
+	}
+	guest_run(&g, false);
+	assert_int_equal(g.x.reason, ACCEL_EXIT_HLT);
+	printf("guest CPUID: leaf 1 ECX 0x%08x, leaf 7 EBX 0x%08x, leaf 0xD EAX 0x%08x\n", got[0], got[1], got[2]);
+	assert_int_equal(got[0] & (1u << 13), 0);         /* CMPXCHG16B: the table decides, and hides it */
+	assert_true(got[0] & (1u << 21));                 /* x2APIC: the table's (rackvm's APIC), not the host's */
+	printf("kvm_pvm forces the host's bits despite the table: leaf 1 ECX%s%s%s, leaf 7 EBX%s%s%s, leaf 0xD EAX 0x%x\n",
+	       got[0] & (1u << 22) ? " movbe" : "", got[0] & (1u << 26) ? " xsave" : "", got[0] & (1u << 28) ? " avx" : "",
+	       got[1] & (1u << 10) ? " invpcid" : "", got[1] & (1u << 20) ? " smap" : "", got[1] & (1u << 24) ? " clwb" : "",
+	       got[2]);
+	guest_destroy(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -492,6 +561,7 @@ int main(void)
 		cmocka_unit_test(test_long_mode_out),
 		cmocka_unit_test(test_int3_from_ring3_enters_ring0),
 		cmocka_unit_test(test_tsc_rate_is_what_tsc_hz_says),
+		cmocka_unit_test(test_cpuid_hides_what_kvm_pvm_cannot_run),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
