@@ -9,8 +9,8 @@
  * will resend from the loss on: go-back-N); every one is answered with a cumulative ACK. The timer thread resends
  * a peer's whole ring when its oldest entry was last sent more than rto_ns ago.
  *
- * Threads: callers of the hooks (vCPU threads, device timers), the receive context (one thread: the region's
- * I/O thread), the worker (runs forwarded accesses and EOIs for peers, in arrival order), the timer
+ * Threads: callers of the hooks (vCPU threads, device timers), the receive context (one thread: the
+ * endpoint's I/O thread), the worker (runs forwarded accesses and EOIs for peers, in arrival order), the timer
  * (retransmissions).
  * Locks: peer[p].tx (send ring), l->lock (I/O waiters, READY, pings, failure, worker queue); never nested.
  */

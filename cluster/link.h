@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Cluster link: the node hypervisor's messages to and from its peers (cluster/msg.h), on top of a frame send
- * function (the dsm region's owner frames in rackvm node; a direct call in unit tests).
+ * function (the node's endpoint in rackvm node, frame types CMSG_FRAME_TYPE_MIN..MAX; a direct call in unit tests).
  *
  * It implements the VM's cluster hooks (hypervisor/vm.h): interrupts and LDR/DFR replication are sent and
  * return at once; forwarded I/O blocks the calling vCPU thread until the owner answered (or died: -EHOSTDOWN);
  * the guest's exit is broadcast; an EOI of a level-triggered vector on a node other than the io node is sent to
  * the io node (forward_eoi) and returns at once. Received messages reach the VM through struct clink_ops: IRQ,
- * LOGICAL and EXIT in the receive context (the region's I/O thread — they only queue work and kick vCPUs),
+ * LOGICAL and EXIT in the receive context (the endpoint's I/O thread — they only queue work and kick vCPUs),
  * IO_REQ and EOI on the link's worker thread, in arrival order (device handlers may block, e.g. on the console,
  * and an EOI may re-deliver a still-asserted line to a vCPU on another node, which sends: neither may stall DSM
  * traffic or the acknowledgements that sending waits for).

@@ -2,8 +2,9 @@
 /*
  * Cluster messages: what node hypervisors of one guest tell each other besides the DSM (docs/cluster.md).
  *
- * Each message is one owner frame of the node's dsm region (frame types 0x40-0x4f, dsm/region.h), so a node pair
- * shares one authenticated connection for DSM and cluster traffic. The payload starts with a 16-byte header
+ * Each message is one frame of the node's endpoint (interconnect/endpoint.h) with a type in CMSG_FRAME_TYPE_MIN..MAX
+ * (0x40-0x4f; the dsm region owns 0x20-0x3f), so a node pair shares one authenticated connection for DSM and
+ * cluster traffic. The payload starts with a 16-byte header
  * (version, reserved bytes, sequence number), then a fixed body per type, little-endian:
  *
  *   0x40 IRQ      interrupt message for the receiver's vCPUs (struct irq_msg): vector, delivery, shorthand, flags
@@ -41,6 +42,8 @@
 #define CMSG_WHY_MAX 200u
 #define CMSG_HDR_LEN 16u
 #define CMSG_MAX_LEN (CMSG_HDR_LEN + 8u + CMSG_WHY_MAX)
+#define CMSG_FRAME_TYPE_MIN 0x40u   /* the endpoint frame types the cluster link owns */
+#define CMSG_FRAME_TYPE_MAX 0x4fu
 
 enum cmsg_type {
 	CMSG_IRQ = 0x40,

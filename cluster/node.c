@@ -4,15 +4,18 @@
  *
  * Start-up: membership (self + --peer), the cluster key (a file only its owner may read), placement (which node
  * runs each vCPU) and the home ranges that follow from it (node k homes the RAM range of its proximity domain; the
- * same ranges go into SRAT), the dsm region (guest RAM; it owns the node's interconnect instance, and the cluster
- * link's messages ride on its connections as owner frames), wait for every peer's connection, measure the clock
+ * same ranges go into SRAT), the node's endpoint (interconnect/endpoint.h: the transport this node uses and its I/O
+ * thread; only this file knows which transport that is), its two subscribers — the dsm region (guest RAM, frame
+ * types 0x20-0x3f) and the cluster link (0x40-0x4f) — then the endpoint's start, wait for every peer's connection,
+ * measure the clock
  * offset to node 0, create the VM with the link's hooks, the READY barrier (no node starts a vCPU before every
  * node's VM exists: the boot node writes the kernel into guest RAM while creating its VM, and an INIT/SIPI must
  * find its target), start, wait.
  *
  * End: the guest's exit reaches every node (EXIT broadcast by the node where it happened); each node waits until
  * its own EXIT was acknowledged, prints one summary line on stderr and leaves the region (which waits for every
- * peer to leave too). Exit status: the VM's (the guest's isa-debug-exit status).
+ * peer to leave too), then the link unsubscribes and the endpoint closes. Exit status: the VM's (the guest's
+ * isa-debug-exit status).
  *
  * A peer's death: the region calls on_fatal once. The guest cannot continue (pages homed there are gone, and the
  * region makes every access to guest RAM fault from then on), so the node prints which node died and why, its
@@ -66,6 +69,8 @@ struct node_opts {
 
 struct node {
 	struct node_opts o;
+	struct ic_endpoint *ep;
+	int link_sub;                 /* the link's endpoint subscription, -1 none */
 	struct dsm_region *region;
 	struct clink *link;
 	_Atomic(struct vm *) vm;
@@ -121,16 +126,18 @@ static void node_summary(struct node *n, const char *result)
 static int node_send(void *opaque, uint32_t to, uint8_t type, const void *payload, size_t len)
 {
 	struct node *n = opaque;
+	struct iovec iov = { (void *)payload, len };
 
-	/* frames sent before the region exists are resent by the link */
-	return n->region ? dsm_region_send(n->region, to, type, payload, len) : -ENOTCONN;
+	/* frames sent before the endpoint started are resent by the link */
+	return ic_endpoint_send(n->ep, to, type, 0, &iov, len ? 1 : 0);
 }
 
-static void node_on_owner_frame(void *opaque, uint32_t from, uint8_t type, const void *payload, size_t len)
+/* The cluster link's frames (types CMSG_FRAME_TYPE_MIN..MAX), on the endpoint's I/O thread. */
+static void node_on_link_frame(void *opaque, uint32_t from, const struct ic_frame *f)
 {
 	struct node *n = opaque;
 
-	clink_on_frame(n->link, from, type, payload, len);
+	clink_on_frame(n->link, from, f->type, f->payload, f->len);
 }
 
 static void node_on_fatal(void *opaque, uint32_t dead, const char *reason)
@@ -431,36 +438,75 @@ bad:
 
 /* ---- the node -------------------------------------------------------------------------------------------- */
 
-static int node_region_create(struct node *n, const uint8_t *key, size_t key_len, const uint32_t *home)
+/* The endpoint: which transport this node uses (the fabric around tcp or rdma when a link is shaped), its peers and
+ * key. Not started: the region and the link subscribe first. */
+static int node_endpoint_create(struct node *n, const uint8_t *key, size_t key_len)
+{
+	struct ic_peer_addr peers[NODE_MAX];
+	struct ic_endpoint_config ec;
+	size_t np = 0;
+	int err;
+
+	memset(&ec, 0, sizeof(ec));
+	for (unsigned i = 0; i < n->o.n_members; i++)
+		if (n->o.members[i].id != n->o.id)
+			peers[np++] = n->o.members[i];
+	if (n->o.fabric) {
+		ec.transport = "fabric";
+		ec.ic.inner = strcmp(n->o.transport, "rdma") ? "tcp" : "rdma";
+		ec.ic.link = n->o.link;
+		ec.ic.seed = n->o.seed + n->o.id;
+	} else {
+		ec.transport = n->o.transport;
+	}
+	ec.ic.self = n->o.id;
+	ec.ic.listen = n->o.listen;
+	ec.ic.peers = peers;
+	ec.ic.n_peers = np;
+	ec.ic.key = key;
+	ec.ic.key_len = key_len;
+	ec.ic.epoch = 1;
+	ec.ic.max_frame = (uint32_t)(dsm_region_max_frame() > CMSG_MAX_LEN ? dsm_region_max_frame() : CMSG_MAX_LEN);
+	ec.ic.dead_ms = n->o.dead_ms;
+	err = ic_endpoint_create(&ec, &n->ep);
+	if (err)
+		fprintf(stderr, "rackvm node %u: network endpoint (%s): %s\n", n->o.id, ec.transport, strerror(-err));
+	return err;
+}
+
+static int node_region_create(struct node *n, const uint32_t *home)
 {
 	struct dsm_region_config rc;
 	int err;
 
 	memset(&rc, 0, sizeof(rc));
 	rc.self = n->o.id;
-	rc.members = n->o.members;
-	rc.n_members = n->o.n_members;
-	if (n->o.fabric) {
-		rc.transport = "fabric";
-		rc.fabric_inner = strcmp(n->o.transport, "rdma") ? "tcp" : "rdma";
-		rc.fabric_link = n->o.link;
-		rc.fabric_seed = n->o.seed + n->o.id;
-	} else {
-		rc.transport = n->o.transport;
-	}
-	rc.key = key;
-	rc.key_len = key_len;
+	rc.n_nodes = n->o.n_members;
+	rc.ep = n->ep;
 	rc.size = n->o.mem;
 	rc.home_map = home;
-	rc.dead_ms = n->o.dead_ms;
 	rc.on_fatal = node_on_fatal;
-	rc.on_owner_frame = node_on_owner_frame;
 	rc.opaque = n;
 	err = dsm_region_create(&rc, &n->region);
 	if (err)
-		fprintf(stderr, "rackvm node %u: guest RAM (dsm region over %s): %s\n", n->o.id, rc.transport,
-			strerror(-err));
+		fprintf(stderr, "rackvm node %u: guest RAM (dsm region): %s\n", n->o.id, strerror(-err));
 	return err;
+}
+
+static int node_link_subscribe(struct node *n)
+{
+	const struct ic_subscriber sub = {
+		.name = "cluster link", .type_min = CMSG_FRAME_TYPE_MIN, .type_max = CMSG_FRAME_TYPE_MAX,
+		.on_frame = node_on_link_frame, .opaque = n,
+	};
+	int h = ic_endpoint_subscribe(n->ep, &sub);
+
+	if (h < 0) {
+		fprintf(stderr, "rackvm node %u: cluster link on the endpoint: %s\n", n->o.id, strerror(-h));
+		return h;
+	}
+	n->link_sub = h;
+	return 0;
 }
 
 static int node_run(struct node *n)
@@ -514,15 +560,29 @@ static int node_run(struct node *n)
 		fprintf(stderr, "rackvm node: cluster link: %s\n", strerror(-err));
 		goto out_home;
 	}
-	if (node_region_create(n, key, key_len, home))
+	n->link_sub = -1;
+	err = node_endpoint_create(n, key, key_len);
+	explicit_bzero(key, sizeof(key));
+	if (err)
 		goto out_link;
-	memset(key, 0, sizeof(key));
+	if (node_region_create(n, home))
+		goto out_ep;
+	if (node_link_subscribe(n))
+		goto out_region;
+	err = ic_endpoint_start(n->ep);
+	if (err) {
+		fprintf(stderr, "rackvm node %u: transport %s: %s\n", n->o.id, n->o.fabric ? "fabric" : n->o.transport,
+			strerror(-err));
+		goto out_region;
+	}
 	for (unsigned i = 0; i < n->o.vcpus; i++)
 		local += n->node_of[i] == n->o.id;
 	pr_info("node %u of %u: %u vCPU(s) here, home of RAM 0x%llx-0x%llx, %s accelerator, listening on %s",
 		n->o.id, n->o.n_members, local, (unsigned long long)n->mem_base[n->o.id],
 		(unsigned long long)(n->mem_base[n->o.id] + n->mem_size[n->o.id]), accel->name, n->o.listen);
-	err = dsm_region_wait_peers(n->region, PEER_WAIT_NS);
+	err = ic_endpoint_wait_peers(n->ep, PEER_WAIT_NS);
+	if (!err && dsm_region_failed(n->region, NULL, NULL, 0))
+		err = -EIO;
 	if (err) {
 		fprintf(stderr, "rackvm node %u: peers not connected after %llu s: %s\n", n->o.id,
 			(unsigned long long)(PEER_WAIT_NS / NSEC_PER_SEC), strerror(-err));
@@ -595,6 +655,10 @@ static int node_run(struct node *n)
 out_region:
 	dsm_region_destroy(n->region);
 	n->region = NULL;
+	ic_endpoint_unsubscribe(n->ep, n->link_sub);
+out_ep:
+	ic_endpoint_destroy(n->ep);
+	n->ep = NULL;
 out_link:
 	clink_destroy(n->link);
 	n->link = NULL;

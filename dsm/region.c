@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * DSM region: wires the protocol engine (dsm/protocol.h), the userfaultfd mapping (dsm/uffd.h) and a transport
- * (interconnect/ic.h). The design, ordering argument and failure behaviour are in docs/dsm-backend.md.
+ * DSM region: wires the protocol engine (dsm/protocol.h), the userfaultfd mapping (dsm/uffd.h) and the node's network
+ * endpoint (interconnect/endpoint.h), of which it is one subscriber (frame types DSM_REGION_TYPE_MIN..MAX). The
+ * design, ordering argument and failure behaviour are in docs/dsm-backend.md.
  *
  * Threads
  *  - fault thread: poll(uffd, stop eventfd) -> read up to 16 faults -> engine_fault for each.
- *  - I/O thread:   ic_poll loop; on_frame -> engine_recv, on_peer -> engine_peer_down; LEAVE frames.
+ *  - the endpoint's I/O thread (not the region's): on_frame -> engine_recv, on_peer -> engine_peer_down; LEAVE
+ *                  frames; on_tick releases held-back GRANT_ACKs.
  *  - timer thread: sleeps on a condition variable until the engine's timer (ns resolution: the lease is 100 us,
  *                  ic_poll only has ms timeouts) -> engine_timer.
  * Every engine call and the execution of its actions happen under r->lock, in emission order, except the send
@@ -85,17 +87,20 @@ struct region_outbox {
 };
 
 static_assert(DSM_PAGE_SIZE == DSM_UFFD_PAGE_SIZE, "one page size");
+static_assert(DSM_MSG_TYPE_MIN >= DSM_REGION_TYPE_MIN && DSM_MSG_TYPE_MAX <= DSM_REGION_TYPE_MAX &&
+		      DSM_REGION_T_LEAVE <= DSM_REGION_TYPE_MAX && DSM_REGION_T_PAIR <= DSM_REGION_TYPE_MAX,
+	      "every frame type of the region is in its endpoint range");
 
 struct dsm_region {
 	struct dsm_uffd *uffd;
 	struct dsm_engine *eng;
-	struct ic_transport *ic;
+	struct ic_endpoint *ep;         /* NULL for a one-node region */
+	int ep_sub;                     /* our subscription, -1 none */
 	uint8_t *base;
 	size_t size;
 	uint64_t n_pages;
 	uint32_t self, n_nodes;
 	dsm_fatal_fn on_fatal;
-	dsm_owner_frame_fn on_owner_frame;
 	void *opaque;
 
 	/* r->lock: the engine, everything it names, and the fields below down to `stats`. */
@@ -144,8 +149,8 @@ struct dsm_region {
 
 	atomic_bool stop;
 	int stop_efd;
-	pthread_t fault_th, io_th, timer_th;
-	bool fault_started, io_started, timer_started;
+	pthread_t fault_th, timer_th;
+	bool fault_started, subscribed, timer_started;
 };
 
 /* Take the engine lock, counting how often another thread had it (the case for sharding it). */
@@ -312,11 +317,11 @@ static void region_flush(struct dsm_region *r, uint32_t p)
 		if (pair) {
 			iov[1] = (struct iovec){ &o2->msg, sizeof(o2->msg) };
 			iov[2] = (struct iovec){ o2->data, DSM_PAGE_SIZE };
-			err = ic_send(r->ic, p, DSM_REGION_T_PAIR, 0, iov, o2->has_data ? 3 : 2);
+			err = ic_endpoint_send(r->ep, p, DSM_REGION_T_PAIR, 0, iov, o2->has_data ? 3 : 2);
 		} else if (o->type == DSM_REGION_T_LEAVE) {
-			err = ic_send(r->ic, p, o->type, 0, iov, 0);
+			err = ic_endpoint_send(r->ep, p, o->type, 0, iov, 0);
 		} else {
-			err = ic_send(r->ic, p, o->type, 0, iov, o->has_data ? 2 : 1);
+			err = ic_endpoint_send(r->ep, p, o->type, 0, iov, o->has_data ? 2 : 1);
 		}
 		if (err) {
 			/* Not fatal: the engine retransmits after retry_ns; a peer that is really gone comes as
@@ -603,12 +608,6 @@ static void region_on_frame(void *opaque, uint32_t src, const struct ic_frame *f
 		pthread_mutex_unlock(&r->st_lock);
 		return;
 	}
-	if (f->type >= DSM_REGION_OWNER_TYPE_MIN && f->type <= DSM_REGION_OWNER_TYPE_MAX) {
-		/* only accepted by the transport when on_owner_frame is set */
-		if (r->on_owner_frame && src < r->n_nodes)
-			r->on_owner_frame(r->opaque, src, f->type, f->payload, f->len);
-		return;
-	}
 	if (f->type == DSM_REGION_T_PAIR) {
 		/* header-only GRANT_ACK, then one whole message; the engine validates each (a short frame is
 		 * dropped there as a short message) */
@@ -736,29 +735,29 @@ static void *region_fault_main(void *arg)
 	return NULL;
 }
 
-static void *region_io_main(void *arg)
+/* Endpoint tick (its I/O thread, before each poll round): send GRANT_ACKs held back longer than ACK_DEFER_NS, and ask
+ * for a short poll while any is held (the poll has millisecond timeouts). deferred_since is written by this thread
+ * only; n_deferred is read without r->lock (stored atomically under it). */
+static int region_on_tick(void *opaque)
 {
-	struct dsm_region *r = arg;
+	struct dsm_region *r = opaque;
 
-	while (!atomic_load(&r->stop)) {
-		/* Read without r->lock (stored atomically under it); deferred_since is written by this thread only. */
-		bool deferred = __atomic_load_n(&r->n_deferred, __ATOMIC_RELAXED) != 0;
-		int n = ic_poll(r->ic, deferred ? 1 : 1000);
-
-		if (deferred && clock_now_ns() - r->deferred_since >= ACK_DEFER_NS) {
-			region_lock(r);
-			region_release_deferred(r);
-			region_after_input(r);
-		}
-
-		if (n < 0 && n != -EINTR) {
-			pr_err("ic_poll: %s", strerror(-n));
-			region_record_failure(r, r->self, "transport I/O loop failed");
-			region_report_failure(r);
-			break;
-		}
+	if (__atomic_load_n(&r->n_deferred, __ATOMIC_RELAXED) == 0)
+		return -1;
+	if (clock_now_ns() - r->deferred_since >= ACK_DEFER_NS) {
+		region_lock(r);
+		region_release_deferred(r);
+		region_after_input(r);
 	}
-	return NULL;
+	return 1;
+}
+
+static void region_on_io_failed(void *opaque, const char *why)
+{
+	struct dsm_region *r = opaque;
+
+	region_record_failure(r, r->self, why);
+	region_report_failure(r);
 }
 
 static void *region_timer_main(void *arg)
@@ -802,75 +801,6 @@ static void *region_timer_main(void *arg)
 
 /* ---- create / destroy ----------------------------------------------------------------------------------- */
 
-static int region_check_members(const struct dsm_region_config *cfg)
-{
-	bool seen[DSM_MAX_NODES] = { false };
-	bool self_seen = false;
-
-	if (cfg->n_members < 1 || cfg->n_members > DSM_MAX_NODES)
-		return -EINVAL;
-	for (size_t i = 0; i < cfg->n_members; i++) {
-		uint32_t id = cfg->members[i].id;
-
-		/* The engine numbers nodes 0..n-1: member ids must be exactly that set. */
-		if (id >= cfg->n_members || seen[id]) {
-			pr_err("member ids must be 0..%zu, each once (got %u)", cfg->n_members - 1, id);
-			return -EINVAL;
-		}
-		seen[id] = true;
-		self_seen |= id == cfg->self;
-	}
-	if (!self_seen) {
-		pr_err("self %u is not a member", cfg->self);
-		return -EINVAL;
-	}
-	return 0;
-}
-
-static int region_transport_create(struct dsm_region *r, const struct dsm_region_config *cfg)
-{
-	struct ic_peer_addr *peers;
-	struct ic_config ic;
-	size_t np = 0;
-	int err;
-
-	peers = calloc(cfg->n_members, sizeof(*peers));
-	if (!peers)
-		return -ENOMEM;
-	memset(&ic, 0, sizeof(ic));
-	for (size_t i = 0; i < cfg->n_members; i++) {
-		if (cfg->members[i].id == cfg->self)
-			ic.listen = cfg->members[i].addr;
-		else
-			peers[np++] = cfg->members[i];
-	}
-	ic.self = cfg->self;
-	ic.peers = peers;
-	ic.n_peers = np;
-	ic.key = cfg->key;
-	ic.key_len = cfg->key_len;
-	ic.epoch = cfg->epoch ? cfg->epoch : 1;
-	ic.max_frame = (uint32_t)(sizeof(struct dsm_msg) + dsm_msg_len(DSM_MF_DATA));   /* PAIR */
-	ic.heartbeat_ms = cfg->heartbeat_ms;
-	ic.dead_ms = cfg->dead_ms;
-	for (unsigned t = DSM_MSG_TYPE_MIN; t <= DSM_MSG_TYPE_MAX; t++)
-		ic_accept_type(&ic, (uint8_t)t);
-	ic_accept_type(&ic, DSM_REGION_T_LEAVE);
-	ic_accept_type(&ic, DSM_REGION_T_PAIR);
-	if (cfg->on_owner_frame)
-		for (unsigned t = DSM_REGION_OWNER_TYPE_MIN; t <= DSM_REGION_OWNER_TYPE_MAX; t++)
-			ic_accept_type(&ic, (uint8_t)t);
-	ic.on_frame = region_on_frame;
-	ic.on_peer = region_on_peer;
-	ic.opaque = r;
-	ic.inner = cfg->fabric_inner;
-	ic.link = cfg->fabric_link;
-	ic.seed = cfg->fabric_seed;
-	err = ic_create(cfg->transport, &ic, &r->ic);
-	free(peers);
-	return err;
-}
-
 static void region_outboxes_free(struct dsm_region *r)
 {
 	if (r->outbox) {
@@ -909,21 +839,27 @@ int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **o
 	uint64_t n_homed;
 	int err;
 
-	if (!cfg->transport || !cfg->members || cfg->size == 0 || cfg->size % DSM_PAGE_SIZE)
+	if (cfg->size == 0 || cfg->size % DSM_PAGE_SIZE || cfg->n_nodes < 1 || cfg->n_nodes > DSM_MAX_NODES ||
+	    cfg->self >= cfg->n_nodes || (cfg->n_nodes > 1 && !cfg->ep)) {
+		pr_err("dsm region: bad configuration (self %u of %u nodes, %zu bytes%s)", cfg->self, cfg->n_nodes,
+		       cfg->size, cfg->n_nodes > 1 && !cfg->ep ? ", no endpoint" : "");
 		return -EINVAL;
-	err = region_check_members(cfg);
-	if (err)
-		return err;
+	}
+	if (cfg->ep && ic_endpoint_self(cfg->ep) != cfg->self) {
+		pr_err("dsm region: node %u on the endpoint of node %u", cfg->self, ic_endpoint_self(cfg->ep));
+		return -EINVAL;
+	}
 	r = calloc(1, sizeof(*r));
 	if (!r)
 		return -ENOMEM;
 	r->self = cfg->self;
-	r->n_nodes = (uint32_t)cfg->n_members;
+	r->n_nodes = cfg->n_nodes;
+	r->ep = cfg->ep;
+	r->ep_sub = -1;
 	r->size = cfg->size;
 	r->n_pages = cfg->size / DSM_PAGE_SIZE;
 	r->streak_gap_ns = cfg->streak_gap_ns ? cfg->streak_gap_ns : STREAK_GAP_NS;
 	r->on_fatal = cfg->on_fatal;
-	r->on_owner_frame = cfg->on_owner_frame;
 	r->opaque = cfg->opaque;
 	r->cur_fault_page = UINT64_MAX;
 	r->stop_efd = -1;
@@ -985,10 +921,19 @@ int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **o
 		err = -errno;
 		goto out_uffd;
 	}
-	err = region_transport_create(r, cfg);
-	if (err) {
-		pr_err("transport %s: %s", cfg->transport, strerror(-err));
-		goto out_efd;
+	if (r->ep) {
+		const struct ic_subscriber sub = {
+			.name = "dsm", .type_min = DSM_REGION_TYPE_MIN, .type_max = DSM_REGION_TYPE_MAX,
+			.on_frame = region_on_frame, .on_peer = region_on_peer, .on_tick = region_on_tick,
+			.on_io_failed = region_on_io_failed, .opaque = r,
+		};
+
+		err = ic_endpoint_subscribe(r->ep, &sub);
+		if (err < 0) {
+			pr_err("dsm region: cannot subscribe to the endpoint: %s", strerror(-err));
+			goto out_efd;
+		}
+		r->ep_sub = err;
 	}
 	err = -pthread_create(&r->timer_th, NULL, region_timer_main, r);
 	if (err)
@@ -998,15 +943,13 @@ int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **o
 	if (err)
 		goto out_threads;
 	r->fault_started = true;
-	err = -pthread_create(&r->io_th, NULL, region_io_main, r);
-	if (err)
-		goto out_threads;
-	r->io_started = true;
+	r->subscribed = r->ep_sub >= 0;
 	*out = r;
 	return 0;
 
 out_threads:
-	/* Undoes the threads, the transport and everything above through destroy's own path. */
+	/* Undoes the threads, the subscription and everything above through destroy's own path. */
+	r->subscribed = r->ep_sub >= 0;
 	dsm_region_destroy(r);
 	return err;
 out_efd:
@@ -1069,16 +1012,15 @@ void dsm_region_destroy(struct dsm_region *r)
 
 	if (!r)
 		return;
-	if (r->io_started && !atomic_load(&r->failed))
+	if (r->subscribed && r->fault_started && !atomic_load(&r->failed))
 		region_leave(r);
+	/* no frame, peer event or tick of ours runs after this */
+	if (r->subscribed)
+		ic_endpoint_unsubscribe(r->ep, r->ep_sub);
 	atomic_store(&r->stop, true);
 	if (r->fault_started) {
 		(void)!write(r->stop_efd, &one, sizeof(one));
 		pthread_join(r->fault_th, NULL);
-	}
-	if (r->io_started) {
-		ic_wake(r->ic);
-		pthread_join(r->io_th, NULL);
 	}
 	if (r->timer_started) {
 		pthread_mutex_lock(&r->lock);
@@ -1086,7 +1028,6 @@ void dsm_region_destroy(struct dsm_region *r)
 		pthread_mutex_unlock(&r->lock);
 		pthread_join(r->timer_th, NULL);
 	}
-	ic_destroy(r->ic);
 	close(r->stop_efd);
 	dsm_uffd_destroy(r->uffd);
 	for (uint64_t p = 0; p < r->n_pages; p++)
@@ -1110,14 +1051,9 @@ size_t dsm_region_size(const struct dsm_region *r)
 	return r->size;
 }
 
-int dsm_region_send(struct dsm_region *r, uint32_t to, uint8_t type, const void *payload, size_t len)
+size_t dsm_region_max_frame(void)
 {
-	struct iovec iov = { (void *)payload, len };
-
-	if (type < DSM_REGION_OWNER_TYPE_MIN || type > DSM_REGION_OWNER_TYPE_MAX || to >= r->n_nodes ||
-	    to == r->self || len > DSM_REGION_OWNER_MAX_LEN || (len && !payload))
-		return -EINVAL;
-	return ic_send(r->ic, to, type, 0, &iov, len ? 1 : 0);
+	return sizeof(struct dsm_msg) + dsm_msg_len(DSM_MF_DATA);   /* PAIR: a GRANT_ACK header + a DATA message */
 }
 
 uint32_t dsm_region_home_of(const struct dsm_region *r, uint64_t page)
@@ -1181,6 +1117,8 @@ void dsm_region_get_stats(struct dsm_region *r, struct dsm_region_stats *out)
 	out->engine_drops = 0;
 	for (unsigned i = 0; i < DSM_DROP_NREASONS; i++)
 		out->engine_drops += es.drops[i];
-	ic_get_stats(r->ic, &is);
-	out->frames_lost = is.dropped;
+	if (r->ep) {
+		ic_endpoint_get_stats(r->ep, &is);
+		out->frames_lost = is.dropped;
+	}
 }

@@ -5,9 +5,14 @@
  * consistent), page by page on demand. This is what the hypervisor hands to KVM as guest RAM; without KVM ("host
  * thread mode") ordinary threads of the node process use the pointer directly.
  *
- * Threads (see docs/dsm-backend.md): a fault thread (reads userfaultfd, feeds the engine), an I/O thread (runs the
- * transport's ic_poll loop, feeds received DSM frames and the engine timer). The engine runs under one lock; the
- * actions it emits are executed in order by whichever of the two threads called it, under that lock.
+ * The network: the region is one subscriber of the node's endpoint (interconnect/endpoint.h), owning frame types
+ * DSM_REGION_TYPE_MIN..MAX; the program's composition root creates the endpoint (and so picks the transport),
+ * subscribes the region and whatever else shares the node's connections, then starts it. The region knows nothing
+ * of the other subscribers. A one-node region needs no endpoint.
+ *
+ * Threads (see docs/dsm-backend.md): a fault thread (reads userfaultfd, feeds the engine), a timer thread (the
+ * engine's timer), and the endpoint's I/O thread, which feeds received DSM frames and peer events. The engine runs
+ * under one lock; the actions it emits are executed in order by whichever thread called it, under that lock.
  *
  * Failure: when a peer the region needs dies, the region enters the failed state: it records which node and why,
  * calls on_fatal (once, from one of its threads, outside the engine lock), then makes the whole mapping
@@ -22,46 +27,35 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "interconnect/ic.h"
+#include "interconnect/endpoint.h"
 #include "util/hist.h"
 
 struct dsm_region;
 
 typedef void (*dsm_fatal_fn)(void *opaque, uint32_t node, const char *reason);
 
-/* Frame types the region's owner (the cluster layer) may send and receive over the region's own connections, so
- * a node pair has one authenticated connection, not two. The region never interprets them. */
-#define DSM_REGION_OWNER_TYPE_MIN 0x40u
-#define DSM_REGION_OWNER_TYPE_MAX 0x4fu
-
-/* A received owner frame, called on the region's I/O thread; payload is valid only during the call. The callback
- * must not block for long (DSM frames from every peer wait behind it) and must not touch the region's memory (a
- * fault would wait for this very thread). */
-typedef void (*dsm_owner_frame_fn)(void *opaque, uint32_t from, uint8_t type, const void *payload, size_t len);
+/* The endpoint frame types the region owns (DSM messages 0x20-0x2f, its LEAVE and PAIR frames, the rest
+ * reserved). Whoever else subscribes to the node's endpoint uses other types. */
+#define DSM_REGION_TYPE_MIN 0x20u
+#define DSM_REGION_TYPE_MAX 0x3fu
 
 struct dsm_region_config {
-	uint32_t self;                       /* this node's id; must appear in members */
-	const struct ic_peer_addr *members;  /* every node, self included; self's addr is where it listens */
-	size_t n_members;
-	const char *transport;               /* "tcp", "loop", "fabric" ... */
-	const char *fabric_inner;            /* fabric only: wrapped transport */
-	struct ic_link_params fabric_link;   /* fabric only: initial parameters of every link */
-	uint64_t fabric_seed;                /* fabric only */
-	const uint8_t *key;                  /* cluster key */
-	size_t key_len;
+	uint32_t self;                       /* this node's id, < n_nodes */
+	uint32_t n_nodes;                    /* nodes 0..n_nodes-1 share the region */
+	/* The node's endpoint, created and not yet started (the region subscribes to it); required when n_nodes > 1,
+	 * and its self must be `self` and its peers the other nodes. Its max_frame must be at least
+	 * dsm_region_max_frame() (or 0, the default). The region never starts, stops or destroys it; destroy the
+	 * region before the endpoint. */
+	struct ic_endpoint *ep;
 	size_t size;                         /* bytes, a multiple of 4 KiB */
 	const uint32_t *home_map;            /* page -> node id (size/4096 entries); NULL = contiguous blocks */
 	uint64_t lease_ns;                   /* 0 = engine default */
 	uint64_t streak_gap_ns;              /* a fault this soon after the previous remote page was mapped makes a
 	                                      * streak, during which GRANT_ACKs ride with the next request; 0 = 100 us */
 	uint64_t retry_ns;                   /* 0 = engine default */
-	uint32_t epoch;                      /* membership epoch; 0 = 1 */
-	uint32_t heartbeat_ms, dead_ms;      /* transport liveness; 0 = transport defaults */
+	uint32_t epoch;                      /* engine membership epoch; 0 = 1 */
 	dsm_fatal_fn on_fatal;               /* may be NULL */
 	void *opaque;
-	/* Added for the cluster layer (issue 5): owner frames (types DSM_REGION_OWNER_TYPE_MIN..MAX) are accepted and
-	 * handed here with `opaque`; NULL = not accepted (a peer sending one is a protocol error). */
-	dsm_owner_frame_fn on_owner_frame;
 };
 
 struct dsm_region_stats {
@@ -86,7 +80,8 @@ struct dsm_region_stats {
 };
 
 int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **out);
-/* Stop the threads, close the transport, unregister and unmap. Safe in the failed state. */
+/* Leave — tell every peer this node no longer touches the region and serve until each said the same or is down
+ * (docs/dsm-backend.md) — then unsubscribe from the endpoint, stop the threads, unregister and unmap. Safe in the failed state. */
 void dsm_region_destroy(struct dsm_region *r);
 
 void *dsm_region_base(const struct dsm_region *r);
@@ -99,10 +94,7 @@ int dsm_region_wait_peers(struct dsm_region *r, uint64_t timeout_ns);
 bool dsm_region_failed(struct dsm_region *r, uint32_t *node, char *reason, size_t reason_len);
 void dsm_region_get_stats(struct dsm_region *r, struct dsm_region_stats *out);
 
-/* Send an owner frame (type DSM_REGION_OWNER_TYPE_MIN..MAX, len <= DSM_REGION_OWNER_MAX_LEN) to node `to`; any
- * thread. Not ordered with the region's own DSM frames. 0, or ic_send's -errno (-ENOTCONN: peer down,
- * -ENOBUFS: its send queue is full), -EINVAL for a bad type, node or length. */
-#define DSM_REGION_OWNER_MAX_LEN 4096u
-int dsm_region_send(struct dsm_region *r, uint32_t to, uint8_t type, const void *payload, size_t len);
+/* The largest frame payload the region sends: the endpoint's max_frame must allow it. */
+size_t dsm_region_max_frame(void);
 
 #endif

@@ -150,25 +150,16 @@ static void run_on_region_fatal(void *opaque, uint32_t node, const char *reason)
 		vm_stop(vm, 1);
 }
 
-/* Guest RAM as a one-member dsm region; NULL (anonymous memory) with a warning if the host refuses. */
+/* Guest RAM as a one-node dsm region (no network); NULL (anonymous memory) with a warning if the host refuses. */
 static struct dsm_region *run_region_create(uint64_t size)
 {
-	struct ic_peer_addr self = { .id = 0 };
-	uint8_t key[32];
 	struct dsm_region_config rc;
 	struct dsm_region *r;
 	int err;
 
-	snprintf(self.addr, sizeof(self.addr), "rackvm-run-%d/0", (int)getpid());
-	if (getrandom(key, sizeof(key), 0) != (ssize_t)sizeof(key))
-		memset(key, 0x5a, sizeof(key));   /* a one-member region never sends a frame */
 	memset(&rc, 0, sizeof(rc));
 	rc.self = 0;
-	rc.members = &self;
-	rc.n_members = 1;
-	rc.transport = "loop";
-	rc.key = key;
-	rc.key_len = sizeof(key);
+	rc.n_nodes = 1;
 	rc.size = size;
 	rc.on_fatal = run_on_region_fatal;
 	err = dsm_region_create(&rc, &r);

@@ -8,7 +8,7 @@ ic_SRCS := $(wildcard interconnect/transport.c interconnect/frame.c interconnect
 	interconnect/tcp.c)
 
 # --- loop, fabric, rdma
-ic_SRCS += $(wildcard interconnect/loop.c interconnect/fabric.c)
+ic_SRCS += $(wildcard interconnect/loop.c interconnect/fabric.c interconnect/endpoint.c)
 ifeq ($(HAVE_RDMA),1)
 ic_SRCS += $(wildcard interconnect/rdma.c)
 else
@@ -35,6 +35,13 @@ IC_LDLIBS := $(PROTOBUF_LIBS) $(CRYPTO_LIBS) $(URCU_LIBS) $(RDMA_LIBS)
 #   test_frame_SRCS := tests/unit/test_frame.c
 #   test_frame_DEPLIBS := ic util
 #   test_frame_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
+
+# --- the endpoint (subscribers on one transport)
+TESTS += test_endpoint
+test_endpoint_PATH := tests/test_endpoint
+test_endpoint_SRCS := tests/unit/test_endpoint.c
+test_endpoint_DEPLIBS := ic util
+test_endpoint_LDLIBS := $(CMOCKA_LIBS) $(IC_LDLIBS)
 
 # --- core and tcp: tests, MAC benchmark, frame fuzzer
 TESTS += test_frame

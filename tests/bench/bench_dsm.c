@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "dsm/region.h"
+#include "../unit/region_net.h"
 #include "dsm/uffd.h"
 #include "util/clock.h"
 #include "util/hist.h"
@@ -452,10 +453,9 @@ static void node_child(unsigned id, unsigned n, unsigned port, uint64_t lease_ns
 	struct ic_peer_addr m[MAXN];
 	size_t np = (size_t)n_pages_bench * 4 + 16;
 	uint32_t *homes = calloc(np, sizeof(*homes));   /* every page homed on node 0 */
-	struct dsm_region_config cfg = {
-		.self = id, .members = m, .n_members = n, .transport = "tcp", .key = bench_key,
-		.key_len = sizeof(bench_key), .size = np * PG, .home_map = homes, .lease_ns = lease_ns,
-	};
+	struct dsm_region_config cfg = { .self = id, .size = np * PG, .home_map = homes, .lease_ns = lease_ns };
+	static const struct region_net_opts tcp = { .transport = "tcp" };
+	struct ic_endpoint *ep = NULL;
 	struct dsm_region *r;
 	static struct reply rep;
 	struct cmd c;
@@ -468,7 +468,7 @@ static void node_child(unsigned id, unsigned n, unsigned port, uint64_t lease_ns
 		snprintf(m[i].addr, sizeof(m[i].addr), "127.0.0.1:%u", port + i);
 	}
 	memset(&rep, 0, sizeof(rep));
-	rep.err = homes ? dsm_region_create(&cfg, &r) : -ENOMEM;
+	rep.err = homes ? region_net_create(m, n, &tcp, bench_key, sizeof(bench_key), &cfg, &ep, &r) : -ENOMEM;
 	if (!rep.err)
 		rep.err = dsm_region_wait_peers(r, 20 * NSEC_PER_SEC);
 	full_write(rep_w, &rep, sizeof(rep));
@@ -481,7 +481,7 @@ static void node_child(unsigned id, unsigned n, unsigned port, uint64_t lease_ns
 			break;
 		full_write(rep_w, &rep, sizeof(rep));
 	}
-	dsm_region_destroy(r);
+	region_net_destroy(ep, r);
 	full_write(rep_w, &rep, sizeof(rep));
 	free(homes);
 	_exit(0);

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "dsm/region.h"
+#include "../unit/region_net.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -554,7 +555,10 @@ int main(int argc, char **argv)
 	struct ic_peer_addr members[MAX_NODES];
 	struct dsm_region_config cfg;
 	struct dsm_region_stats st;
+	struct region_net_opts net = { .transport = NULL };
+	struct ic_endpoint *ep;
 	uint8_t key[IC_KEY_MAX];
+	size_t key_len;
 	uint32_t *homes = NULL;
 	size_t n_pages;
 	char tag[16];
@@ -581,11 +585,8 @@ int main(int argc, char **argv)
 	}
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.self = o.id;
-	cfg.members = members;
-	cfg.n_members = o.nodes;
-	cfg.transport = o.transport;
-	cfg.key = key;
-	cfg.key_len = key_read(o.key_file, key, sizeof(key));
+	net.transport = o.transport;
+	key_len = key_read(o.key_file, key, sizeof(key));
 	cfg.size = n_pages * PG;
 	cfg.home_map = homes;
 	cfg.lease_ns = o.lease_ns;
@@ -596,7 +597,7 @@ int main(int argc, char **argv)
 		setrlimit(RLIMIT_CORE, &no_core);   /* the expected SIGSEGV should not leave core files around */
 	}
 
-	err = dsm_region_create(&cfg, &region);
+	err = region_net_create(members, o.nodes, &net, key, key_len, &cfg, &ep, &region);
 	if (err) {
 		fprintf(stderr, "node %u: region create: %s\n", o.id, strerror(-err));
 		return 3;
@@ -605,7 +606,7 @@ int main(int argc, char **argv)
 	err = dsm_region_wait_peers(region, 20 * NSEC_PER_SEC);
 	if (err) {
 		printf("node %u: peers not up: %s\n", o.id, strerror(-err));
-		dsm_region_destroy(region);
+		region_net_destroy(ep, region);
 		return err == -EIO ? 2 : 3;
 	}
 	printf("UP node=%u nodes=%u pages=%zu transport=%s\n", o.id, o.nodes, n_pages, o.transport);
@@ -632,7 +633,7 @@ int main(int argc, char **argv)
 	       (double)hist_quantile(&st.remote_fault_ns, 0.99) / 1e3);
 	/* Everyone finished reading before anyone tears down (a departing node is a dead peer to the others). */
 	sbar_wait(P_BAR_ALL, o.nodes);
-	dsm_region_destroy(region);
+	region_net_destroy(ep, region);
 	free(homes);
 	printf("DONE node=%u %s\n", o.id, rc ? "FAIL" : "ok");
 	return rc ? 1 : 0;

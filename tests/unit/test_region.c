@@ -19,7 +19,9 @@
 
 #include "dsm/protocol.h"
 #include "dsm/region.h"
+#include "interconnect/endpoint.h"
 #include "interconnect/ic.h"
+#include "region_net.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -31,6 +33,7 @@ static unsigned hub_seq;
 
 struct cluster {
 	unsigned n;
+	struct ic_endpoint *ep[MAXN];
 	struct dsm_region *r[MAXN];
 	uint8_t *base[MAXN];
 };
@@ -51,18 +54,17 @@ static int cluster_start(struct cluster *c, unsigned n, size_t pages, uint64_t l
 		snprintf(m[i].addr, sizeof(m[i].addr), "%s/%u", hub, i);
 	}
 	for (unsigned i = 0; i < n; i++) {
+		static const struct region_net_opts loop = { .transport = "loop" };
 		struct dsm_region_config cfg = {
-			.self = i, .members = m, .n_members = n, .transport = "loop",
-			.key = key, .key_len = sizeof(key), .size = pages * PG, .lease_ns = lease_ns,
-			.streak_gap_ns = streak_gap_ns,
+			.self = i, .size = pages * PG, .lease_ns = lease_ns, .streak_gap_ns = streak_gap_ns,
 		};
-		int err = dsm_region_create(&cfg, &c->r[i]);
+		int err = region_net_create(m, n, &loop, key, sizeof(key), &cfg, &c->ep[i], &c->r[i]);
 
 		if (err) {
 			if (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP)
 				uffd_missing = true;
 			while (i--)
-				dsm_region_destroy(c->r[i]);
+				region_net_destroy(c->ep[i], c->r[i]);
 			return err;
 		}
 		c->base[i] = dsm_region_base(c->r[i]);
@@ -73,21 +75,42 @@ static int cluster_start(struct cluster *c, unsigned n, size_t pages, uint64_t l
 	return 0;
 }
 
+struct node_pair {
+	struct ic_endpoint *ep;
+	struct dsm_region *r;
+};
+
+static void *region_only_destroy_fn(void *arg)
+{
+	dsm_region_destroy(((struct node_pair *)arg)->r);
+	return NULL;
+}
+
 static void *destroy_fn(void *arg)
 {
-	dsm_region_destroy(arg);
+	struct node_pair *np = arg;
+
+	region_net_destroy(np->ep, np->r);
 	return NULL;
+}
+
+/* Leave in parallel: each destroy waits for every peer's LEAVE. */
+static void nodes_stop(struct ic_endpoint **ep, struct dsm_region **r, unsigned n)
+{
+	struct node_pair np[MAXN];
+	pthread_t th[MAXN];
+
+	for (unsigned i = 0; i < n; i++) {
+		np[i] = (struct node_pair){ ep[i], r[i] };
+		pthread_create(&th[i], NULL, destroy_fn, &np[i]);
+	}
+	for (unsigned i = 0; i < n; i++)
+		pthread_join(th[i], NULL);
 }
 
 static void cluster_stop(struct cluster *c)
 {
-	/* Leave in parallel: each destroy waits for every peer's LEAVE. */
-	pthread_t th[MAXN];
-
-	for (unsigned i = 0; i < c->n; i++)
-		pthread_create(&th[i], NULL, destroy_fn, c->r[i]);
-	for (unsigned i = 0; i < c->n; i++)
-		pthread_join(th[i], NULL);
+	nodes_stop(c->ep, c->r, c->n);
 }
 
 #define START(c, n, pages, lease) \
@@ -214,6 +237,7 @@ static void *reader_fn(void *arg)
 static void test_concurrent_faults_coalesce_into_one_request(void **state)
 {
 	struct ic_peer_addr m[2];
+	struct ic_endpoint *ep[2];
 	struct dsm_region *r[2];
 	struct dsm_region_stats before, after;
 	struct reader rd[4];
@@ -226,13 +250,12 @@ static void test_concurrent_faults_coalesce_into_one_request(void **state)
 		snprintf(m[i].addr, sizeof(m[i].addr), "%s/%u", hub, i);
 	}
 	for (unsigned i = 0; i < 2 && !err; i++) {
-		struct dsm_region_config cfg = {
-			.self = i, .members = m, .n_members = 2, .transport = "fabric", .fabric_inner = "loop",
-			.fabric_link = { .latency_us = 30000 }, .key = key, .key_len = sizeof(key), .size = 4 * PG,
-			.retry_ns = 2 * NSEC_PER_SEC,
+		const struct region_net_opts fab = {
+			.transport = "fabric", .inner = "loop", .link = { .latency_us = 30000 },
 		};
+		struct dsm_region_config cfg = { .self = i, .size = 4 * PG, .retry_ns = 2 * NSEC_PER_SEC };
 
-		err = dsm_region_create(&cfg, &r[i]);
+		err = region_net_create(m, 2, &fab, key, sizeof(key), &cfg, &ep[i], &r[i]);
 	}
 	if (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP) {
 		printf("SKIP: userfaultfd with write-protect unavailable\n");
@@ -273,10 +296,7 @@ static void test_concurrent_faults_coalesce_into_one_request(void **state)
 	assert_int_equal(after.msgs_out - before.msgs_out, 2);
 	assert_true(after.coalesced - before.coalesced >= 1);
 	assert_int_equal(after.faults_remote - before.faults_remote, 1);
-	for (unsigned i = 0; i < 2; i++)
-		pthread_create(&rd[i].th, NULL, destroy_fn, r[i]);
-	for (unsigned i = 0; i < 2; i++)
-		pthread_join(rd[i].th, NULL);
+	nodes_stop(ep, r, 2);
 }
 
 /* 5% of DSM frames lost and 5% reordered: only the engine's retransmissions, driven by the region's timer
@@ -284,6 +304,7 @@ static void test_concurrent_faults_coalesce_into_one_request(void **state)
 static void test_lossy_fabric_still_coherent(void **state)
 {
 	struct ic_peer_addr m[2];
+	struct ic_endpoint *ep[2];
 	struct dsm_region *r[2];
 	struct inc_arg a[4];
 	uint8_t *b[2];
@@ -296,13 +317,13 @@ static void test_lossy_fabric_still_coherent(void **state)
 		snprintf(m[i].addr, sizeof(m[i].addr), "%s/%u", hub, i);
 	}
 	for (unsigned i = 0; i < 2 && !err; i++) {
-		struct dsm_region_config cfg = {
-			.self = i, .members = m, .n_members = 2, .transport = "fabric", .fabric_inner = "loop",
-			.fabric_link = { .loss = 0.05, .reorder = 0.05, .latency_us = 50 }, .fabric_seed = 7 + i,
-			.key = key, .key_len = sizeof(key), .size = 16 * PG, .retry_ns = 3 * NSEC_PER_MSEC,
+		const struct region_net_opts fab = {
+			.transport = "fabric", .inner = "loop", .seed = 7 + i,
+			.link = { .loss = 0.05, .reorder = 0.05, .latency_us = 50 },
 		};
+		struct dsm_region_config cfg = { .self = i, .size = 16 * PG, .retry_ns = 3 * NSEC_PER_MSEC };
 
-		err = dsm_region_create(&cfg, &r[i]);
+		err = region_net_create(m, 2, &fab, key, sizeof(key), &cfg, &ep[i], &r[i]);
 		b[i] = err ? NULL : dsm_region_base(r[i]);
 	}
 	if (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP) {
@@ -341,23 +362,19 @@ static void test_lossy_fabric_still_coherent(void **state)
 		assert_true(s0.frames_lost + s1.frames_lost > 0);
 		assert_true(s0.retransmissions + s1.retransmissions > 0);
 	}
-	for (unsigned i = 0; i < 2; i++)
-		pthread_create(&a[i].th, NULL, destroy_fn, r[i]);
-	for (unsigned i = 0; i < 2; i++)
-		pthread_join(a[i].th, NULL);
+	nodes_stop(ep, r, 2);
 	alarm(0);
 }
 
 static void test_wait_peers_times_out_without_peers(void **state)
 {
 	struct ic_peer_addr m[2] = { { 0, "lonely/0" }, { 1, "lonely/1" } };
-	struct dsm_region_config cfg = {
-		.self = 0, .members = m, .n_members = 2, .transport = "loop",
-		.key = key, .key_len = sizeof(key), .size = 4 * PG,
-	};
+	static const struct region_net_opts loop = { .transport = "loop" };
+	struct dsm_region_config cfg = { .self = 0, .size = 4 * PG };
+	struct ic_endpoint *ep;
 	struct dsm_region *r;
 	uint64_t t0 = clock_now_ns();
-	int err = dsm_region_create(&cfg, &r);
+	int err = region_net_create(m, 2, &loop, key, sizeof(key), &cfg, &ep, &r);
 
 	if (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP) {
 		printf("SKIP: userfaultfd with write-protect unavailable\n");
@@ -367,24 +384,59 @@ static void test_wait_peers_times_out_without_peers(void **state)
 	assert_int_equal(dsm_region_wait_peers(r, 100 * NSEC_PER_MSEC), -ETIMEDOUT);
 	assert_true(clock_now_ns() - t0 >= 100 * NSEC_PER_MSEC);
 	assert_false(dsm_region_failed(r, NULL, NULL, 0));
-	dsm_region_destroy(r);   /* leaving with a peer that never came up must not wait for it */
+	assert_int_equal(ic_endpoint_wait_peers(ep, 10 * NSEC_PER_MSEC), -ETIMEDOUT);
+	region_net_destroy(ep, r);   /* leaving with a peer that never came up must not wait for it */
 	assert_true(clock_now_ns() - t0 < 5 * NSEC_PER_SEC);
 }
 
-static void test_bad_membership_refused(void **state)
+/* What a region cannot be made of: a node outside 0..n-1, a size that is not whole pages, several nodes and no
+ * endpoint, an endpoint of another node, a subscription overlapping the region's frame types. */
+static void test_bad_config_refused(void **state)
 {
-	struct ic_peer_addr m[2] = { { 0, "bad/0" }, { 5, "bad/5" } };
-	struct dsm_region_config cfg = {
-		.self = 0, .members = m, .n_members = 2, .transport = "loop",
-		.key = key, .key_len = sizeof(key), .size = 4 * PG,
+	struct ic_peer_addr peer = { 1, "badcfg/1" };
+	struct ic_endpoint_config ec = { .transport = "loop" };
+	struct dsm_region_config cfg = { .self = 2, .n_nodes = 2, .size = 4 * PG };
+	const struct ic_subscriber clash = {
+		.name = "clash", .type_min = 0x3f, .type_max = 0x40, .on_frame = (ic_frame_fn)(void (*)(void))abort,
 	};
+	struct ic_endpoint *ep;
 	struct dsm_region *r;
 
 	log_set_quiet(true);
-	assert_int_equal(dsm_region_create(&cfg, &r), -EINVAL);
-	m[1].id = 1;
+	ec.ic.self = 0;
+	ec.ic.listen = "badcfg/0";
+	ec.ic.peers = &peer;
+	ec.ic.n_peers = 1;
+	ec.ic.key = key;
+	ec.ic.key_len = sizeof(key);
+	assert_int_equal(ic_endpoint_create(&ec, &ep), 0);
+	cfg.ep = ep;
+	assert_int_equal(dsm_region_create(&cfg, &r), -EINVAL);          /* self 2 of 2 */
+	cfg.self = 0;
 	cfg.size = PG + 1;
+	assert_int_equal(dsm_region_create(&cfg, &r), -EINVAL);          /* not whole pages */
+	cfg.size = 4 * PG;
+	cfg.ep = NULL;
+	assert_int_equal(dsm_region_create(&cfg, &r), -EINVAL);          /* 2 nodes, no endpoint */
+	cfg.ep = ep;
+	cfg.self = 1;
+	assert_int_equal(dsm_region_create(&cfg, &r), -EINVAL);          /* the endpoint is node 0's */
+	cfg.self = 0;
+	cfg.n_nodes = 0;
 	assert_int_equal(dsm_region_create(&cfg, &r), -EINVAL);
+	/* a region on it: another subscriber may not take any of its types */
+	cfg.n_nodes = 2;
+	int err = dsm_region_create(&cfg, &r);
+	if (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP) {
+		ic_endpoint_destroy(ep);
+		log_set_quiet(false);
+		printf("SKIP: userfaultfd with write-protect unavailable\n");
+		skip();
+	}
+	assert_int_equal(err, 0);
+	assert_int_equal(ic_endpoint_subscribe(ep, &clash), -EEXIST);
+	dsm_region_destroy(r);                                            /* never started: nothing to leave */
+	ic_endpoint_destroy(ep);
 	log_set_quiet(false);
 }
 
@@ -468,11 +520,11 @@ static void test_garbled_peer_messages_dropped(void **state)
 		m[i].id = i;
 		snprintf(m[i].addr, sizeof(m[i].addr), "%s/%u", hub, i);
 	}
-	struct dsm_region_config cfg = {
-		.self = 0, .members = m, .n_members = 2, .transport = "loop",
-		.key = key, .key_len = sizeof(key), .size = NPG * PG,
-	};
-	err = dsm_region_create(&cfg, &r);
+	static const struct region_net_opts loop = { .transport = "loop" };
+	struct dsm_region_config cfg = { .self = 0, .size = NPG * PG };
+	struct ic_endpoint *ep;
+
+	err = region_net_create(m, 2, &loop, key, sizeof(key), &cfg, &ep, &r);
 	if (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP) {
 		printf("SKIP: userfaultfd with write-protect unavailable\n");
 		skip();
@@ -545,67 +597,98 @@ static void test_garbled_peer_messages_dropped(void **state)
 
 	/* leave cleanly: the region waits for node 1's LEAVE */
 	rogue_send(&rg, T_LEAVE, NULL, 0);
-	dsm_region_destroy(r);
+	region_net_destroy(ep, r);
 	atomic_store(&rg.stop, true);
 	pthread_join(rg.th, NULL);
 	ic_destroy(rg.t);
 }
 
-/* ---- owner frames: the cluster layer's messages over the region's connections ---- */
+/* ---- a second subscriber on the region's endpoint (what the cluster link is in a node) ---- */
 
-struct owner_rx {
-	atomic_uint n;
+struct other_rx {
+	atomic_uint n, peer_ups;
 	uint32_t from;
 	uint8_t type;
 	uint8_t buf[64];
 	size_t len;
 };
 
-static void owner_on_frame(void *opaque, uint32_t from, uint8_t type, const void *payload, size_t len)
+static void other_on_frame(void *opaque, uint32_t from, const struct ic_frame *f)
 {
-	struct owner_rx *rx = opaque;
+	struct other_rx *rx = opaque;
 
 	rx->from = from;
-	rx->type = type;
-	rx->len = len;
-	memcpy(rx->buf, payload, len < sizeof(rx->buf) ? len : sizeof(rx->buf));
+	rx->type = f->type;
+	rx->len = f->len;
+	memcpy(rx->buf, f->payload, f->len < sizeof(rx->buf) ? f->len : sizeof(rx->buf));
 	atomic_fetch_add(&rx->n, 1);
 }
 
-static void test_owner_frames_both_ways(void **state)
+static void other_on_peer(void *opaque, uint32_t peer, enum ic_peer_event ev, const char *why)
+{
+	struct other_rx *rx = opaque;
+
+	(void)peer;
+	(void)why;
+	if (ev == IC_PEER_UP)
+		atomic_fetch_add(&rx->peer_ups, 1);
+}
+
+/* Two nodes, each endpoint carrying the region and a second subscriber (types 0x40-0x4f): the subscriber's frames
+ * reach the other node's subscriber and only it, both see the peer come up, and the DSM works beside them on the
+ * same connection. After the region is gone the other subscriber still sends and receives on the endpoint. */
+static void test_region_shares_its_endpoint(void **state)
 {
 	struct ic_peer_addr m[2];
+	struct ic_endpoint *ep[2] = { NULL, NULL };
 	struct dsm_region *r[2] = { NULL, NULL };
-	struct owner_rx rx[2];
+	struct other_rx rx[2];
 	char hub[32];
 	uint64_t deadline;
+	struct iovec hello = { "hello", 5 };
 
 	memset(rx, 0, sizeof(rx));
-	snprintf(hub, sizeof(hub), "owner%u-%d", hub_seq++, (int)getpid());
+	snprintf(hub, sizeof(hub), "share%u-%d", hub_seq++, (int)getpid());
 	for (unsigned i = 0; i < 2; i++) {
 		m[i].id = i;
 		snprintf(m[i].addr, sizeof(m[i].addr), "%s/%u", hub, i);
 	}
 	for (unsigned i = 0; i < 2; i++) {
-		struct dsm_region_config cfg = {
-			.self = i, .members = m, .n_members = 2, .transport = "loop",
-			.key = key, .key_len = sizeof(key), .size = 4 * PG,
-			.on_owner_frame = owner_on_frame, .opaque = &rx[i],
+		struct ic_endpoint_config ec = { .transport = "loop" };
+		struct dsm_region_config cfg = { .self = i, .n_nodes = 2, .size = 4 * PG };
+		const struct ic_subscriber other = {
+			.name = "other", .type_min = 0x40, .type_max = 0x4f, .on_frame = other_on_frame,
+			.on_peer = other_on_peer, .opaque = &rx[i],
 		};
+
+		ec.ic.self = i;
+		ec.ic.listen = m[i].addr;
+		ec.ic.peers = &m[1 - i];
+		ec.ic.n_peers = 1;
+		ec.ic.key = key;
+		ec.ic.key_len = sizeof(key);
+		assert_int_equal(ic_endpoint_create(&ec, &ep[i]), 0);
+		cfg.ep = ep[i];
 		int err = dsm_region_create(&cfg, &r[i]);
 
-		if (err && (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP)) {
+		if (err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP) {
 			printf("SKIP: userfaultfd with write-protect unavailable\n");
 			if (i)
-				dsm_region_destroy(r[0]);
+				region_net_destroy(ep[0], r[0]);
+			ic_endpoint_destroy(ep[i]);
 			skip();
 		}
 		assert_int_equal(err, 0);
+		assert_true(ic_endpoint_subscribe(ep[i], &other) >= 0);
+		assert_int_equal(ic_endpoint_start(ep[i]), 0);
+		assert_int_equal(ic_endpoint_subscribe(ep[i], &other), -EBUSY);
 	}
-	for (unsigned i = 0; i < 2; i++)
+	for (unsigned i = 0; i < 2; i++) {
 		assert_int_equal(dsm_region_wait_peers(r[i], 5 * NSEC_PER_SEC), 0);
-	assert_int_equal(dsm_region_send(r[0], 1, 0x41, "hello", 5), 0);
-	assert_int_equal(dsm_region_send(r[1], 0, DSM_REGION_OWNER_TYPE_MAX, NULL, 0), 0);
+		assert_int_equal(ic_endpoint_wait_peers(ep[i], 5 * NSEC_PER_SEC), 0);
+	}
+	assert_int_equal(ic_endpoint_send(ep[0], 1, 0x41, 0, &hello, 1), 0);
+	assert_int_equal(ic_endpoint_send(ep[1], 0, 0x4f, 0, NULL, 0), 0);
 	deadline = clock_now_ns() + 5 * NSEC_PER_SEC;
 	while ((atomic_load(&rx[0].n) < 1 || atomic_load(&rx[1].n) < 1) && clock_now_ns() < deadline)
 		usleep(1000);
@@ -616,19 +699,31 @@ static void test_owner_frames_both_ways(void **state)
 	assert_memory_equal(rx[1].buf, "hello", 5);
 	assert_int_equal(atomic_load(&rx[0].n), 1);
 	assert_int_equal(rx[0].from, 1);
-	assert_int_equal(rx[0].type, DSM_REGION_OWNER_TYPE_MAX);
+	assert_int_equal(rx[0].type, 0x4f);
 	assert_int_equal(rx[0].len, 0);
-	/* outside the owner range, to self, to a non-member, too long: refused */
-	assert_int_equal(dsm_region_send(r[0], 1, 0x31, "x", 1), -EINVAL);
-	assert_int_equal(dsm_region_send(r[0], 1, 0x50, "x", 1), -EINVAL);
-	assert_int_equal(dsm_region_send(r[0], 0, 0x41, "x", 1), -EINVAL);
-	assert_int_equal(dsm_region_send(r[0], 2, 0x41, "x", 1), -EINVAL);
-	assert_int_equal(dsm_region_send(r[0], 1, 0x41, hub, DSM_REGION_OWNER_MAX_LEN + 1), -EINVAL);
-	/* the DSM still works next to them */
+	assert_int_equal(atomic_load(&rx[0].peer_ups), 1);
+	assert_int_equal(atomic_load(&rx[1].peer_ups), 1);
+	/* the DSM works beside them; none of its frames reached the other subscriber */
 	((volatile uint8_t *)dsm_region_base(r[0]))[3 * PG] = 7;
 	assert_int_equal(((volatile uint8_t *)dsm_region_base(r[1]))[3 * PG], 7);
-	struct cluster c = { .n = 2, .r = { r[0], r[1] } };
-	cluster_stop(&c);
+	assert_int_equal(atomic_load(&rx[0].n), 1);
+	assert_int_equal(atomic_load(&rx[1].n), 1);
+	/* regions gone (leaving in parallel), the endpoints and the other subscriber carry on */
+	struct node_pair np[2] = { { NULL, r[0] }, { NULL, r[1] } };
+	pthread_t th[2];
+
+	for (unsigned i = 0; i < 2; i++)
+		pthread_create(&th[i], NULL, region_only_destroy_fn, &np[i]);
+	for (unsigned i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	assert_int_equal(ic_endpoint_send(ep[0], 1, 0x42, 0, &hello, 1), 0);
+	deadline = clock_now_ns() + 5 * NSEC_PER_SEC;
+	while (atomic_load(&rx[1].n) < 2 && clock_now_ns() < deadline)
+		usleep(1000);
+	assert_int_equal(atomic_load(&rx[1].n), 2);
+	assert_int_equal(rx[1].type, 0x42);
+	for (unsigned i = 0; i < 2; i++)
+		ic_endpoint_destroy(ep[i]);
 }
 
 int main(void)
@@ -640,10 +735,10 @@ int main(void)
 		cmocka_unit_test(test_concurrent_faults_coalesce_into_one_request),
 		cmocka_unit_test(test_lossy_fabric_still_coherent),
 		cmocka_unit_test(test_wait_peers_times_out_without_peers),
-		cmocka_unit_test(test_bad_membership_refused),
+		cmocka_unit_test(test_bad_config_refused),
 		cmocka_unit_test(test_sequential_faults_pair_acks),
 		cmocka_unit_test(test_garbled_peer_messages_dropped),
-		cmocka_unit_test(test_owner_frames_both_ways),
+		cmocka_unit_test(test_region_shares_its_endpoint),
 	};
 
 	log_set_tag("test_region");
