@@ -2,8 +2,9 @@
 /*
  * The endpoint (endpoint.h): a transport, its I/O thread, and a table from frame type to subscriber.
  *
- * Locks: ep->lock guards peer_up/n_up, rounds, io_failed and io_running (the condition variable serves
- * ic_endpoint_wait_peers and ic_endpoint_unsubscribe). The type table and the subscriber array are written only
+ * Locks: ep->lock guards peer_up/n_up, io_failed and io_running (the condition variable serves
+ * ic_endpoint_wait_peers and ic_endpoint_unsubscribe). `rounds` is atomic: the I/O thread only takes the lock to
+ * signal the end of a round when an unsubscribe waits for one, so a round costs no lock on the frame path. The type table and the subscriber array are written only
  * before start; a subscriber's `gone` flag is the one field that changes later, read by the I/O thread before every
  * callback. Unsubscribe sets it, then waits until the poll round that may have been running when it was set has
  * ended (rounds advanced), waking the thread so that this takes no longer than the callbacks in flight.
@@ -47,7 +48,8 @@ struct ic_endpoint {
 	pthread_cond_t cond;
 	bool peer_up[IC_MAX_NODES];
 	uint32_t n_up;
-	uint64_t rounds;                /* poll rounds completed */
+	atomic_uint_fast64_t rounds;    /* poll rounds completed */
+	atomic_uint waiters;            /* unsubscribes waiting for a round to end */
 	bool io_running, io_failed;
 };
 
@@ -159,19 +161,22 @@ void ic_endpoint_unsubscribe(struct ic_endpoint *ep, int handle)
 	atomic_store(&ep->subs[handle].gone, true);
 	if (!ep->started || ep_on_io_thread(ep))
 		return;
+	atomic_fetch_add(&ep->waiters, 1);
+	r0 = atomic_load(&ep->rounds);
 	pthread_mutex_lock(&ep->lock);
-	r0 = ep->rounds;
-	while (ep->io_running && ep->rounds <= r0) {
+	while (ep->io_running && atomic_load(&ep->rounds) <= r0) {
 		pthread_mutex_unlock(&ep->lock);
 		ic_wake(ep->t);
 		pthread_mutex_lock(&ep->lock);
-		if (ep->io_running && ep->rounds <= r0) {
+		if (ep->io_running && atomic_load(&ep->rounds) <= r0) {
+			/* bounded: a round that ended between the check and the wait is seen at the next look */
 			struct timespec ts = clock_timespec(clock_now_ns() + 10 * NSEC_PER_MSEC);
 
 			pthread_cond_timedwait(&ep->cond, &ep->lock, &ts);
 		}
 	}
 	pthread_mutex_unlock(&ep->lock);
+	atomic_fetch_sub(&ep->waiters, 1);
 }
 
 static void ep_on_frame(void *opaque, uint32_t src, const struct ic_frame *f)
@@ -238,10 +243,12 @@ static void *ep_io_main(void *arg)
 					ep->subs[i].s.on_io_failed(ep->subs[i].s.opaque, why);
 			break;
 		}
-		pthread_mutex_lock(&ep->lock);
-		ep->rounds++;
-		pthread_cond_broadcast(&ep->cond);
-		pthread_mutex_unlock(&ep->lock);
+		atomic_fetch_add(&ep->rounds, 1);
+		if (atomic_load(&ep->waiters)) {
+			pthread_mutex_lock(&ep->lock);
+			pthread_cond_broadcast(&ep->cond);
+			pthread_mutex_unlock(&ep->lock);
+		}
 	}
 	pthread_mutex_lock(&ep->lock);
 	ep->io_running = false;
