@@ -395,7 +395,7 @@ int dsm_engine_fault(struct dsm_engine *e, uint64_t page, bool write, uint64_t n
 
 static bool is_dead(const struct dsm_engine *e, uint32_t node)
 {
-	return bit_test(e->dead, node);
+	return bitmap_test(e->dead, node);
 }
 
 /* Checks everything that does not depend on the page's state: who may send what, flags that fit the type. */
@@ -589,7 +589,7 @@ int dsm_engine_peer_down(struct dsm_engine *e, uint32_t peer, uint64_t now, stru
 		return -EINVAL;
 	if (e->failed || is_dead(e, peer))
 		return 0;
-	bit_set(e->dead, peer);
+	bitmap_set(e->dead, peer);
 	if (e->homed_count[peer] > 0) {
 		eng_fatal(e, out, peer, "node %u is down and it is the home of %" PRIu64 " pages of the region", peer,
 			  e->homed_count[peer]);
@@ -679,7 +679,7 @@ bool dsm_engine_home_is_sharer(const struct dsm_engine *e, uint64_t page, uint32
 {
 	if (page >= e->n_pages || e->slot[page] == NONE32 || node >= e->n_nodes)
 		return false;
-	return bit_test(home_sharers(e, e->slot[page]), node);
+	return bitmap_test(home_sharers(e, e->slot[page]), node);
 }
 
 uint64_t dsm_engine_next_timer(const struct dsm_engine *e)

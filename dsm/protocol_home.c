@@ -94,9 +94,9 @@ static void sharer_remove(struct dsm_engine *e, uint32_t slot, uint32_t node)
 {
 	struct home_page *h = &e->dir[slot];
 
-	if (!bit_test(home_sharers(e, slot), node))
+	if (!bitmap_test(home_sharers(e, slot), node))
 		return;
-	bit_clear(home_sharers(e, slot), node);
+	bitmap_clear(home_sharers(e, slot), node);
 	if (--h->n_sharers == 0 && h->stable == DSM_H_SHARED)
 		h->stable = DSM_H_UNCACHED;
 }
@@ -119,7 +119,7 @@ static void rgrant_add(struct dsm_engine *e, uint32_t slot, uint32_t node, uint6
 {
 	struct home_page *h = &e->dir[slot];
 
-	bit_set(home_rgrants(e, slot), node);
+	bitmap_set(home_rgrants(e, slot), node);
 	if (h->n_rgrants++ == 0)
 		eng_htimer_set(e, slot, now + e->retry_ns);
 }
@@ -128,7 +128,7 @@ static void rgrant_clear(struct dsm_engine *e, uint32_t slot, uint32_t node)
 {
 	struct home_page *h = &e->dir[slot];
 
-	bit_clear(home_rgrants(e, slot), node);
+	bitmap_clear(home_rgrants(e, slot), node);
 	if (--h->n_rgrants == 0 && h->phase == P_IDLE)
 		eng_htimer_del(e, slot);
 }
@@ -156,12 +156,12 @@ static void grant(struct dsm_engine *e, uint32_t slot, bool rw, uint64_t now, st
 	uint32_t r = h->serving;
 	uint16_t flags;
 
-	if (bit_test(e->dead, r)) {     /* requester died while its request was in service */
+	if (bitmap_test(e->dead, r)) {     /* requester died while its request was in service */
 		finish(e, slot);
 		return;
 	}
 	if (rw) {
-		bool keep = h->stable == DSM_H_SHARED && bit_test(home_sharers(e, slot), r);
+		bool keep = h->stable == DSM_H_SHARED && bitmap_test(home_sharers(e, slot), r);
 
 		flags = DSM_MF_RW | (keep ? 0 : h->never_written ? DSM_MF_ZERO : DSM_MF_DATA);
 		h->version++;
@@ -172,8 +172,8 @@ static void grant(struct dsm_engine *e, uint32_t slot, bool rw, uint64_t now, st
 		h->lease_until = now + e->lease_ns;
 	} else {
 		/* read-only: the entry stays idle so the next queued reads are granted at once */
-		if (!bit_test(home_sharers(e, slot), r)) {
-			bit_set(home_sharers(e, slot), r);
+		if (!bitmap_test(home_sharers(e, slot), r)) {
+			bitmap_set(home_sharers(e, slot), r);
 			h->n_sharers++;
 		}
 		h->stable = DSM_H_SHARED;
@@ -225,7 +225,7 @@ static void proceed(struct dsm_engine *e, uint32_t slot, uint64_t now, struct ds
 			return;
 		}
 		pending_clear_all(e, slot);
-		bit_set(home_pending(e, slot), o);
+		bitmap_set(home_pending(e, slot), o);
 		h->n_pending = 1;
 		h->phase = h->kind == K_READ ? P_FETCH : P_INV;
 		eng_htimer_set(e, slot, now + e->retry_ns);
@@ -238,19 +238,19 @@ static void proceed(struct dsm_engine *e, uint32_t slot, uint64_t now, struct ds
 	}
 
 	uint64_t *sh = home_sharers(e, slot), *pend = home_pending(e, slot);
-	uint32_t others = h->n_sharers - (bit_test(sh, r) ? 1 : 0);
+	uint32_t others = h->n_sharers - (bitmap_test(sh, r) ? 1 : 0);
 
 	if (others == 0) {
 		grant(e, slot, true, now, out);
 		return;
 	}
 	memcpy(pend, sh, e->words * sizeof(uint64_t));
-	bit_clear(pend, r);
+	bitmap_clear(pend, r);
 	h->n_pending = others;
 	h->phase = P_INV;
 	eng_htimer_set(e, slot, now + e->retry_ns);
 	for (uint32_t n = 0; n < e->n_nodes; n++)
-		if (bit_test(pend, n))
+		if (bitmap_test(pend, n))
 			send_take(e, slot, n, out);
 }
 
@@ -285,13 +285,13 @@ int home_request(struct dsm_engine *e, uint32_t src, const struct dsm_msg *m, ui
 		/* a retransmission: if its GRANT was lost, send it again; otherwise it is in hand already */
 		if (h->serving == src && h->serving_req == m->req_id && h->phase == P_GRANT)
 			send_grant(e, slot, out);
-		else if (bit_test(home_rgrants(e, slot), src))
+		else if (bitmap_test(home_rgrants(e, slot), src))
 			send_rgrant(e, slot, src, out);
 		return eng_drop(e, DSM_DROP_DUPLICATE, src, m, now);
 	}
 	if (r->queued)          /* one outstanding request per (node, page): a second one is a peer bug */
 		return eng_drop(e, DSM_DROP_BAD_STATE, src, m, now);
-	if (bit_test(home_rgrants(e, slot), src))
+	if (bitmap_test(home_rgrants(e, slot), src))
 		rgrant_clear(e, slot, src);     /* a newer request proves the read grant arrived */
 	if (h->serving == src) {
 		if (h->phase != P_GRANT)
@@ -312,7 +312,7 @@ int home_grant_ack(struct dsm_engine *e, uint32_t src, const struct dsm_msg *m, 
 	uint32_t slot = e->slot[m->page];
 	struct home_page *h = &e->dir[slot];
 
-	if (bit_test(home_rgrants(e, slot), src) && m->req_id == home_rec(e, slot, src)->seen) {
+	if (bitmap_test(home_rgrants(e, slot), src) && m->req_id == home_rec(e, slot, src)->seen) {
 		rgrant_clear(e, slot, src);
 		home_kick(e, slot, now, out);
 		return 0;
@@ -330,7 +330,7 @@ static bool awaited(struct dsm_engine *e, uint32_t slot, uint8_t phase, uint32_t
 	const struct home_page *h = &e->dir[slot];
 
 	return h->phase == phase && m->page_version == h->version && m->req_id == h->serving_req &&
-	       bit_test(home_pending(e, slot), src);
+	       bitmap_test(home_pending(e, slot), src);
 }
 
 int home_inv_ack(struct dsm_engine *e, uint32_t src, const struct dsm_msg *m, uint64_t now,
@@ -365,7 +365,7 @@ int home_inv_ack(struct dsm_engine *e, uint32_t src, const struct dsm_msg *m, ui
 	} else {
 		sharer_remove(e, slot, src);
 	}
-	bit_clear(home_pending(e, slot), src);
+	bitmap_clear(home_pending(e, slot), src);
 	if (--h->n_pending == 0)
 		grant(e, slot, true, now, out);
 	home_kick(e, slot, now, out);
@@ -389,7 +389,7 @@ int home_fetch_ack(struct dsm_engine *e, uint32_t src, const struct dsm_msg *m, 
 	h->owner = NONE32;
 	h->stable = DSM_H_SHARED;
 	sharers_clear_all(e, slot);
-	bit_set(home_sharers(e, slot), src);
+	bitmap_set(home_sharers(e, slot), src);
 	h->n_sharers = 1;
 	pending_clear_all(e, slot);
 	grant(e, slot, false, now, out);
@@ -409,7 +409,7 @@ void home_timeout(struct dsm_engine *e, uint32_t slot, uint64_t now, struct dsm_
 	case P_FETCH:
 		eng_htimer_set(e, slot, now + e->retry_ns);
 		for (uint32_t n = 0; n < e->n_nodes; n++) {
-			if (n == e->self || !bit_test(home_pending(e, slot), n))
+			if (n == e->self || !bitmap_test(home_pending(e, slot), n))
 				continue;
 			e->st.retransmissions++;
 			send_take(e, slot, n, out);
@@ -429,7 +429,7 @@ void home_timeout(struct dsm_engine *e, uint32_t slot, uint64_t now, struct dsm_
 		}
 		eng_htimer_set(e, slot, now + e->retry_ns);
 		for (uint32_t n = 0; n < e->n_nodes; n++) {
-			if (n == e->self || !bit_test(home_rgrants(e, slot), n))
+			if (n == e->self || !bitmap_test(home_rgrants(e, slot), n))
 				continue;
 			e->st.retransmissions++;
 			send_rgrant(e, slot, n, out);
@@ -449,7 +449,7 @@ int home_peer_down(struct dsm_engine *e, uint32_t peer, uint64_t now, struct dsm
 				  peer, slot_page(e, s));
 			return -EPIPE;
 		}
-		if ((h->phase == P_INV || h->phase == P_FETCH) && bit_test(home_pending(e, s), peer)) {
+		if ((h->phase == P_INV || h->phase == P_FETCH) && bitmap_test(home_pending(e, s), peer)) {
 			eng_fatal(e, out, peer, "node %u is down and owes an acknowledgement for page %" PRIu64, peer,
 				  slot_page(e, s));
 			return -EPIPE;
@@ -460,7 +460,7 @@ int home_peer_down(struct dsm_engine *e, uint32_t peer, uint64_t now, struct dsm
 		struct home_page *h = &e->dir[s];
 
 		sharer_remove(e, s, peer);
-		if (bit_test(home_rgrants(e, s), peer))
+		if (bitmap_test(home_rgrants(e, s), peer))
 			rgrant_clear(e, s, peer);
 		if (home_rec(e, s, peer)->queued)
 			queue_remove(e, s, peer);

@@ -10,6 +10,7 @@
 #define RACKVM_DSM_PROTOCOL_INTERNAL_H
 
 #include "dsm/protocol.h"
+#include "util/bitmap.h"
 
 #define NONE32 UINT32_MAX
 #define NONE16 UINT16_MAX
@@ -128,20 +129,6 @@ static inline uint64_t *home_rgrants(const struct dsm_engine *e, uint32_t slot)
 	return e->bits + ((uint64_t)slot * 3 + 2) * e->words;
 }
 
-static inline bool bit_test(const uint64_t *b, uint32_t i)
-{
-	return (b[i / 64] >> (i % 64)) & 1;
-}
-
-static inline void bit_set(uint64_t *b, uint32_t i)
-{
-	b[i / 64] |= 1ULL << (i % 64);
-}
-
-static inline void bit_clear(uint64_t *b, uint32_t i)
-{
-	b[i / 64] &= ~(1ULL << (i % 64));
-}
 
 static inline struct req_rec *home_rec(struct dsm_engine *e, uint32_t slot, uint32_t node)
 {

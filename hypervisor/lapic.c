@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/bitmap.h"
 #include "util/log.h"
 
 /* xAPIC register offsets (x2APIC MSR = 0x800 + offset / 16). */
@@ -134,20 +135,6 @@ struct lapic {
 
 /* ---- helpers ---- */
 
-static bool bit_test(const uint32_t *v, unsigned n)
-{
-	return v[n / 32] & (1u << (n % 32));
-}
-
-/* Highest set bit of a 256-bit register, or -1. */
-static int bits_highest(const uint32_t *v)
-{
-	for (int i = 7; i >= 0; i--)
-		if (v[i])
-			return i * 32 + 31 - __builtin_clz(v[i]);
-	return -1;
-}
-
 static int irr_highest(struct lapic *l)
 {
 	for (int i = 7; i >= 0; i--) {
@@ -240,7 +227,7 @@ static void lvt_fire(struct lapic *l, unsigned lvt_idx)
 
 static uint32_t ppr_get(struct lapic *l)
 {
-	int isrv = bits_highest(l->isr);
+	int isrv = bitmap32_highest(l->isr, 8);
 	uint32_t isr_class = isrv < 0 ? 0 : (uint32_t)isrv & 0xf0;
 
 	return (l->tpr & 0xf0) >= isr_class ? l->tpr : isr_class;
@@ -249,7 +236,7 @@ static uint32_t ppr_get(struct lapic *l)
 /* SDM 10.8.3.1: APR from TPR, the highest ISR and the highest IRR vector. */
 static uint32_t apr_get(struct lapic *l)
 {
-	int isrv = bits_highest(l->isr), irrv = irr_highest(l);
+	int isrv = bitmap32_highest(l->isr, 8), irrv = irr_highest(l);
 	uint32_t isr_class = isrv < 0 ? 0 : (uint32_t)isrv & 0xf0;
 	uint32_t irr_class = irrv < 0 ? 0 : (uint32_t)irrv & 0xf0;
 	uint32_t tpr_class = l->tpr & 0xf0, apr;
@@ -266,13 +253,13 @@ static uint32_t apr_get(struct lapic *l)
 
 static void eoi(struct lapic *l)
 {
-	int v = bits_highest(l->isr);
+	int v = bitmap32_highest(l->isr, 8);
 
 	if (v < 0)
 		return;
-	l->isr[v / 32] &= ~(1u << (v % 32));
-	if (bit_test(l->isr_level, (unsigned)v)) {
-		l->isr_level[v / 32] &= ~(1u << (v % 32));
+	bitmap32_clear(l->isr, (unsigned)v);
+	if (bitmap32_test(l->isr_level, (unsigned)v)) {
+		bitmap32_clear(l->isr_level, (unsigned)v);
 		if (l->env.eoi_level)
 			l->env.eoi_level(l->env.opaque, (uint8_t)v);
 	}

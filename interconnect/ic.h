@@ -31,6 +31,8 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "util/bitmap.h"
+
 #define IC_MAX_NODES 1024u
 #define IC_ADDR_MAX 128u
 #define IC_KEY_MIN 16u            /* cluster keys shorter than this are refused */
@@ -106,12 +108,12 @@ struct ic_config {
 
 static inline void ic_accept_type(struct ic_config *cfg, uint8_t type)
 {
-	cfg->accept_types[type / 64] |= 1ULL << (type % 64);
+	bitmap_set(cfg->accept_types, type);
 }
 
 static inline bool ic_type_accepted(const uint64_t accept_types[4], uint8_t type)
 {
-	return (accept_types[type / 64] >> (type % 64)) & 1;
+	return bitmap_test(accept_types, type);
 }
 
 struct ic_stats {

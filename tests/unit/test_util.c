@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "util/bitmap.h"
 #include "util/hist.h"
 #include "util/log.h"
 #include "util/rand.h"
@@ -121,6 +122,49 @@ static void test_log_counts_errors_when_quiet(void **state)
 	assert_int_equal(log_error_count(), before + 1);
 }
 
+/* 64-bit words: bits either side of a word boundary are independent; clear leaves the neighbours. */
+static void test_bitmap64(void **state)
+{
+	uint64_t b[3] = { 0, 0, 0 };
+
+	(void)state;
+	bitmap_set(b, 0);
+	bitmap_set(b, 63);
+	bitmap_set(b, 64);
+	bitmap_set(b, 191);
+	assert_int_equal(b[0], 0x8000000000000001ull);
+	assert_int_equal(b[1], 1);
+	assert_int_equal(b[2], 0x8000000000000000ull);
+	assert_true(bitmap_test(b, 63) && bitmap_test(b, 64) && bitmap_test(b, 191));
+	assert_false(bitmap_test(b, 1) || bitmap_test(b, 62) || bitmap_test(b, 65) || bitmap_test(b, 190));
+	bitmap_clear(b, 63);
+	assert_false(bitmap_test(b, 63));
+	assert_true(bitmap_test(b, 0) && bitmap_test(b, 64));
+	bitmap_clear(b, 63);                          /* clearing a clear bit changes nothing */
+	assert_int_equal(b[0], 1);
+}
+
+/* 32-bit words (APIC registers): the highest set bit of 256, none, bit 0, across words. */
+static void test_bitmap32_highest(void **state)
+{
+	uint32_t r[8] = { 0 };
+
+	(void)state;
+	assert_int_equal(bitmap32_highest(r, 8), -1);
+	bitmap32_set(r, 0);
+	assert_int_equal(bitmap32_highest(r, 8), 0);
+	bitmap32_set(r, 31);
+	bitmap32_set(r, 32);
+	assert_int_equal(bitmap32_highest(r, 8), 32);
+	bitmap32_set(r, 255);
+	assert_int_equal(bitmap32_highest(r, 8), 255);
+	assert_int_equal(bitmap32_highest(r, 7), 32);  /* only the words asked for */
+	bitmap32_clear(r, 255);
+	bitmap32_clear(r, 32);
+	assert_int_equal(bitmap32_highest(r, 8), 31);
+	assert_true(bitmap32_test(r, 31) && bitmap32_test(r, 0) && !bitmap32_test(r, 32));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -132,6 +176,8 @@ int main(void)
 		cmocka_unit_test(test_rng_deterministic),
 		cmocka_unit_test(test_rng_ranges),
 		cmocka_unit_test(test_log_counts_errors_when_quiet),
+		cmocka_unit_test(test_bitmap64),
+		cmocka_unit_test(test_bitmap32_highest),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
