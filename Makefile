@@ -7,6 +7,7 @@
 #   make soak       long randomized and multi-process runs
 #   make model      spin model check of the DSM protocol
 #   make install    PREFIX=/usr/local DESTDIR=
+#   make headers    every header compiles on its own (also run by make check)
 #   make clean
 #   make demo       one guest across 4 simulated nodes x 2 vCPUs (rackvm sim; sim/demo.sh)
 #
@@ -145,14 +146,27 @@ ALL_BINS :=
 $(foreach l,$(LIBS_ALL),$(eval $(call lib_template,$(l))))
 $(foreach p,$(PROGRAMS) $(TESTS) $(BENCHES),$(eval $(call prog_template,$(p))))
 
-.PHONY: all check bench fuzz soak model install clean demo
+.PHONY: all check bench fuzz soak model install clean demo headers
 demo: $(DEPS_STAMP) all
 	$(Q)BUILD=$(BUILD) bash sim/demo.sh
 
 all: $(patsubst %,$(BUILD)/lib%.a,$(LIBS_ALL)) $(ALL_BINS)
 
-check: all
+check: all headers
 	$(Q)BUILD=$(BUILD) tests/run-check.sh $(foreach t,$(TESTS),$($(t)_BIN)) -- $(CHECK_SCRIPTS)
+
+# make headers (part of make check): every header of the tree compiles on its own, with our warnings (STYLE.md 2)
+HEADERS := $(sort $(wildcard util/*.h interconnect/*.h dsm/*.h hypervisor/*.h hypervisor/emu/*.h cluster/*.h \
+	mgmt/*.h sim/*.h tests/unit/*.h))
+HEADER_OKS := $(patsubst %,$(BUILD)/headers/%.ok,$(HEADERS))
+$(BUILD)/headers/%.h.ok: %.h $(GEN_HDRS) | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  HDR     $<")
+	$(Q)printf '#include "%s"\n' $< | $(CC) $(CPPFLAGS) $(filter-out -MMD -MP,$(CFLAGS)) -x c -fsyntax-only \
+		-MMD -MP -MF $@.d -MT $@ - && touch $@
+.PHONY: headers
+headers: $(HEADER_OKS)
+	@echo "headers: $(words $(HEADERS)) compile on their own"
 
 bench: all
 	$(Q)set -e; for b in $(foreach t,$(BENCHES),$($(t)_BIN)); do echo "== $$b"; $$b; done; \
@@ -186,4 +200,4 @@ install: all
 clean:
 	rm -rf build build-*
 
--include $(ALL_OBJS:.o=.d)
+-include $(ALL_OBJS:.o=.d) $(HEADER_OKS:.ok=.ok.d)
