@@ -380,10 +380,13 @@ static int conn_send_locked(struct tcp_conn *c, uint8_t type, uint16_t flags, co
 		if (n < 0) {
 			if (errno != EAGAIN && errno != EWOULDBLOCK) {
 				/* CLOSE is best effort: at an orderly end the peer has often closed first (and a
-				 * socket closed with frames unread answers with a reset). A peer that really died is
-				 * reported by the liveness path, not here. */
+				 * socket closed with frames unread answers with a reset). So is anything else sent
+				 * to a peer that just closed (EPIPE, ECONNRESET): its closing is reported by the
+				 * liveness path (peer down), not here, and the caller sees -ENOTCONN. */
 				if (type == IC_T_CLOSE)
 					pr_debug("%s: CLOSE not sent: %s", c->name, strerror(errno));
+				else if (errno == EPIPE || errno == ECONNRESET)
+					pr_debug("%s: send failed, the peer closed: %s", c->name, strerror(errno));
 				else
 					pr_warn("%s: send failed: %s", c->name, strerror(errno));
 				conn_mark_broken(c);
