@@ -7,7 +7,7 @@
  *                           that compilers and boot code emit (no x87/SSE/AVX: those raise #UD, and CPUID says so),
  *                           flags, string instructions with REP, LOCK (atomic on host memory), IN/OUT, and calls
  *                           into emu_sys for every system instruction.
- *   emu_mmu.c, emu_sys.c, emu.c
+ *   emu_mmu.c, emu_sys.c (+ emu_seg.c, emu_event.c, emu_msr.c: the file map is at the top of emu_sys.c), emu.c
  *                         — guest memory (paging 2/4-level... see below), segmentation and modes, exceptions and
  *                           interrupt delivery (IDT, TSS stack switch, IRET), system instructions, MSRs, CPUID, and
  *                           the accel_ops glue (run loop, exits, kick, inject).
@@ -236,7 +236,7 @@ static inline unsigned emu_tlb_index(uint64_t lpage)
  * contiguous from there (room may be NULL). */
 uint8_t *emu_gpa_host(const struct emu_vm *vm, uint64_t gpa, uint64_t *room);
 
-/* ---- emu_sys.c ----
+/* ---- emu_sys.c, emu_seg.c, emu_event.c, emu_msr.c ----
  * RIP contract (added by emu-sys): emu_exec.c sets cpu->insn_rip to the instruction's first byte before executing
  * it, and cpu->rip to the NEXT instruction's address before calling any function of this section (far CALL pushes
  * cpu->rip as the return address; SYSCALL saves it in RCX; HLT/OUT/WRMSR exits leave it there). On a fault
