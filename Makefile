@@ -89,6 +89,7 @@ include interconnect/module.mk
 include dsm/module.mk
 include hypervisor/module.mk
 include cluster/module.mk
+include app/module.mk
 include tests/module.mk
 -include sim/guest/module.mk
 
@@ -119,10 +120,15 @@ $(BUILD)/%.o: %.c $(GEN_HDRS) | $(DEPS_STAMP)
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
-# lib_template(name): lib<name>.a from $(name_SRCS)
+# lib_template(name): lib<name>.a from $(name_SRCS). lib<name>.objs holds the object list; it is rewritten (while the
+# Makefile is read) only when the list changes, so an archive is rebuilt when a source leaves it (a moved or deleted
+# file), not only when one changes — and an unchanged tree stays up to date for `make -q`.
 define lib_template
 $(1)_OBJS := $$(patsubst %.c,$(BUILD)/%.o,$$($(1)_SRCS))
-$(BUILD)/lib$(1).a: $$($(1)_OBJS)
+ifneq ($$(strip $$(file <$(BUILD)/lib$(1).objs)),$$(strip $$($(1)_OBJS)))
+$$(shell mkdir -p $(BUILD) && printf '%s\n' '$$(strip $$($(1)_OBJS))' >$(BUILD)/lib$(1).objs)
+endif
+$(BUILD)/lib$(1).a: $$($(1)_OBJS) $(BUILD)/lib$(1).objs
 	@mkdir -p $$(@D)
 	@$$(if $$(Q),echo "  AR      $$@")
 	$$(Q)rm -f $$@ && ar rcs $$@ $$(filter %.o,$$^)
@@ -156,7 +162,7 @@ check: all headers
 	$(Q)BUILD=$(BUILD) tests/run-check.sh $(foreach t,$(TESTS),$($(t)_BIN)) -- $(CHECK_SCRIPTS)
 
 # make headers (part of make check): every header of the tree compiles on its own, with our warnings (STYLE.md 2)
-HEADERS := $(sort $(wildcard util/*.h interconnect/*.h dsm/*.h hypervisor/*.h hypervisor/emu/*.h cluster/*.h \
+HEADERS := $(sort $(wildcard util/*.h interconnect/*.h dsm/*.h hypervisor/*.h hypervisor/emu/*.h cluster/*.h app/*.h \
 	mgmt/*.h sim/*.h tests/unit/*.h))
 HEADER_OKS := $(patsubst %,$(BUILD)/headers/%.ok,$(HEADERS))
 $(BUILD)/headers/%.h.ok: %.h $(GEN_HDRS) | $(DEPS_STAMP)

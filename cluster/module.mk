@@ -1,13 +1,7 @@
-# cluster: placement, cross-node interrupts and I/O forwarding, time, `rackvm node`; sim launcher (`rackvm sim`).
+# cluster: placement, the cluster link (cross-node interrupts and I/O forwarding, exit, start barrier, clock offset)
+# and its messages. `rackvm node` and `rackvm sim`, which compose it, live in app/.
 LIBS_ALL += cluster
-cluster_SRCS := $(sort $(filter-out cluster/rackvm.c,$(wildcard cluster/*.c)) $(wildcard sim/*.c))
-
-# The rackvm program: composition root (DESIGN.md), subcommands run / node / sim.
-PROGRAMS += $(if $(wildcard hypervisor/cmd_run.c),rackvm)
-rackvm_PATH := rackvm
-rackvm_SRCS := cluster/rackvm.c
-rackvm_DEPLIBS := cluster $(HV_DEPLIBS)
-rackvm_LDLIBS = $(HV_LDLIBS)
+cluster_SRCS := $(sort $(wildcard cluster/*.c))
 
 # ---- tests ----
 # cluster/msg.c, link.c, placement.c: codec, link (fake in-process network), placement. Sources named directly so
@@ -18,8 +12,8 @@ test_cluster_SRCS := tests/unit/test_cluster.c cluster/msg.c cluster/link.c clus
 test_cluster_DEPLIBS := util
 test_cluster_LDLIBS := $(CMOCKA_LIBS)
 # `rackvm sim` end to end: every SDK workload over 2-4 nodes, fabric, netns, a killed node (docs/cluster.md).
-CHECK_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/integration/test_sim.sh)
-BENCH_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/bench/bench_cluster.sh)
-SOAK_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/integration/sim_soak.sh)
+CHECK_SCRIPTS += tests/integration/test_sim.sh
+BENCH_SCRIPTS += tests/bench/bench_cluster.sh
+SOAK_SCRIPTS += tests/integration/sim_soak.sh
 FUZZERS += fuzz_cluster_msg
 fuzz_cluster_msg_FUZZ_SRCS := tests/fuzz/fuzz_cluster_msg.c cluster/msg.c

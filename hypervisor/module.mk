@@ -1,5 +1,5 @@
 # hypervisor: the per-node VMM — accelerators (kvm, emu), buses and devices, local APIC and APIC bus, firmware
-# tables (e820, ACPI, CPUID), loaders (multiboot, Linux), VM and vCPU state machines, `rackvm run`.
+# tables (e820, ACPI, CPUID), loaders (multiboot, Linux), VM and vCPU state machines (`rackvm run` is app/run.c).
 # Every .c under hypervisor/ goes into libhv; programs link it whole (devices and accelerators register
 # themselves through constructors).
 LIBS_ALL += hv
@@ -101,4 +101,4 @@ tsc_hz_PATH := bench/tsc-hz
 tsc_hz_SRCS := tests/bench/tsc_hz.c
 tsc_hz_DEPLIBS :=
 tsc_hz_LDLIBS :=
-BENCH_SCRIPTS += $(if $(wildcard hypervisor/cmd_run.c),tests/bench/bench_hv.sh)
+BENCH_SCRIPTS += tests/bench/bench_hv.sh

@@ -42,8 +42,8 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
-#include "cluster/commands.h"
-#include "cluster/opts.h"
+#include "app/commands.h"
+#include "app/opts.h"
 #include "cluster/placement.h"
 #include "util/clock.h"
 #include "util/log.h"

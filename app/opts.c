@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* Command-line value parsing (cluster/opts.h). */
-#include "cluster/opts.h"
+/* Command-line value parsing (app/opts.h). */
+#include "app/opts.h"
 
 #include <errno.h>
 #include <stdlib.h>

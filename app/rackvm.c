@@ -2,14 +2,14 @@
 /*
  * rackvm: the node process and its tools in one program (the composition root of DESIGN.md: it is the only place
  * that knows every layer). Subcommands:
- *   rackvm run   one guest on this host, one node (hypervisor/cmd_run.c)
- *   rackvm node  one node hypervisor of a guest that spans several nodes (cluster/)
- *   rackvm sim   a whole simulated cluster on this host (sim/)
+ *   rackvm run   one guest on this host, one node (app/run.c)
+ *   rackvm node  one node hypervisor of a guest that spans several nodes (app/node.c)
+ *   rackvm sim   a whole simulated cluster on this host (app/sim.c)
  */
 #include <stdio.h>
 #include <string.h>
 
-#include "cluster/commands.h"
+#include "app/commands.h"
 
 struct command {
 	const char *name;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Command-line value parsing shared by rackvm node and rackvm sim. Each returns 0 or -EINVAL. */
-#ifndef RACKVM_CLUSTER_OPTS_H
-#define RACKVM_CLUSTER_OPTS_H
+#ifndef RACKVM_APP_OPTS_H
+#define RACKVM_APP_OPTS_H
 
 #include <getopt.h>
 #include <stdint.h>

@@ -33,10 +33,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cluster/commands.h"
+#include "app/commands.h"
 #include "cluster/link.h"
 #include "cluster/msg.h"
-#include "cluster/opts.h"
+#include "app/opts.h"
 #include "cluster/placement.h"
 #include "dsm/region.h"
 #include "hypervisor/accel.h"

@@ -18,7 +18,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#include "cluster/commands.h"
+#include "app/commands.h"
 #include "dsm/region.h"
 #include "hypervisor/accel.h"
 #include "hypervisor/fw.h"
