@@ -311,7 +311,9 @@ static bool fault_deliver(struct emu_cpu *cpu)
 	cpu->rip = rip;
 	cpu->dlv_class = exc_class(v);
 	cpu->dlv_rip = rip;
+	cpu->dlv_fault = true;
 	emu_deliver(cpu, v, e, rip, false);
+	cpu->dlv_fault = false;
 	cpu->dlv_class = -1;
 	return true;
 }
@@ -408,6 +410,11 @@ static void run_loop(struct emu_cpu *cpu, bool wrmsr_fault)
 		}
 		cpu->irq_shadow = false;
 		emu_step(cpu);   /* counts cpu->insns when it retires */
+		/* RF lasts until the end of the instruction after the IRET that set it (SDM vol. 3, 17.3.1.1) */
+		if (cpu->rf_loaded)
+			cpu->rf_loaded = false;
+		else
+			cpu->rflags &= ~(uint64_t)EFL_RF;
 	}
 shutdown:
 	cpu->dlv_class = -1;

@@ -151,6 +151,10 @@ struct emu_cpu {
 	uint64_t dlv_rip;            /* its saved RIP (a fault during delivery reports this one) */
 	uint64_t wrmsr_rip;          /* WRMSR that exited: the VMM's error on it becomes #GP at this RIP */
 	bool dlv_ext;                /* the event being delivered is not INT n: error codes get EXT (bit 0) */
+	bool dlv_fault;              /* ... and is an exception an instruction raised (fault_deliver), not an interrupt:
+	                              * a fault-class vector then pushes RFLAGS with RF set (SDM vol. 3, 17.3.1.1) */
+	bool rf_loaded;              /* the instruction that just retired loaded RF (IRET): it survives that one
+	                              * instruction; every other retirement clears it */
 	/* Added by emu owner (2nd round). */
 	uint64_t insns_pub;          /* cpu->insns as of the end of the last run(), __atomic relaxed: what accel
 	                              * insn_count returns to other threads (insns itself is the vCPU thread's) */

@@ -25,6 +25,18 @@ uint64_t sys_tss_read(struct emu_cpu *cpu, unsigned off, unsigned size)
 	return emu_read_linear(cpu, cpu->tr.base + off, size, true);
 }
 
+/* Fault-class exceptions (SDM vol. 3, table 6-1); #DB counts as a trap here (emu has no instruction breakpoints). */
+static bool vector_is_fault(int v)
+{
+	switch (v) {
+	case EXC_DE: case EXC_BR: case EXC_UD: case EXC_NM: case EXC_TS: case EXC_NP: case EXC_SS: case EXC_GP:
+	case EXC_PF: case EXC_MF: case EXC_AC: case 19: case 20: case 21:   /* #XM, #VE, #CP */
+		return true;
+	default:
+		return false;
+	}
+}
+
 static void deliver_real(struct emu_cpu *cpu, int vector, uint64_t ret_rip)
 {
 	uint64_t ent = (uint64_t)vector * 4;
@@ -104,6 +116,9 @@ void emu_deliver(struct emu_cpu *cpu, int vector, int error, uint64_t ret_rip, b
 	uint64_t fl = cpu->rflags;
 	uint64_t sp;
 	unsigned ssz;
+
+	if (cpu->dlv_fault && vector_is_fault(vector))
+		fl |= EFL_RF;           /* the handler's IRET resumes the faulting instruction without re-breaking */
 
 	if (lm) {
 		sp = cpu->gpr[R_SP];

@@ -546,6 +546,7 @@ void emu_iret(struct emu_cpu *cpu, unsigned opsize)
 		sys_desc_set_accessed(cpu, ssaddr, ssd);
 	unsigned old_cpl = cpu->cpl;
 	cpu->rflags = nfl;
+	cpu->rf_loaded = (nfl & EFL_RF) != 0;
 	sys_cs_commit(cpu, &ns, rpl);
 	if (pop_ss) {
 		cpu->seg[SEG_SS] = nss;

@@ -399,8 +399,12 @@ static void sysdesc_load(struct emu_cpu *cpu, uint16_t sel, unsigned types, stru
 		sys_raise_sel(cpu, EXC_GP, sel);
 	if (!out->present)
 		sys_raise_sel(cpu, EXC_NP, sel);
-	if (lm)
+	if (lm) {
 		out->base |= (hi & 0xffffffffull) << 32;
+		/* LTR/LLDT in IA-32e mode: a non-canonical 64-bit base is #GP(selector), nothing loaded */
+		if (!sys_canonical(out->base))
+			sys_raise_sel(cpu, EXC_GP, sel);
+	}
 }
 
 void emu_ltr(struct emu_cpu *cpu, uint16_t sel)

@@ -1408,6 +1408,79 @@ static void test_lldt_ltr(void **state)
 	vmh_fini(&h);
 }
 
+/* IA-32e LTR/LLDT of a 16-byte descriptor whose 64-bit base is not canonical: #GP(selector) and nothing loaded
+ * (the TSS descriptor is not marked busy); a canonical base loads. */
+static void test_long_ltr_lldt_noncanonical_base(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       "start: lea r1(%rip), %rdi\n mov $0x40, %ax\n ltr %ax\n"
+	       "r1: lea r2(%rip), %rdi\n mov $0x50, %ax\n lldt %ax\n"
+	       "r2: mov $0x60, %ax\n ltr %ax\n mov $0x70, %ax\n lldt %ax\n mov $0, %al\n out %al, $0xf4\n"
+	       ".org 0x200\n"
+	       "f: pop %rax\n out %eax, $0xe0\n mov %rdi, (%rsp)\n iretq\n");
+	lm_setup(&h, CODE);
+	idt_set(&h, 13, CODE + 0x200, 0, 0);
+	const uint64_t bad = 0x0000800000006000ull, good = 0xffff800000006000ull;
+	struct { unsigned sel, type; uint64_t base; } d[] = {
+		{ 0x40, 0x9, bad }, { 0x50, 0x2, bad }, { 0x60, 0x9, good }, { 0x70, 0x2, good },
+	};
+	for (unsigned i = 0; i < 4; i++) {
+		put64(&h, GDT + d[i].sel, 0x67 | ((d[i].base & 0xffffff) << 16) | ((0x80ull | d[i].type) << 40) |
+						  (((d[i].base >> 24) & 0xff) << 56));
+		put64(&h, GDT + d[i].sel + 8, d[i].base >> 32);
+	}
+	struct kvm_sregs s;
+	assert_int_equal(ops->get_sregs(h.cpu, &s), 0);
+	s.gdt.limit = 0x7f;
+	assert_int_equal(ops->set_sregs(h.cpu, &s), 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	assert_int_equal(h.done, 0);
+	uint64_t want[] = { 0x40, 0x50 };
+	expect_reports(&h, want, 2);
+	assert_int_equal((get64(&h, GDT + 0x40) >> 40) & 0xf, 0x9);   /* refused: not marked busy */
+	assert_int_equal((get64(&h, GDT + 0x60) >> 40) & 0xf, 0xb);   /* loaded: busy */
+	assert_int_equal(ops->get_sregs(h.cpu, &s), 0);
+	assert_int_equal(s.tr.selector, 0x60);
+	assert_int_equal(s.tr.base, good);
+	assert_int_equal(s.ldt.selector, 0x70);
+	assert_int_equal(s.ldt.base, good);
+	vmh_fini(&h);
+}
+
+/* The RFLAGS image of an exception frame: a fault (#UD, #GP with its error code) pushes RF set, so the handler's
+ * IRETQ resumes the faulting instruction without re-breaking (SDM vol. 3, 17.3.1.1); RF then lasts one
+ * instruction: the INT3 after a NOP pushes it clear, as does a trap (#BP) in general. */
+static void test_fault_frame_has_rf(void **state)
+{
+	(void)state;
+	NEED_BINUTILS();
+	struct vmh h;
+	vmh_init(&h, NULL, 0, 0);
+	asm_at(&h, CODE,
+	       "start: lea r1(%rip), %rdi\n ud2\n"
+	       "r1: nop\n int3\n"
+	       " lea r2(%rip), %rdi\n mov $0x1234, %ax\n mov %ax, %ds\n"
+	       "r2: mov $0, %al\n out %al, $0xf4\n"
+	       ".org 0x200\n"                                             /* #UD, #BP: no error code */
+	       "f: mov 16(%rsp), %rax\n out %eax, $0xe0\n cmpq $0, %rdi\n je 1f\n mov %rdi, (%rsp)\n"
+	       " xor %edi, %edi\n 1: iretq\n"
+	       ".org 0x300\n"                                             /* #GP: error code first */
+	       "g: pop %rax\n out %eax, $0xe0\n mov 16(%rsp), %rax\n out %eax, $0xe0\n mov %rdi, (%rsp)\n iretq\n");
+	lm_setup(&h, CODE);
+	idt_set(&h, 6, CODE + 0x200, 0, 0);
+	idt_set(&h, 3, CODE + 0x200, 0, 0);
+	idt_set(&h, 13, CODE + 0x300, 0, 0);
+	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_IO);
+	assert_int_equal(h.done, 0);
+	uint64_t want[] = { 0x10002, 0x2, 0x1234, 0x10002 };
+	expect_reports(&h, want, 4);
+	vmh_fini(&h);
+}
+
 /* Robustness: random bytes as ring-0 code (handlers skip a byte and IRETQ) must only ever produce well-formed
  * exits — no crash, no hang (a kicker thread bounds every run), whatever they do to the IDT, page tables or stack. */
 struct chaos_kicker {
@@ -1970,6 +2043,8 @@ int main(void)
 		cmocka_unit_test(test_call_gate_long),
 		cmocka_unit_test(test_call_gate_prot32_params),
 		cmocka_unit_test(test_lldt_ltr),
+		cmocka_unit_test(test_long_ltr_lldt_noncanonical_base),
+		cmocka_unit_test(test_fault_frame_has_rf),
 		cmocka_unit_test(test_random_code_robust),
 		cmocka_unit_test(test_sysenter_sysexit_direct),
 		cmocka_unit_test(test_irq_ready_false_while_injection_queued),
