@@ -126,6 +126,7 @@ struct dsm_region {
 	uint64_t last_remote_map;       /* when the last remote fault was mapped */
 	uint32_t fault_streak;          /* faults in a row that came within streak_gap_ns of the previous mapping */
 	uint64_t streak_gap_ns;
+	uint64_t ack_defer_ns;          /* held-back GRANT_ACKs go out alone after this (dsm_region_config.ack_defer_ns) */
 
 	/* Sends (r->outbox[p].lock each, never held while taking r->lock). */
 	struct region_outbox *outbox;   /* n_nodes (self's unused) */
@@ -408,7 +409,7 @@ static void region_mark_dirty(struct dsm_region *r, uint32_t p)
  */
 static bool region_defer_ack(struct dsm_region *r, const struct dsm_action *a)
 {
-	return ACK_DEFER_NS && r->in_io && a->msg.type == DSM_MSG_GRANT_ACK && !r->outbox[a->peer].dirty &&
+	return r->ack_defer_ns && r->in_io && a->msg.type == DSM_MSG_GRANT_ACK && !r->outbox[a->peer].dirty &&
 	       r->fault_streak >= STREAK_MIN;
 }
 
@@ -735,7 +736,7 @@ static void *region_fault_main(void *arg)
 	return NULL;
 }
 
-/* Endpoint tick (its I/O thread, before each poll round): send GRANT_ACKs held back longer than ACK_DEFER_NS, and ask
+/* Endpoint tick (its I/O thread, before each poll round): send GRANT_ACKs held back longer than ack_defer_ns, and ask
  * for a short poll while any is held (the poll has millisecond timeouts). deferred_since is written by this thread
  * only; n_deferred is read without r->lock (stored atomically under it). */
 static int region_on_tick(void *opaque)
@@ -744,7 +745,7 @@ static int region_on_tick(void *opaque)
 
 	if (__atomic_load_n(&r->n_deferred, __ATOMIC_RELAXED) == 0)
 		return -1;
-	if (clock_now_ns() - r->deferred_since >= ACK_DEFER_NS) {
+	if (clock_now_ns() - r->deferred_since >= r->ack_defer_ns) {
 		region_lock(r);
 		region_release_deferred(r);
 		region_after_input(r);
@@ -859,6 +860,7 @@ int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **o
 	r->size = cfg->size;
 	r->n_pages = cfg->size / DSM_PAGE_SIZE;
 	r->streak_gap_ns = cfg->streak_gap_ns ? cfg->streak_gap_ns : STREAK_GAP_NS;
+	r->ack_defer_ns = cfg->ack_defer_ns ? cfg->ack_defer_ns : ACK_DEFER_NS;
 	r->on_fatal = cfg->on_fatal;
 	r->opaque = cfg->opaque;
 	r->cur_fault_page = UINT64_MAX;

@@ -52,6 +52,7 @@ struct dsm_region_config {
 	uint64_t lease_ns;                   /* 0 = engine default */
 	uint64_t streak_gap_ns;              /* a fault this soon after the previous remote page was mapped makes a
 	                                      * streak, during which GRANT_ACKs ride with the next request; 0 = 100 us */
+	uint64_t ack_defer_ns;               /* a held-back GRANT_ACK goes out alone after this; 0 = 200 us */
 	uint64_t retry_ns;                   /* 0 = engine default */
 	uint32_t epoch;                      /* engine membership epoch; 0 = 1 */
 	dsm_fatal_fn on_fatal;               /* may be NULL */
