@@ -104,6 +104,25 @@ static void hub_name(char *buf, size_t len)
 	snprintf(buf, len, "ep%u-%d", hub_seq++, (int)getpid());
 }
 
+/* Two endpoints of one loop hub, not started. */
+static void pair_make(struct ic_endpoint **ep)
+{
+	char hub[32];
+
+	hub_name(hub, sizeof(hub));
+	ep[0] = ep_make(hub, 0, 2);
+	ep[1] = ep_make(hub, 1, 2);
+}
+
+/* Start both and wait until each sees the other. */
+static void pair_start(struct ic_endpoint **ep)
+{
+	for (unsigned i = 0; i < 2; i++)
+		assert_int_equal(ic_endpoint_start(ep[i]), 0);
+	for (unsigned i = 0; i < 2; i++)
+		assert_int_equal(ic_endpoint_wait_peers(ep[i], 5 * NSEC_PER_SEC), 0);
+}
+
 static bool wait_for(atomic_uint *v, unsigned want)
 {
 	uint64_t deadline = clock_now_ns() + 5 * NSEC_PER_SEC;
@@ -243,7 +262,6 @@ static void test_frames_reach_their_owner_only(void **state)
  * a subscriber may leave from its own callback. */
 static void test_unsubscribed_gets_nothing(void **state)
 {
-	char hub[32];
 	struct rx a, b, c, dummy;
 	struct ic_endpoint *ep[2];
 	int ha, hc;
@@ -253,9 +271,7 @@ static void test_unsubscribed_gets_nothing(void **state)
 	memset(&b, 0, sizeof(b));
 	memset(&c, 0, sizeof(c));
 	memset(&dummy, 0, sizeof(dummy));
-	hub_name(hub, sizeof(hub));
-	ep[0] = ep_make(hub, 0, 2);
-	ep[1] = ep_make(hub, 1, 2);
+	pair_make(ep);
 	{
 		const struct ic_subscriber sa = { "a", 0x40, 0x4f, rx_frame, NULL, NULL, NULL, &a };
 		const struct ic_subscriber sb = { "b", 0x50, 0x5f, rx_frame, NULL, NULL, NULL, &b };
@@ -271,10 +287,7 @@ static void test_unsubscribed_gets_nothing(void **state)
 		c.self_handle = hc;
 		assert_int_equal(ic_endpoint_subscribe(ep[0], &s0), 0);
 	}
-	for (unsigned i = 0; i < 2; i++)
-		assert_int_equal(ic_endpoint_start(ep[i]), 0);
-	for (unsigned i = 0; i < 2; i++)
-		assert_int_equal(ic_endpoint_wait_peers(ep[i], 5 * NSEC_PER_SEC), 0);
+	pair_start(ep);
 	send_type(ep[0], 1, 0x40);
 	assert_true(wait_for(&a.frames, 1));
 	ic_endpoint_unsubscribe(ep[1], ha);
@@ -298,7 +311,6 @@ static void test_unsubscribed_gets_nothing(void **state)
 /* A type no subscriber owns is not accepted by the transport: the receiving side counts a protocol error. */
 static void test_unsubscribed_type_is_a_protocol_error(void **state)
 {
-	char hub[32];
 	struct rx a, s;
 	struct ic_endpoint *ep[2];
 	struct ic_stats st;
@@ -306,9 +318,7 @@ static void test_unsubscribed_type_is_a_protocol_error(void **state)
 	(void)state;
 	memset(&a, 0, sizeof(a));
 	memset(&s, 0, sizeof(s));
-	hub_name(hub, sizeof(hub));
-	ep[0] = ep_make(hub, 0, 2);
-	ep[1] = ep_make(hub, 1, 2);
+	pair_make(ep);
 	{
 		const struct ic_subscriber sa = { "a", 0x40, 0x4f, rx_frame, NULL, NULL, NULL, &a };
 		const struct ic_subscriber ss = { "sender", 0x40, 0x7f, rx_frame, NULL, NULL, NULL, &s };
@@ -316,10 +326,7 @@ static void test_unsubscribed_type_is_a_protocol_error(void **state)
 		assert_int_equal(ic_endpoint_subscribe(ep[1], &sa), 0);
 		assert_int_equal(ic_endpoint_subscribe(ep[0], &ss), 0);
 	}
-	for (unsigned i = 0; i < 2; i++)
-		assert_int_equal(ic_endpoint_start(ep[i]), 0);
-	for (unsigned i = 0; i < 2; i++)
-		assert_int_equal(ic_endpoint_wait_peers(ep[i], 5 * NSEC_PER_SEC), 0);
+	pair_start(ep);
 	log_set_quiet(true);
 	send_type(ep[0], 1, 0x70);
 	uint64_t deadline = clock_now_ns() + 5 * NSEC_PER_SEC;
