@@ -41,6 +41,7 @@ struct cluster {
 static bool uffd_missing;
 static uint64_t streak_gap_ns;   /* 0 = default; a test that needs a streak regardless of load sets it */
 static uint64_t ack_defer_ns;    /* 0 = default; likewise for holding an ack until the next fault */
+static uint64_t retry_ns;        /* 0 = default; a resend is a send, and any send releases held acks */
 
 static int cluster_start(struct cluster *c, unsigned n, size_t pages, uint64_t lease_ns)
 {
@@ -58,7 +59,7 @@ static int cluster_start(struct cluster *c, unsigned n, size_t pages, uint64_t l
 		static const struct region_net_opts loop = { .transport = "loop" };
 		struct dsm_region_config cfg = {
 			.self = i, .size = pages * PG, .lease_ns = lease_ns, .streak_gap_ns = streak_gap_ns,
-			.ack_defer_ns = ack_defer_ns,
+			.ack_defer_ns = ack_defer_ns, .retry_ns = retry_ns,
 		};
 		int err = region_net_create(m, n, &loop, key, sizeof(key), &cfg, &c->ep[i], &c->r[i]);
 
@@ -454,9 +455,11 @@ static void test_sequential_faults_pair_acks(void **state)
 	 * wakeups can exceed the 100 us / 200 us defaults (a check under a parallel bench saw 35 of 128 paired) */
 	streak_gap_ns = 50 * NSEC_PER_MSEC;
 	ack_defer_ns = 50 * NSEC_PER_MSEC;
+	retry_ns = 2 * NSEC_PER_SEC;
 	START(&c, 2, NPG, 0);
 	streak_gap_ns = 0;
 	ack_defer_ns = 0;
+	retry_ns = 0;
 	/* node 1 homes pages NPG/2..NPG-1 and writes them locally first */
 	for (unsigned p = NPG / 2; p < NPG; p++) {
 		assert_int_equal(dsm_region_home_of(c.r[0], p), 1);
@@ -469,8 +472,9 @@ static void test_sequential_faults_pair_acks(void **state)
 			fail_msg("page %u reads 0x%02x/0x%02x", p, pg[0], pg[PG - 1]);
 	}
 	dsm_region_get_stats(c.r[0], &st);
-	printf("node0: %llu remote faults, %llu acks paired\n", (unsigned long long)st.faults_remote,
-	       (unsigned long long)st.acks_paired);
+	printf("node0: %llu remote faults, %llu acks paired, %llu retransmissions, %llu sends\n",
+	       (unsigned long long)st.faults_remote, (unsigned long long)st.acks_paired,
+	       (unsigned long long)st.retransmissions, (unsigned long long)st.msgs_out);
 	assert_true(st.faults_remote >= NPG / 2);
 	/* held back, nearly every ack rides with the next request (seen: 118-127 of 128); sent at once, ~1 */
 	assert_true(st.acks_paired >= NPG / 4);
