@@ -40,6 +40,7 @@
 #include "cluster/placement.h"
 #include "dsm/region.h"
 #include "hypervisor/accel.h"
+#include "hypervisor/fw.h"
 #include "hypervisor/vm.h"
 #include "util/clock.h"
 #include "util/hist.h"
@@ -65,6 +66,10 @@ struct node_opts {
 	uint32_t dead_ms;
 	bool verbose;
 	bool console_input;
+	bool strict_io;
+	const char *initrd;
+	const char *modules[FW_MAX_MODULES];   /* "FILE[ ARGS]" */
+	size_t n_modules;
 };
 
 struct node {
@@ -223,6 +228,9 @@ static void node_usage(FILE *f)
 		"  --vcpus V --mem SIZE the whole guest's vCPUs and RAM (same on every node)\n"
 		"  --kernel FILE        multiboot/Linux image (read by the node of vCPU 0)\n"
 		"  --cmdline S          guest command line\n"
+		"  --initrd FILE        initial ramdisk (Linux; read by the node of vCPU 0)\n"
+		"  --module 'FILE[ ARGS]'  multiboot module with its command line (repeatable)\n"
+		"  --strict-io          stop the guest at an access to a port nothing claims (default: all-ones/dropped)\n"
 		"  --placement LIST     node of each vCPU, e.g. 0,0,1,1 (default: contiguous blocks)\n"
 		"  --io-node ID         node owning the devices and the console (default 0)\n"
 		"  --console-input      the io node's stdin feeds the guest's UART (COM1)\n"
@@ -263,7 +271,8 @@ static int node_parse(int argc, char **argv, struct node_opts *o)
 		{ "bandwidth", required_argument, NULL, 'B' }, { "loss", required_argument, NULL, 'X' },
 		{ "seed", required_argument, NULL, 'S' },     { "dead-ms", required_argument, NULL, 'D' },
 		{ "accel", required_argument, NULL, 'a' },    { "verbose", no_argument, NULL, 'V' },
-		{ "console-input", no_argument, NULL, 'C' },
+		{ "console-input", no_argument, NULL, 'C' },  { "strict-io", no_argument, NULL, 'Z' },
+		{ "initrd", required_argument, NULL, 'R' },   { "module", required_argument, NULL, 'M' },
 		{ "help", no_argument, NULL, 'h' },           { NULL, 0, NULL, 0 },
 	};
 	bool have_id = false;
@@ -340,6 +349,15 @@ static int node_parse(int argc, char **argv, struct node_opts *o)
 		case 'a': o->accel = optarg; break;
 		case 'V': o->verbose = true; break;
 		case 'C': o->console_input = true; break;
+		case 'Z': o->strict_io = true; break;
+		case 'R': o->initrd = optarg; break;
+		case 'M':
+			if (o->n_modules == FW_MAX_MODULES) {
+				fprintf(stderr, "rackvm node: at most %d --module options\n", FW_MAX_MODULES);
+				return -EINVAL;
+			}
+			o->modules[o->n_modules++] = optarg;
+			break;
 		case 'h':
 			node_usage(stdout);
 			return 1;
@@ -531,6 +549,10 @@ static int node_run(struct node *n)
 		fprintf(stderr, "rackvm node: --kernel %s: %s\n", n->o.kernel, strerror(errno));
 		return 1;
 	}
+	if (n->o.initrd && access(n->o.initrd, R_OK) < 0) {
+		fprintf(stderr, "rackvm node: --initrd %s: %s\n", n->o.initrd, strerror(errno));
+		return 1;
+	}
 	if (placement_parse(n->o.placement, n->o.vcpus, n->o.n_members, n->node_of) ||
 	    placement_mem_ranges(n->node_of, n->o.vcpus, n->o.n_members, n->o.mem, n->mem_base, n->mem_size))
 		return 1;
@@ -612,13 +634,25 @@ static int node_run(struct node *n)
 	vc.hooks = &hooks;
 	vc.kernel = n->o.kernel;
 	vc.cmdline = n->o.cmdline;
+	vc.initrd = n->o.initrd;
+	vc.modules = n->o.modules;
+	vc.n_modules = n->o.n_modules;
+	vc.strict_io = n->o.strict_io;
 	vc.console_fd = 1;
 	/* the UART lives on the io node; elsewhere stdin is not read */
 	vc.console_input = n->o.console_input && n->o.id == n->o.io_node;
 	vc.verbose = n->o.verbose;
 	err = vm_create(&vc, &vm);
-	if (err)
+	if (err) {
+		/* tell the others at once (they wait at the start barrier), then leave with them */
+		char gave_up[96];
+
+		snprintf(gave_up, sizeof(gave_up), "node %u could not create its VM", n->o.id);
+		clink_exit_broadcast(n->link, 1, true, gave_up);
+		if (clink_flush(n->link, 5 * NSEC_PER_SEC))
+			pr_warn("some peer did not acknowledge that this node gave up");
 		goto out_region;
+	}
 	atomic_store(&n->vm, vm);
 	ops = (struct clink_ops){ vm, ops_io, ops_irq, ops_logical, ops_exit, ops_eoi };
 	clink_set_ops(n->link, &ops);

@@ -45,6 +45,8 @@ static void run_usage(FILE *f)
 		"  --mem SIZE           guest RAM; suffix K, M or G, a plain number is MiB (default 128M)\n"
 		"  --accel auto|kvm|emu execution backend (default auto: kvm when /dev/kvm works, else emu)\n"
 		"  --console-input      forward stdin to the guest's serial port\n"
+		"  --strict-io          stop the guest at an access to a port nothing claims (default: reads give\n"
+		"                       all-ones and writes are dropped, as on a PC bus)\n"
 		"  -v, --verbose        how the guest exited and exit statistics (RACKVM_LOG=debug: everything)\n"
 		"  -h, --help           this text\n"
 		"\n"
@@ -175,9 +177,10 @@ static void run_print_stats(struct vm *vm, struct dsm_region *region)
 	struct vm_stats s;
 
 	vm_get_stats(vm, &s);
-	pr_info("stats: %u vcpus, exits io %" PRIu64 " mmio %" PRIu64 " msr %" PRIu64 " hlt %" PRIu64
-		", irqs injected %" PRIu64 ", guest instructions %" PRIu64,
-		s.n_local_vcpus, s.exits_io, s.exits_mmio, s.exits_msr, s.exits_hlt, s.irqs_injected, s.guest_insns);
+	pr_info("stats: %u vcpus, exits io %" PRIu64 " (unclaimed ports %" PRIu64 ") mmio %" PRIu64 " msr %" PRIu64
+		" hlt %" PRIu64 ", irqs injected %" PRIu64 ", guest instructions %" PRIu64,
+		s.n_local_vcpus, s.exits_io, s.io_unclaimed, s.exits_mmio, s.exits_msr, s.exits_hlt, s.irqs_injected,
+		s.guest_insns);
 	if (region) {
 		struct dsm_region_stats d;
 
@@ -198,6 +201,7 @@ int rackvm_cmd_run(int argc, char **argv)
 		{ "mem", required_argument, NULL, 'm' },
 		{ "accel", required_argument, NULL, 'a' },
 		{ "console-input", no_argument, NULL, 'I' },
+		{ "strict-io", no_argument, NULL, 'S' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -255,6 +259,9 @@ int rackvm_cmd_run(int argc, char **argv)
 			break;
 		case 'I':
 			cfg.console_input = true;
+			break;
+		case 'S':
+			cfg.strict_io = true;
 			break;
 		case 'v':
 			cfg.verbose = true;

@@ -52,14 +52,18 @@
 #define GRACE_NS (15 * NSEC_PER_SEC)      /* after one node exited, the others must follow within this */
 #define KILL_GRACE_NS (2 * NSEC_PER_SEC)  /* SIGTERM -> SIGKILL */
 #define NETNS_PORT 7100
+#define SIM_MAX_MODULES 16          /* as FW_MAX_MODULES; rackvm node refuses more */
 
 struct sim_opts {
 	unsigned nodes, vcpus;
 	const char *mem, *kernel, *cmdline, *accel, *placement, *transport, *node_exe;
 	const char *latency, *bandwidth, *loss, *seed;
 	unsigned io_node;
-	bool netns, quiet, console_input;
+	bool netns, quiet, console_input, strict_io;
 	uint64_t timeout_s;
+	const char *initrd;
+	const char *modules[SIM_MAX_MODULES];
+	unsigned n_modules;
 };
 
 struct sim_node {
@@ -288,7 +292,7 @@ static void child_exec(struct sim *s, struct sim_node *n, char **argv, int out_w
 static int node_spawn(struct sim *s, unsigned k)
 {
 	struct sim_node *n = &s->node[k];
-	char *argv[64];
+	char *argv[64 + 2 * SIM_MAX_MODULES];
 	char id[16], vcpus[16], io[16];
 	char peers[SIM_MAX_NODES][96];
 	int out[2], err[2], a = 0;
@@ -322,6 +326,16 @@ static int node_spawn(struct sim *s, unsigned k)
 	argv[a++] = io;
 	if (s->o.console_input)
 		argv[a++] = "--console-input";
+	if (s->o.strict_io)
+		argv[a++] = "--strict-io";
+	if (s->o.initrd) {
+		argv[a++] = "--initrd";
+		argv[a++] = (char *)s->o.initrd;
+	}
+	for (unsigned m = 0; m < s->o.n_modules; m++) {
+		argv[a++] = "--module";
+		argv[a++] = (char *)s->o.modules[m];
+	}
 	if (s->o.cmdline) {
 		argv[a++] = "--cmdline";
 		argv[a++] = (char *)s->o.cmdline;
@@ -624,6 +638,9 @@ static void usage(FILE *f)
 		"usage: rackvm sim --nodes N --vcpus V --mem SIZE --kernel FILE [options]\n"
 		"  Runs N node processes on this host sharing one guest of V vCPUs and SIZE of RAM.\n"
 		"  --cmdline S          guest command line\n"
+		"  --initrd FILE        initial ramdisk (Linux)\n"
+		"  --module 'FILE[ ARGS]'  multiboot module with its command line (repeatable)\n"
+		"  --strict-io          stop the guest at an access to a port nothing claims (default: all-ones/dropped)\n"
 		"  --placement LIST     node of each vCPU, e.g. 0,0,1,1 (default: contiguous blocks)\n"
 		"  --io-node K          node owning the devices and the console (default 0)\n"
 		"  --console-input      stdin feeds the guest's UART (COM1) on the io node\n"
@@ -647,7 +664,8 @@ static int sim_parse(int argc, char **argv, struct sim_opts *o)
 		{ "seed", required_argument, NULL, 'S' },    { "netns", no_argument, NULL, 'N' },
 		{ "timeout", required_argument, NULL, 'T' }, { "node-exe", required_argument, NULL, 'X' },
 		{ "quiet", no_argument, NULL, 'q' },         { "help", no_argument, NULL, 'h' },
-		{ "console-input", no_argument, NULL, 'C' },
+		{ "console-input", no_argument, NULL, 'C' }, { "strict-io", no_argument, NULL, 'Z' },
+		{ "initrd", required_argument, NULL, 'R' },  { "module", required_argument, NULL, 'M' },
 		{ NULL, 0, NULL, 0 },
 	};
 	uint64_t v;
@@ -713,6 +731,15 @@ static int sim_parse(int argc, char **argv, struct sim_opts *o)
 		case 'X': o->node_exe = optarg; break;
 		case 'q': o->quiet = true; break;
 		case 'C': o->console_input = true; break;
+		case 'Z': o->strict_io = true; break;
+		case 'R': o->initrd = optarg; break;
+		case 'M':
+			if (o->n_modules == SIM_MAX_MODULES) {
+				fprintf(stderr, "rackvm sim: at most %d --module options\n", SIM_MAX_MODULES);
+				return -EINVAL;
+			}
+			o->modules[o->n_modules++] = optarg;
+			break;
 		case 'h':
 			usage(stdout);
 			return 1;

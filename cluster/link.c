@@ -89,6 +89,8 @@ struct clink {
 	uint64_t io_gen;
 	bool failed;
 	uint32_t failed_node;
+	bool peer_exited;           /* an EXIT arrived before the VM's ops were attached (a peer gave up at start) */
+	uint32_t exited_node;
 	struct ping_wait ping;
 	struct work work[WORK_QUEUE];
 	uint32_t work_head, work_n;
@@ -505,8 +507,20 @@ static void link_deliver(struct clink *l, uint32_t from, const struct cmsg *m)
 		pthread_mutex_unlock(&l->lock);
 		break;
 	case CMSG_EXIT:
-		if (have && ops.exit)
+		if (have && ops.exit) {
 			ops.exit(ops.opaque, from, m->exit.code, m->exit.fatal, m->exit.why);
+		} else {
+			/* no VM here yet: a peer ended before the start barrier; clink_ready_wait gives up */
+			pthread_mutex_lock(&l->lock);
+			if (!l->peer_exited) {
+				l->peer_exited = true;
+				l->exited_node = from;
+				pr_warn("node %u ended before the guest started: %.*s", from, (int)CMSG_WHY_MAX,
+					m->exit.why);
+			}
+			pthread_cond_broadcast(&l->cond);
+			pthread_mutex_unlock(&l->lock);
+		}
 		break;
 	case CMSG_READY:
 		pthread_mutex_lock(&l->lock);
@@ -624,6 +638,10 @@ int clink_ready_wait(struct clink *l, uint64_t timeout_ns)
 			break;
 		if (l->failed) {
 			err = -EHOSTDOWN;
+			break;
+		}
+		if (l->peer_exited) {
+			err = -ECANCELED;
 			break;
 		}
 		if (!wait_until(l, deadline)) {

@@ -75,7 +75,8 @@ void clink_on_frame(struct clink *l, uint32_t from, uint8_t type, const void *pa
 /* Node `node` died (the region's on_fatal): every pending and later forwarded access fails with -EHOSTDOWN. */
 void clink_fail(struct clink *l, uint32_t node, const char *why);
 
-/* Start barrier: send READY to every peer and wait until every peer's READY arrived. 0, -ETIMEDOUT, -EHOSTDOWN. */
+/* Start barrier: send READY to every peer and wait until every peer's READY arrived. 0, -ETIMEDOUT, -EHOSTDOWN (a
+ * peer died), -ECANCELED (a peer sent EXIT before its VM came up: it gave up at start). */
 int clink_ready_wait(struct clink *l, uint64_t timeout_ns);
 /* Wait until every sequenced message sent so far was acknowledged (the last EXIT before leaving). 0/-ETIMEDOUT. */
 int clink_flush(struct clink *l, uint64_t timeout_ns);

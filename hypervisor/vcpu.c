@@ -284,12 +284,21 @@ static int vcpu_exit_io(struct vcpu *v)
 		if (err == -ENOENT && x->io.port == PORT_POST) {
 			acc.data = ~0ull;
 			err = 0;
+		} else if (err == -ENOENT && !v->vm->cfg.strict_io) {
+			/* nothing decodes it: a PC bus floats high on a read and drops a write (vm.h: strict_io) */
+			atomic_fetch_add_explicit(&v->ctr.io_unclaimed, 1, memory_order_relaxed);
+			pr_debug("vcpu %u: unclaimed port 0x%x (%s, size %u): %s", v->index, x->io.port,
+				 x->io.in ? "in" : "out", x->io.size, x->io.in ? "all-ones" : "dropped");
+			acc.data = ~0ull;
+			err = 0;
 		}
 		if (err) {
-			if (err == -ENOENT)
-				vcpu_fail(v, "vcpu %u: guest accessed unknown port 0x%x (%s, size %u%s%llx)", v->index,
-					  x->io.port, x->io.in ? "in" : "out", x->io.size, x->io.in ? "" : ", value 0x",
-					  x->io.in ? 0ull : (unsigned long long)acc.data);
+			if (err == -ENOENT && x->io.in)
+				vcpu_fail(v, "vcpu %u: guest accessed unknown port 0x%x (in, size %u)", v->index,
+					  x->io.port, x->io.size);
+			else if (err == -ENOENT)
+				vcpu_fail(v, "vcpu %u: guest accessed unknown port 0x%x (out, size %u, value 0x%llx)",
+					  v->index, x->io.port, x->io.size, (unsigned long long)acc.data);
 			else
 				vcpu_fail(v, "vcpu %u: port 0x%x (%s, size %u) failed in %s: %s", v->index, x->io.port,
 					  x->io.in ? "in" : "out", x->io.size,

@@ -756,6 +756,7 @@ void vm_get_stats(struct vm *vm, struct vm_stats *out)
 		if (!v)
 			continue;
 		out->exits_io += atomic_load(&v->ctr.exits_io);
+		out->io_unclaimed += atomic_load(&v->ctr.io_unclaimed);
 		out->exits_mmio += atomic_load(&v->ctr.exits_mmio);
 		out->exits_msr += atomic_load(&v->ctr.exits_msr);
 		out->exits_hlt += atomic_load(&v->ctr.exits_hlt);

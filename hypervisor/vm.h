@@ -71,6 +71,10 @@ struct vm_config {
 	int console_fd;
 	bool console_input;
 	bool verbose;
+	/* A port access nothing claims: false (the default) as on a PC bus — a read gives all-ones, a write is
+	 * dropped, both counted (io_unclaimed) and logged at debug level, because a real OS probes ports nothing
+	 * decodes; true: a guest error that stops the VM (our own tests, which must not touch unknown ports). */
+	bool strict_io;
 };
 
 /* Build everything and load the kernel; vCPUs are CREATED. One-line errors are printed; returns -errno. */
@@ -95,6 +99,7 @@ void vm_remote_exit(struct vm *vm, int code, const char *why);
 struct vm_stats {
 	unsigned n_local_vcpus;
 	uint64_t exits_io, exits_mmio, exits_msr, exits_hlt, irqs_injected, io_forwarded;
+	uint64_t io_unclaimed;        /* port accesses nothing claimed (all-ones / dropped) */
 	uint64_t guest_insns;         /* emu only */
 };
 void vm_get_stats(struct vm *vm, struct vm_stats *out);

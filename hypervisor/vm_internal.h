@@ -37,7 +37,7 @@ struct ioapic;
 #define VM_HOLE_START 0xc0000000ull
 
 struct vcpu_counters {
-	_Atomic uint64_t exits_io, exits_mmio, exits_msr, exits_hlt, irqs_injected, io_forwarded;
+	_Atomic uint64_t exits_io, exits_mmio, exits_msr, exits_hlt, irqs_injected, io_forwarded, io_unclaimed;
 };
 
 struct vcpu {

@@ -10,6 +10,8 @@
 #   5 fixed IPI to APIC id 0x55, which does not exist: dropped, as hardware does; the guest then exits with 0x10
 #   6 halt forever with interrupts off (for the SIGINT/SIGTERM cases)
 #   7 exit with code 0x21 at once (for the segments-outside-RAM case: linked high)
+#   8 IN (byte, word, dword) from a port nobody claims (0x1234) and OUT to it: without --strict-io the reads give
+#     all-ones and the write is dropped, and the guest exits with 0x11; a wrong value exits with 0x12
 
 	.set MB_MAGIC, 0x1badb002
 	.set MB_FLAGS, 0
@@ -53,6 +55,26 @@ _start:
 .endif
 .if CASE == 7
 	mov $0x21, %al
+	outb %al, $0xf4
+.endif
+.if CASE == 8
+	mov $0x1234, %dx
+	xor %eax, %eax
+	inb %dx, %al
+	cmp $0xff, %eax
+	jne 8f
+	xor %eax, %eax
+	inw %dx, %ax
+	cmp $0xffff, %eax
+	jne 8f
+	inl %dx, %eax
+	cmp $0xffffffff, %eax
+	jne 8f
+	mov $0x5a, %al
+	outb %al, %dx
+	mov $0x11, %al
+	outb %al, $0xf4
+8:	mov $0x12, %al
 	outb %al, $0xf4
 .endif
 	mov $7, %al

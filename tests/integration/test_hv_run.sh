@@ -173,7 +173,7 @@ build_bad() {
 		ld -N -m elf_i386 --no-warn-rwx-segments -Ttext="$addr" -e _start -o "$T/bad$c.elf" "$T/bad$c.o"
 }
 have_as=1
-for c in 1 2 3 4 5 6; do build_bad $c || have_as=0; done
+for c in 1 2 3 4 5 6 8; do build_bad $c || have_as=0; done
 build_bad 7 0x40000000 || have_as=0
 if [ $have_as -eq 0 ]; then
 	nfail=$((nfail + 1))
@@ -182,12 +182,13 @@ else
 	bad_input segments-outside-ram '^rackvm: .*outside guest RAM' --accel emu --kernel "$T/bad7.elf" --mem 128M
 
 	REGS='^rackvm: vcpu 0: RIP=[0-9a-f]{16} RSP=[0-9a-f]{16} RFLAGS=[0-9a-f]+ CR0=[0-9a-f]+ CR3=[0-9a-f]{16} CR4=[0-9a-f]+ EFER=[0-9a-f]+ CS=[0-9a-f]{4} SS=[0-9a-f]{4} '
-	# misbehaving <case> <name> <first-line-regex> [second regex]
+	# misbehaving <case> <name> <first-line-regex> [second regex]; every case runs with --strict-io (an unclaimed
+	# port is an error only then: case 8 below checks the default)
 	misbehaving() {
 		local c=$1 name=$2 re=$3 re2=${4:-}
 		for accel in emu kvm; do
 			if [ $accel = kvm ] && [ ! -w /dev/kvm ]; then continue; fi
-			hv_run "bad-guest-$name-$accel" $accel "$T/bad$c.elf" 1 ""
+			hv_run "bad-guest-$name-$accel" $accel "$T/bad$c.elf" 1 "" --strict-io
 			local ok=1
 			[ "$RC" -eq 1 ] || { echo "    exit status $RC, want 1"; ok=0; }
 			expect_err "$re" || ok=0
@@ -201,6 +202,18 @@ else
 	misbehaving 2 unknown-port '^rackvm: vcpu 0: guest accessed unknown port 0x1234 \(out, size 1, value 0x5a\)$'
 	misbehaving 3 unknown-mmio '^rackvm: vcpu 0: guest accessed unknown MMIO address 0xd0000000 \(write, 4 bytes\)$'
 	misbehaving 4 unknown-msr '^rackvm: vcpu 0: triple fault' 'rdmsr of unhandled MSR 0xdeadbeef at RIP 0x[0-9a-f]+: #GP'
+
+	# a port nothing claims, by default: reads give all-ones (byte, word, dword), the write is dropped, each is
+	# counted (-v: the stats line), nothing is reported as an error; the guest exits with 0x11
+	for accel in emu kvm; do
+		if [ $accel = kvm ] && [ ! -w /dev/kvm ]; then continue; fi
+		hv_run "unclaimed-port-$accel" $accel "$T/bad8.elf" 1 "" -v
+		ok=1
+		[ "$GUEST_CODE" = 17 ] || { echo "    guest exit $GUEST_CODE (status $RC), want 17 (0x11)"; ok=0; }
+		! grep -q 'RIP=' "$GUEST_ERR" || { echo "    an error was reported"; ok=0; }
+		expect_err 'stats: 1 vcpus, exits io [0-9]+ \(unclaimed ports 4\)' || ok=0
+		if [ $ok -eq 1 ]; then pass "$accel unclaimed port: all-ones, write dropped"; else fail "$accel unclaimed port: all-ones, write dropped"; fi
+	done
 
 	# an IPI to an APIC id nobody has is dropped (as hardware): the guest goes on and exits with 0x10
 	hv_run bad-guest-wild-ipi emu "$T/bad5.elf" 2 ""

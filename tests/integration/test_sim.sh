@@ -126,6 +126,40 @@ else
 	skip_case "kvm across nodes" "/dev/kvm: $([ -e /dev/kvm ] && echo 'not writable' || echo 'No such file or directory')"
 fi
 
+# ---- a port nothing claims, forwarded: node 0's vCPU reads and writes port 0x1234, which the io node (1) does not
+# decode. By default the reads give all-ones and the write is dropped (guest exit 0x11); with --strict-io the node
+# stops the guest with one line naming the port. Also: --initrd reaches the boot node's loader (a multiboot kernel
+# refuses it with its own message), as it does in rackvm run.
+UNC_DIR=$(mktemp -d)
+if as --32 --defsym CASE=8 -o "$UNC_DIR/bad8.o" tests/integration/hv_bad_guest.S 2>/dev/null &&
+	ld -N -m elf_i386 --no-warn-rwx-segments -Ttext=0x100000 -e _start -o "$UNC_DIR/bad8.elf" "$UNC_DIR/bad8.o" \
+		2>/dev/null; then
+	GD=$GUEST_DIR
+	GUEST_DIR=$UNC_DIR                 # sim_run boots $GUEST_DIR/<workload>.elf
+	sim_run unclaimed-port-n2 bad8 "" --nodes 2 --vcpus 2 --mem 64M --io-node 1
+	check_unclaimed() { expect_err "^sim:   node 0: .* io fwd/served [1-9][0-9]*/0 " && ! grep -q "RIP=" "$GUEST_ERR"; }
+	verdict "unclaimed port forwarded to the io node: all-ones, dropped" 17 check_unclaimed
+	sim_run unclaimed-port-strict-n2 bad8 "" --nodes 2 --vcpus 2 --mem 64M --io-node 1 --strict-io
+	check_strict() { expect_err "guest accessed unknown port 0x1234 \(in, size 1\)"; }
+	[ "$GUEST_CODE" != 17 ] && GUEST_CODE=stopped
+	verdict "unclaimed port with --strict-io stops the guest" stopped check_strict
+	GUEST_DIR=$GD
+	printf 'x' >"$UNC_DIR/initrd"
+	# the boot node refuses and says why; the other node hears of it at the start barrier and ends too, at once
+	# (not after the region's 10 s leave timeout); the sim's status is 1, which reads as guest code 0
+	sim_run initrd-multiboot topology "" --nodes 2 --vcpus 2 --mem 64M --initrd "$UNC_DIR/initrd"
+	check_initrd() {
+		expect_err "an initrd is for Linux kernels; .*topology.elf is multiboot" &&
+			expect_err "node 0 ended before the guest started: node 0 could not create its VM" &&
+			! grep -q "rackvm-guest:" "$GUEST_LOG" &&
+			awk -v s="$GUEST_SECS" 'BEGIN { exit !(s < 8) }' || { echo "    took ${GUEST_SECS}s"; return 1; }
+	}
+	verdict "--initrd reaches the boot node's loader" 0 check_initrd
+else
+	skip_case "unclaimed port across nodes" "cannot assemble the tiny guest (as/ld --32)"
+fi
+rm -rf "$UNC_DIR"
+
 # ---- devices and console on node 1 (every port access of node 0's vCPU is forwarded)
 sim_run compute-io1 compute "n=$CN rounds=$CR expect=$CEXP" --nodes 2 --vcpus 2 --mem 64M --io-node 1
 check_io1() { check_compute 2 && expect_err "^sim:   node 0: .* io fwd/served [1-9][0-9]*/0 "; }

@@ -272,11 +272,13 @@ void __wrap_fw_boot_release(struct fw_boot *b)
 
 /* ---- helpers ---- */
 
+static bool make_strict_io;      /* vm_make's strict_io (vm.h) */
+
 static struct vm *vm_make(unsigned n)
 {
 	struct vm_config cfg = {
 		.accel = "fake", .n_vcpus = n, .ram_size = 64ull << 20, .n_nodes = 1, .kernel = "fake.elf",
-		.console_fd = STDOUT_FILENO,
+		.console_fd = STDOUT_FILENO, .strict_io = make_strict_io,
 	};
 	struct vm *vm = NULL;
 
@@ -307,19 +309,44 @@ static void test_debug_exit_code(void **state)
 	vm_destroy(vm);
 }
 
+/* With strict_io, an access to a port nothing claims is a guest error: the VM stops with status 1. */
 static void test_unknown_port_stops_with_1(void **state)
 {
-	unsigned long errs = log_error_count();
 	struct vm *vm;
 
 	scripts_reset();
 	scripts[0].steps[0] = (struct step){ S_OUT, 0x1234, 1, 7 };
-	scripts[0].steps[1] = (struct step){ S_OUT, DEBUG_EXIT, 1, 0 };  /* must not be reached */
+	scripts[0].steps[1] = (struct step){ S_OUT, DEBUG_EXIT, 1, 5 };  /* must not be reached (status 11) */
+	make_strict_io = true;
 	vm = vm_make(1);
+	make_strict_io = false;
 	assert_int_equal(vm_start(vm), 0);
 	assert_int_equal(vm_wait(vm), 1);
 	vm_destroy(vm);
-	(void)errs;
+}
+
+/* By default a port nothing claims behaves as on a PC bus: reads give all-ones at every size, a write is dropped,
+ * each is counted, and the guest carries on. */
+static void test_unclaimed_port_all_ones_by_default(void **state)
+{
+	struct vm_stats st;
+	struct vm *vm;
+
+	scripts_reset();
+	scripts[0].steps[0] = (struct step){ S_IN, 0x1234, 1, 0 };
+	scripts[0].steps[1] = (struct step){ S_IN, 0x1236, 2, 0 };
+	scripts[0].steps[2] = (struct step){ S_IN, 0x1238, 4, 0 };
+	scripts[0].steps[3] = (struct step){ S_OUT, 0x1234, 1, 7 };
+	scripts[0].steps[4] = (struct step){ S_OUT, DEBUG_EXIT, 1, 3 };
+	vm = vm_make(1);
+	assert_int_equal(vm_start(vm), 0);
+	assert_int_equal(vm_wait(vm), (3 << 1) | 1);
+	assert_int_equal(scripts[0].result[0], 0xff);
+	assert_int_equal(scripts[0].result[1], 0xffff);
+	assert_int_equal(scripts[0].result[2], 0xffffffffull);
+	vm_get_stats(vm, &st);
+	assert_int_equal(st.io_unclaimed, 4);
+	vm_destroy(vm);
 }
 
 static void test_unknown_mmio_and_shutdown_and_error(void **state)
@@ -676,6 +703,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_debug_exit_code),
 		cmocka_unit_test(test_unknown_port_stops_with_1),
+		cmocka_unit_test(test_unclaimed_port_all_ones_by_default),
 		cmocka_unit_test(test_unknown_mmio_and_shutdown_and_error),
 		cmocka_unit_test(test_port80_ignored_and_in_reads),
 		cmocka_unit_test(test_msr_policy),
