@@ -156,6 +156,23 @@ bad_input not-bootable '^rackvm: .+' --accel emu --kernel "$T/text"
 head -c 300 "$K" >"$T/truncated.elf"
 bad_input corrupt-image '^rackvm: .+' --accel emu --kernel "$T/truncated.elf"
 bad_input mem-too-small '^rackvm: --mem 1024K is too small' --kernel "$K" --mem 1M
+# Linux images that cannot boot: a truncated bzImage, an initrd larger than guest RAM, a command line over the
+# kernel's cmdline_size — each one line and exit 1, nothing run. The Debian kernel is the one test_linux_image.sh
+# fetched into $BUILD/cache (it runs before this script in make check); without it, one SKIP line.
+VMLINUZ=$(ls "$BUILD"/cache/linux-image/root/boot/vmlinuz-* 2>/dev/null | head -n 1)
+if [ -n "$VMLINUZ" ]; then
+	head -c 300000 "$VMLINUZ" >"$T/truncated.bz"
+	bad_input linux-truncated '^rackvm: bzImage .*truncated.bz: truncated \(300000 bytes; ' --accel emu \
+		--kernel "$T/truncated.bz"
+	truncate -s 300M "$T/big.initrd"
+	bad_input initrd-larger-than-ram '^rackvm: initrd .*big.initrd \(314572800 bytes\) is larger than guest RAM \(128 MiB\)$' \
+		--accel emu --kernel "$VMLINUZ" --initrd "$T/big.initrd" --mem 128M
+	rm -f "$T/big.initrd"
+	bad_input linux-cmdline-too-long '^rackvm: linux: command line is 3000 bytes, the kernel accepts at most 2047$' \
+		--accel emu --kernel "$VMLINUZ" --mem 128M --cmdline "$(head -c 3000 /dev/zero | tr '\0' x)"
+else
+	skip_case "bad Linux inputs" "no Debian kernel in $BUILD/cache/linux-image (tests/unit/test_linux_image.sh fetches it)"
+fi
 bad_input mem-junk '^rackvm: --mem 12Q: not a size' --kernel "$K" --mem 12Q
 bad_input vcpus-zero '^rackvm: --vcpus 0: must be a number from 1 to 64$' --kernel "$K" --vcpus 0
 bad_input vcpus-too-many '^rackvm: --vcpus 65: must be a number from 1 to 64$' --kernel "$K" --vcpus 65
