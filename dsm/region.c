@@ -83,6 +83,8 @@ struct region_outbox {
 	bool busy;                      /* a thread is sending from this box (it empties it before clearing this) */
 	bool dirty;                     /* r->lock: in r->dirty, to be flushed after r->lock is dropped */
 	bool deferred;                  /* r->lock: in r->deferred */
+	bool held;                      /* ob->lock: the last entry is a GRANT_ACK held back (deferred): a flusher that
+	                                 * finds it alone leaves it for the next message or the tick */
 	struct region_out slot[OUTBOX_LEN];
 };
 
@@ -302,7 +304,9 @@ static void region_flush(struct dsm_region *r, uint32_t p)
 		return;
 	}
 	ob->busy = true;
-	while (ob->n) {
+	/* A held GRANT_ACK alone in the box stays: a flush still running for the previous request (the reply came
+	 * back meanwhile) must not send it on its own, or the next request could not take it along (PAIR). */
+	while (ob->n && !(ob->n == 1 && ob->held)) {
 		struct region_out *o = &ob->slot[ob->head];
 		struct region_out *o2 = &ob->slot[(ob->head + 1) % OUTBOX_LEN];
 		/* A GRANT_ACK followed by another engine message goes in one frame with it (PAIR): one send, one MAC,
@@ -363,11 +367,12 @@ static struct region_out *region_out_begin(struct dsm_region *r, uint32_t p)
 	return &ob->slot[(ob->head + ob->n) % OUTBOX_LEN];
 }
 
-static void region_out_commit(struct dsm_region *r, uint32_t p)
+static void region_out_commit(struct dsm_region *r, uint32_t p, bool held)
 {
 	struct region_outbox *ob = &r->outbox[p];
 
 	ob->n++;
+	ob->held = held;
 	pthread_mutex_unlock(&ob->lock);
 }
 
@@ -387,6 +392,9 @@ static void region_release_deferred(struct dsm_region *r)
 
 		__atomic_store_n(&r->n_deferred, r->n_deferred - 1, __ATOMIC_RELAXED);
 		r->outbox[p].deferred = false;
+		pthread_mutex_lock(&r->outbox[p].lock);
+		r->outbox[p].held = false;
+		pthread_mutex_unlock(&r->outbox[p].lock);
 		region_add_dirty(r, p);
 	}
 }
@@ -454,8 +462,10 @@ static int region_send(struct dsm_region *r, const struct dsm_action *a)
 		memcpy(o->data, data, DSM_PAGE_SIZE);
 		r->stats.bytes_out += DSM_PAGE_SIZE;
 	}
-	region_out_commit(r, a->peer);
-	if (region_defer_ack(r, a)) {
+	bool defer = region_defer_ack(r, a);
+
+	region_out_commit(r, a->peer, defer);
+	if (defer) {
 		if (!r->outbox[a->peer].deferred) {
 			if (!r->n_deferred)
 				r->deferred_since = clock_now_ns();
@@ -988,7 +998,7 @@ static void region_leave(struct dsm_region *r)
 			if (p == r->self)
 				continue;
 			region_out_begin(r, p)->type = DSM_REGION_T_LEAVE;
-			region_out_commit(r, p);
+			region_out_commit(r, p, false);
 			region_flush(r, p);
 		}
 		pthread_mutex_lock(&r->st_lock);
