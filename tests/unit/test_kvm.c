@@ -374,10 +374,14 @@ static void guest_long_rings(struct guest *g, uint64_t rip)
 	pdpt[0] = 0x4000 | 7;
 	pd[0] = 0x0 | 0x87;     /* 2 MiB, present, writable, user */
 	memcpy(g->ram + 0x5000, gdt, sizeof(gdt));
-	*(uint16_t *)(g->ram + 0x5100) = 256 * 16 - 1;
-	*(uint64_t *)(g->ram + 0x5102) = 0x5200;
-	*(uint64_t *)(g->ram + 0x5804) = 0x9000;                /* RSP0 */
-	*(uint16_t *)(g->ram + 0x5866) = 0x68;                  /* I/O map base past the limit: no bitmap */
+	/* guest structures are packed: unaligned stores through memcpy */
+	uint16_t idt_limit = 256 * 16 - 1, iomap = 0x68;
+	uint64_t idt_base = 0x5200, rsp0 = 0x9000;
+
+	memcpy(g->ram + 0x5100, &idt_limit, sizeof(idt_limit));
+	memcpy(g->ram + 0x5102, &idt_base, sizeof(idt_base));
+	memcpy(g->ram + 0x5804, &rsp0, sizeof(rsp0));            /* RSP0 */
+	memcpy(g->ram + 0x5866, &iomap, sizeof(iomap));          /* I/O map base past the limit: no bitmap */
 	assert_int_equal(kvm->get_sregs(g->cpu, &s), 0);
 	s.cr3 = 0x2000;
 	s.cr4 = 1u << 5;                      /* PAE */
