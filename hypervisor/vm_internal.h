@@ -57,7 +57,9 @@ struct vcpu {
 	pthread_cond_t cond;            /* CLOCK_MONOTONIC: messages, kicks, state changes */
 	enum vm_vcpu_msg mbox[VM_MAILBOX_LEN];
 	unsigned mbox_head, mbox_len;
-	uint64_t kick_seq;              /* bumped by every kick: a waiter that saw seq s sleeps until it changes */
+	_Atomic uint64_t kick_seq;      /* bumped by every kick: a waiter that saw seq s sleeps until it changes */
+	_Atomic bool in_guest;          /* set before the last look at kick_seq on the way into the accelerator's run,
+	                                 * cleared after it: only then does a kick need the accelerator's kick */
 
 	/* vCPU thread only */
 	bool wait_sipi;                 /* after INIT (and every AP at start): not executing until a SIPI */

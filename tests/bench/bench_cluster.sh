@@ -63,13 +63,18 @@ grep '^sim:   node' "$GUEST_ERR" | sed 's/^sim:   /  2-node run: /'
 echo "-- IPI round trip, CPU 0 <-> CPU 1 ($ACCEL): same node (1 node x 2 vCPUs), cross node (2 nodes x 1 vCPU), qemu $QNAME 2 vCPUs; $REPS runs of $IPI each"
 rtt_of() { sed -n "s/^ipi: cpu 1 apic [0-9]* pings [0-9]* pongs [0-9]* rtt_min \([0-9]*\) rtt_avg \([0-9]*\) .*/\1 \2/p" "$GUEST_LOG"; }
 khz_of() { sed -n 's/^rackvm-guest: .* tsc \([0-9]*\) kHz.*/\1/p' "$GUEST_LOG" | head -1; }
-same_avg=() same_min=() cross_avg=() cross_min=() q_avg=() q_min=() links=()
+same_avg=() same_min=() cross_avg=() cross_min=() q_avg=() q_min=() links=() hlt_avg=() qhlt_avg=()
 for ((i = 0; i < REPS; i++)); do
 	sim_run bench-ipi-same ipi "iters=$IPI" --nodes 1 --vcpus 2 --mem 64M --quiet
 	read -r mn av < <(rtt_of)
 	[ "$GUEST_CODE" = 0 ] && [ -n "${av:-}" ] || { echo "ipi on 1 node failed ($GUEST_LOG)"; exit 1; }
 	khz=$(khz_of)
 	same_avg+=("$av") same_min+=("$mn")
+	# the pinged CPU waits halted (wait=hlt): one leg of each round trip is a halted vCPU's wake-up
+	sim_run bench-ipi-hlt ipi "iters=$IPI wait=hlt" --nodes 1 --vcpus 2 --mem 64M --quiet
+	read -r mn av < <(rtt_of)
+	[ "$GUEST_CODE" = 0 ] && [ -n "${av:-}" ] || { echo "ipi wait=hlt on 1 node failed ($GUEST_LOG)"; exit 1; }
+	hlt_avg+=("$av")
 	sim_run bench-ipi-cross ipi "iters=$IPI" --nodes 2 --vcpus 2 --mem 64M
 	read -r mn av < <(rtt_of)
 	[ "$GUEST_CODE" = 0 ] && [ -n "${av:-}" ] || { echo "ipi on 2 nodes failed ($GUEST_LOG)"; exit 1; }
@@ -84,6 +89,11 @@ for ((i = 0; i < REPS; i++)); do
 			-append "iters=$IPI" </dev/null 2>&1 | tr -d '\r' >"$GUEST_LOG"
 		read -r mn av < <(rtt_of)
 		[ -n "${av:-}" ] && q_avg+=("$av") q_min+=("$mn")
+		timeout 120 "$QEMU" -M q35 -m 64M "${QACCEL[@]}" -smp 2 -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+			-serial stdio -display none -monitor none -no-reboot -kernel "$GUEST_DIR/ipi.elf" \
+			-append "iters=$IPI wait=hlt" </dev/null 2>&1 | tr -d '\r' >"$GUEST_LOG"
+		read -r mn av < <(rtt_of)
+		[ -n "${av:-}" ] && qhlt_avg+=("$av")
 	fi
 done
 us() { awk -v t="$1" -v k="$2" 'BEGIN { printf "%.1f", t * 1000 / k }'; }
@@ -106,6 +116,11 @@ if [ ${#q_avg[@]} -gt 0 ]; then
 	echo "ipi rtt qemu $QNAME, 2 vCPUs: median of rtt_avg $(us "$qa" "$qk") us (runs ${q_avg[*]} ticks at the host TSC), best rtt_min $(us "$qm" "$qk") us"
 	awk -v s="$(us "$sa" "$khz")" -v q="$(us "$qa" "$qk")" -v sm="$(us "$sm" "$khz")" -v qm="$(us "$qm" "$qk")" \
 		-v goal="$QGOAL" 'BEGIN { printf "same node / qemu: median %.2fx, best %.2fx (%s)\n", s / q, sm / qm, goal }'
+	if [ ${#qhlt_avg[@]} -gt 0 ]; then
+		ha=$(printf '%s\n' "${hlt_avg[@]}" | median) qha=$(printf '%s\n' "${qhlt_avg[@]}" | median)
+		echo "ipi rtt same node, pinged CPU halted (wait=hlt): rackvm median $(us "$ha" "$khz") us, qemu $QNAME $(us "$qha" "$qk") us"
+		awk -v a="$(us "$ha" "$khz")" -v b="$(us "$qha" "$qk")" 'BEGIN { printf "halted wake-up / qemu: median %.2fx\n", a / b }'
+	fi
 fi
 echo "load average $(cut -d' ' -f1-3 /proc/loadavg)"
 grep '^sim:   node' "$GUEST_ERR" | sed 's/^sim:   /  cross-node run: /'

@@ -217,8 +217,11 @@ static int fake_run(struct accel_vcpu *v, const struct accel_entry *entry, struc
 	return 0;
 }
 
+static atomic_uint fake_kicks;     /* accelerator kicks, every vCPU */
+
 static void fake_kick(struct accel_vcpu *v)
 {
+	atomic_fetch_add(&fake_kicks, 1);
 	atomic_store(&v->kicked, true);
 }
 
@@ -463,6 +466,47 @@ static void test_hlt_wakes_on_apic_timer(void **state)
 	assert_int_equal(vm_wait(vm), 1);
 	assert_int_equal(scripts[0].injected[0], 0x41);
 	assert_true(clock_now_ns() - t0 >= 9 * NSEC_PER_MSEC);
+	vm_destroy(vm);
+}
+
+/* An interrupt for a halted vCPU wakes it through its condvar alone: no accelerator kick (on kvm that would leave
+ * a signal pending that ends its next KVM_RUN at once, for nothing). The wake still injects the vector. */
+static void test_halted_vcpu_woken_without_accel_kick(void **state)
+{
+	struct irq_msg m = { .vector = 0x42, .delivery = IRQ_FIXED, .shorthand = IRQ_SH_NONE, .dest = 0,
+			     .source = ~0u };
+	struct vm_stats st;
+	struct vm *vm;
+	unsigned kicks;
+
+	scripts_reset();
+	scripts[0].steps[0] = (struct step){ S_MMIO_W, APIC + 0xf0, 4, 0x1ff };
+	scripts[0].steps[1] = (struct step){ S_HLT, 0, 0, 0 };
+	scripts[0].steps[2] = (struct step){ S_WAIT_IRQ, 0, 0, 0 };
+	scripts[0].steps[3] = (struct step){ S_HLT, 0, 0, 0 };       /* and halted again until the test stops it */
+	vm = vm_make(1);
+	assert_int_equal(vm_start(vm), 0);
+	for (int i = 0; i < 500; i++) {           /* until the vCPU has halted */
+		vm_get_stats(vm, &st);
+		if (st.exits_hlt)
+			break;
+		usleep(10000);
+	}
+	assert_int_equal(st.exits_hlt, 1);
+	usleep(20000);                            /* and sleeps in its wait */
+	kicks = atomic_load(&fake_kicks);
+	vm_remote_irq(vm, &m);
+	for (int i = 0; i < 500; i++) {           /* woken, injected, halted again */
+		vm_get_stats(vm, &st);
+		if (st.exits_hlt >= 2)
+			break;
+		usleep(10000);
+	}
+	assert_int_equal(st.exits_hlt, 2);
+	assert_int_equal(scripts[0].injected[0], 0x42);
+	assert_int_equal(atomic_load(&fake_kicks), kicks);
+	vm_stop(vm, 0);
+	assert_int_equal(vm_wait(vm), 0);
 	vm_destroy(vm);
 }
 
@@ -711,6 +755,7 @@ int main(void)
 		cmocka_unit_test(test_self_ipi_injected),
 		cmocka_unit_test(test_hlt_wakes_on_apic_timer),
 		cmocka_unit_test(test_timer_kicks_running_vcpu),
+		cmocka_unit_test(test_halted_vcpu_woken_without_accel_kick),
 		cmocka_unit_test(test_state_machine_and_stop),
 		cmocka_unit_test(test_create_rejects_bad_config),
 		cmocka_unit_test(test_destroy_without_start),

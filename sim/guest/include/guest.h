@@ -85,6 +85,7 @@ __attribute__((noreturn)) void sys_exit(int code);
 void sys_barrier(void);             /* all CPUs; spins in ring 0 (use u_barrier in hot loops) */
 unsigned sys_cpu(void);
 int sys_ipi(unsigned cpu, unsigned vector); /* GUEST_IPI_PING or GUEST_IPI_PONG; 0 or -1 */
+void sys_halt(const volatile uint32_t *stop);  /* unless *stop, halt until the next interrupt was handled */
 
 int u_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int u_snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

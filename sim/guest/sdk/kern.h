@@ -30,6 +30,7 @@ enum {
 	SYS_CPU = 4,
 	SYS_IPI = 5,
 	SYS_IDLE = 6,
+	SYS_HALT = 7,       /* unless the u32 at rdi is non-zero, halt until the next interrupt, then return */
 };
 #define SYSCALL_VECTOR   3      /* #BP: INT3 (0xcc) */
 #define SPURIOUS_VECTOR  0xff

@@ -57,6 +57,18 @@ void sys_dispatch(struct trap_frame *f)
 		apic_send_fixed(g_info.cpu[f->rdi].apic_id, (uint8_t)f->rsi);
 		f->rax = 0;
 		return;
+	case SYS_HALT:
+		/* Wait for one interrupt unless *rdi says stop. The check runs with interrupts off (the INT3 gate
+		 * cleared IF) and STI's shadow covers the HLT: an interrupt that comes after the check wakes the HLT
+		 * at once instead of being taken before it (no lost wake-up). */
+		if (!user_range_ok(f->rdi, 4)) {
+			f->rax = (uint64_t)-1;
+			return;
+		}
+		if (!*(volatile uint32_t *)(uintptr_t)f->rdi)
+			__asm__ volatile("sti; hlt; cli" ::: "memory");
+		f->rax = 0;
+		return;
 	case SYS_IDLE:      /* this CPU is done: halt with interrupts on */
 		cpu_idle();
 	default:

@@ -43,6 +43,11 @@ int sys_ipi(unsigned cpu, unsigned vector)
 	return (int)syscall3(SYS_IPI, cpu, vector, 0);
 }
 
+void sys_halt(const volatile uint32_t *stop)
+{
+	syscall3(SYS_HALT, (uint64_t)(uintptr_t)stop, 0, 0);
+}
+
 static __attribute__((noreturn)) void sys_idle(void)
 {
 	syscall3(SYS_IDLE, 0, 0, 0);

@@ -2,7 +2,9 @@
  * ipi: fixed-IPI delivery and latency. First CPU 0 sends itself <iters> self-IPIs (PONG vector). Then for
  * each other CPU k, <iters> ping-pongs: CPU 0 sends PING to k (int $0x80), k's IDT handler counts it, EOIs
  * and answers PONG to CPU 0, whose handler counts it; CPU 0 measures the round trip in TSC ticks while
- * spinning in ring 3. At the end every per-CPU counter must equal what was sent. Option iters= (100).
+ * spinning in ring 3. At the end every per-CPU counter must equal what was sent. Options: iters= (100);
+ * wait=hlt: the pinged CPUs wait halted (HLT, woken by the ping) instead of spinning in ring 3, so a round trip
+ * measures a halted vCPU's wake-up on one leg.
  * Output:
  *   ipi: self iters <n> received <m>
  *   ipi: cpu <k> apic <id> pings <p> pongs <q> rtt_min <a> rtt_avg <b> rtt_max <c> ticks
@@ -32,11 +34,20 @@ int workload_main(unsigned cpu)
 	uint64_t iters = u_opt_u64("iters", 100);
 	uint64_t timeout = u_opt_u64("timeout_ticks", 20000000000ull);
 	unsigned n = gi->ncpus;
+	char wait[8] = "";
+	bool wait_hlt;
+
+	u_opt_str("wait", wait, sizeof(wait));
+	wait_hlt = wait[0] == 'h';
 
 	if (cpu != 0) {
-		/* Interrupts arrive here, in ring 3. */
-		while (!done)
-			u_pause();
+		/* Interrupts arrive here, in ring 3, or in the HLT of sys_halt (the last one wakes it after `done`). */
+		while (!done) {
+			if (wait_hlt)
+				sys_halt(&done);
+			else
+				u_pause();
+		}
 		return 0;
 	}
 
@@ -74,6 +85,16 @@ int workload_main(unsigned cpu)
 		lost += 2 * iters - (pings + pongs);
 	}
 	done = 1;
+	if (wait_hlt) {
+		/* halted CPUs see `done` only when woken: one more ping each (answered with a pong, as any ping) */
+		for (unsigned k = 1; k < n; k++) {
+			uint64_t p0 = c0->ipi_rx[1];
+
+			sys_ipi(k, GUEST_IPI_PING);
+			wait_count(&c0->ipi_rx[1], p0 + 1, timeout);
+			expected += 2;
+		}
+	}
 	uint64_t delivered = 0;
 	for (unsigned i = 0; i < n; i++)
 		delivered += gi->cpu[i].ipi_rx[0] + gi->cpu[i].ipi_rx[1];
