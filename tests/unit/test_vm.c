@@ -503,10 +503,10 @@ static void test_halted_vcpu_woken_without_accel_kick(void **state)
 		usleep(10000);
 	}
 	assert_int_equal(st.exits_hlt, 2);
-	assert_int_equal(scripts[0].injected[0], 0x42);
 	assert_int_equal(atomic_load(&fake_kicks), kicks);
 	vm_stop(vm, 0);
 	assert_int_equal(vm_wait(vm), 0);
+	assert_int_equal(scripts[0].injected[0], 0x42);     /* read once the vCPU thread is joined */
 	vm_destroy(vm);
 }
 
