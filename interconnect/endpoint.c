@@ -37,7 +37,9 @@ struct ic_endpoint {
 	struct ep_sub subs[IC_ENDPOINT_MAX_SUBS];
 	unsigned n_subs;
 	int8_t owner[256];              /* frame type -> index in subs, -1 none */
-	struct ic_transport *t;
+	/* Published with a release store once created (ic_endpoint_start): subscribers' threads may already send, and
+	 * must see the whole transport or none (-ENOTCONN). */
+	struct ic_transport *_Atomic t;
 
 	pthread_t th;
 	bool started;
@@ -147,6 +149,11 @@ int ic_endpoint_subscribe(struct ic_endpoint *ep, const struct ic_subscriber *su
 	return (int)i;
 }
 
+static struct ic_transport *ep_transport(struct ic_endpoint *ep)
+{
+	return atomic_load_explicit(&ep->t, memory_order_acquire);
+}
+
 static bool ep_on_io_thread(const struct ic_endpoint *ep)
 {
 	return ep->started && pthread_equal(pthread_self(), ep->th);
@@ -166,7 +173,7 @@ void ic_endpoint_unsubscribe(struct ic_endpoint *ep, int handle)
 	pthread_mutex_lock(&ep->lock);
 	while (ep->io_running && atomic_load(&ep->rounds) <= r0) {
 		pthread_mutex_unlock(&ep->lock);
-		ic_wake(ep->t);
+		ic_wake(ep_transport(ep));
 		pthread_mutex_lock(&ep->lock);
 		if (ep->io_running && atomic_load(&ep->rounds) <= r0) {
 			/* bounded: a round that ended between the check and the wait is seen at the next look */
@@ -229,7 +236,7 @@ static void *ep_io_main(void *arg)
 			if (ms >= 0 && (timeout < 0 || ms < timeout))
 				timeout = ms;
 		}
-		n = ic_poll(ep->t, timeout < 0 ? EP_IDLE_POLL_MS : timeout);
+		n = ic_poll(ep_transport(ep), timeout < 0 ? EP_IDLE_POLL_MS : timeout);
 		if (n < 0 && n != -EINTR) {
 			char why[96];
 
@@ -266,17 +273,20 @@ int ic_endpoint_start(struct ic_endpoint *ep)
 	ep->ic.on_frame = ep_on_frame;
 	ep->ic.on_peer = ep_on_peer;
 	ep->ic.opaque = ep;
-	err = ic_create(ep->transport_name, &ep->ic, &ep->t);
+	struct ic_transport *t = NULL;
+
+	err = ic_create(ep->transport_name, &ep->ic, &t);
 	explicit_bzero(ep->key, sizeof(ep->key));
 	ep->ic.key = NULL;
 	if (err)
 		return err;
+	atomic_store_explicit(&ep->t, t, memory_order_release);
 	ep->io_running = true;
 	err = -pthread_create(&ep->th, NULL, ep_io_main, ep);
 	if (err) {
 		ep->io_running = false;
-		ic_destroy(ep->t);
-		ep->t = NULL;
+		atomic_store(&ep->t, NULL);
+		ic_destroy(t);
 		return err;
 	}
 	ep->started = true;
@@ -289,10 +299,10 @@ void ic_endpoint_destroy(struct ic_endpoint *ep)
 		return;
 	if (ep->started) {
 		atomic_store(&ep->stop, true);
-		ic_wake(ep->t);
+		ic_wake(ep_transport(ep));
 		pthread_join(ep->th, NULL);
 	}
-	ic_destroy(ep->t);
+	ic_destroy(ep_transport(ep));
 	pthread_cond_destroy(&ep->cond);
 	pthread_mutex_destroy(&ep->lock);
 	explicit_bzero(ep->key, sizeof(ep->key));
@@ -306,15 +316,19 @@ void ic_endpoint_destroy(struct ic_endpoint *ep)
 int ic_endpoint_send(struct ic_endpoint *ep, uint32_t dst, uint8_t type, uint16_t flags, const struct iovec *iov,
 		     int iovcnt)
 {
-	if (!ep->t)
+	struct ic_transport *t = ep_transport(ep);
+
+	if (!t)
 		return -ENOTCONN;
-	return ic_send(ep->t, dst, type, flags, iov, iovcnt);
+	return ic_send(t, dst, type, flags, iov, iovcnt);
 }
 
 void ic_endpoint_wake(struct ic_endpoint *ep)
 {
-	if (ep->t)
-		ic_wake(ep->t);
+	struct ic_transport *t = ep_transport(ep);
+
+	if (t)
+		ic_wake(t);
 }
 
 bool ic_endpoint_peer_is_up(struct ic_endpoint *ep, uint32_t peer)
@@ -358,8 +372,10 @@ int ic_endpoint_wait_peers(struct ic_endpoint *ep, uint64_t timeout_ns)
 
 void ic_endpoint_get_stats(struct ic_endpoint *ep, struct ic_stats *out)
 {
-	if (ep->t)
-		ic_get_stats(ep->t, out);
+	struct ic_transport *t = ep_transport(ep);
+
+	if (t)
+		ic_get_stats(t, out);
 	else
 		memset(out, 0, sizeof(*out));
 }
@@ -376,5 +392,5 @@ uint32_t ic_endpoint_self(const struct ic_endpoint *ep)
 
 struct ic_transport *ic_endpoint_transport(struct ic_endpoint *ep)
 {
-	return ep->t;
+	return ep_transport(ep);
 }
