@@ -62,6 +62,10 @@ struct vm_services {
 	uint64_t (*now_ns)(void *opaque);
 	/* Route an interrupt message (the IOAPIC's output; apicbus_deliver). */
 	int (*deliver)(void *opaque, const struct irq_msg *m);
+	/* May be NULL (the VMM leaves it so): a device's timer thread has nothing scheduled and sleeps until the guest
+	 * programs it again (parked true), or was woken (false). Called with the device's lock held; must not block.
+	 * Lets a test see "no further interrupt is coming" as an event instead of waiting for one not to come. */
+	void (*timer_parked)(void *opaque, const char *device, bool parked);
 };
 
 /* The machine a device is created for. */

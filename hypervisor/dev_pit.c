@@ -383,7 +383,11 @@ static void *pit_timer_main(void *arg)
 		struct timespec ts;
 
 		if (!p->irq_next_tick) {
+			if (p->svc->timer_parked)
+				p->svc->timer_parked(p->svc->opaque, "pit", true);
 			pthread_cond_wait(&p->cond, &p->lock);
+			if (p->svc->timer_parked)
+				p->svc->timer_parked(p->svc->opaque, "pit", false);
 			continue;
 		}
 		now = pit_now(p);

@@ -8,6 +8,8 @@
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -45,6 +47,7 @@ struct fake {
 	struct irq_msg msgs[MAX_MSGS];
 	unsigned n_msgs;
 	uint64_t now;
+	atomic_bool pit_parked;       /* the PIT's timer thread has nothing scheduled (vm_services.timer_parked) */
 };
 
 static void fake_irq_set(void *opaque, unsigned gsi, int level)
@@ -84,6 +87,14 @@ static uint64_t fake_now(void *opaque)
 	struct fake *f = opaque;
 
 	return __atomic_load_n(&f->now, __ATOMIC_SEQ_CST);
+}
+
+static void fake_timer_parked(void *opaque, const char *device, bool parked)
+{
+	struct fake *f = opaque;
+
+	if (!strcmp(device, "pit"))
+		atomic_store(&f->pit_parked, parked);
 }
 
 static void fake_advance(struct fake *f, uint64_t ns)
@@ -150,6 +161,7 @@ static struct env *env_new(void)
 	e->f.now = 1000 * NSEC_PER_SEC;
 	e->svc = (struct vm_services){ .opaque = &e->f, .irq_set = fake_irq_set, .console_write = fake_console_write,
 				       .request_exit = fake_request_exit, .now_ns = fake_now,
+				       .timer_parked = fake_timer_parked,
 				       .deliver = fake_deliver };
 	for (unsigned i = 0; i < 4; i++)
 		e->apic_ids[i] = i;
@@ -812,8 +824,13 @@ static void test_pit_mode0_oneshot_irq(void **state)
 	fake_advance(&e->f, PIT_NS(100));
 	assert_true(wait_pulses(&e->f, 2, 1, 5 * NSEC_PER_SEC));
 	fake_advance(&e->f, 10 * PIT_NS(65536));
-	/* the thread re-reads the clock at least every 100 ms: a second pulse would show within this bound */
-	usleep(300 * 1000);
+	/* no second pulse: after its one pulse a mode-0 channel has nothing scheduled, and its timer thread says so
+	 * (a thread that still had an edge due would not park, and would pulse within its 100 ms re-read) */
+	uint64_t deadline = clock_now_ns() + 5 * NSEC_PER_SEC;
+
+	while (!atomic_load(&e->f.pit_parked) && clock_now_ns() < deadline)
+		usleep(1000);
+	assert_true(atomic_load(&e->f.pit_parked));
 	assert_int_equal(fake_pulses(&e->f, 2), 1);
 	/* a new control word stops it; a shutdown (mode 0, count 0 as Linux writes) fires once after 65536 ticks */
 	outb(e, 0x43, 0x30);
