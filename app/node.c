@@ -352,11 +352,8 @@ static int node_parse(int argc, char **argv, struct node_opts *o)
 		case 'Z': o->strict_io = true; break;
 		case 'R': o->initrd = optarg; break;
 		case 'M':
-			if (o->n_modules == FW_MAX_MODULES) {
-				fprintf(stderr, "rackvm node: at most %d --module options\n", FW_MAX_MODULES);
+			if (opts_add_module("rackvm node", o->modules, &o->n_modules, FW_MAX_MODULES, optarg))
 				return -EINVAL;
-			}
-			o->modules[o->n_modules++] = optarg;
 			break;
 		case 'h':
 			node_usage(stdout);

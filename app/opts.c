@@ -3,6 +3,7 @@
 #include "app/opts.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 int opts_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
@@ -66,4 +67,14 @@ const char *opts_name(const struct option *lo, int val)
 		if (lo->val == val)
 			return lo->name;
 	return "?";
+}
+
+int opts_add_module(const char *prog, const char **list, size_t *n, size_t max, const char *arg)
+{
+	if (*n == max) {
+		fprintf(stderr, "%s: at most %zu --module options\n", prog, max);
+		return -EINVAL;
+	}
+	list[(*n)++] = arg;
+	return 0;
 }

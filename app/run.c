@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "app/commands.h"
+#include "app/opts.h"
 #include "dsm/region.h"
 #include "hypervisor/accel.h"
 #include "hypervisor/fw.h"
@@ -231,11 +232,8 @@ int rackvm_cmd_run(int argc, char **argv)
 			cfg.initrd = optarg;
 			break;
 		case 'M':
-			if (cfg.n_modules == RUN_MAX_MODULES) {
-				fprintf(stderr, "rackvm: at most %d --module options\n", RUN_MAX_MODULES);
+			if (opts_add_module("rackvm", modules, &cfg.n_modules, RUN_MAX_MODULES, optarg))
 				return 2;
-			}
-			modules[cfg.n_modules++] = optarg;
 			break;
 		case 'n':
 			if (parse_uint(optarg, &cfg.n_vcpus) || cfg.n_vcpus == 0 || cfg.n_vcpus > VM_MAX_VCPUS) {

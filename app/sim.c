@@ -44,6 +44,7 @@
 
 #include "app/commands.h"
 #include "app/opts.h"
+#include "hypervisor/fw.h"
 #include "cluster/placement.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -52,7 +53,6 @@
 #define GRACE_NS (15 * NSEC_PER_SEC)      /* after one node exited, the others must follow within this */
 #define KILL_GRACE_NS (2 * NSEC_PER_SEC)  /* SIGTERM -> SIGKILL */
 #define NETNS_PORT 7100
-#define SIM_MAX_MODULES 16          /* as FW_MAX_MODULES; rackvm node refuses more */
 
 struct sim_opts {
 	unsigned nodes, vcpus;
@@ -62,8 +62,8 @@ struct sim_opts {
 	bool netns, quiet, console_input, strict_io;
 	uint64_t timeout_s;
 	const char *initrd;
-	const char *modules[SIM_MAX_MODULES];
-	unsigned n_modules;
+	const char *modules[FW_MAX_MODULES];
+	size_t n_modules;
 };
 
 struct sim_node {
@@ -289,10 +289,19 @@ static void child_exec(struct sim *s, struct sim_node *n, char **argv, int out_w
 	_exit(127);
 }
 
+/* Append "name value" to a node's argv when value is set. */
+static void arg_opt(char **argv, int *a, const char *name, const char *value)
+{
+	if (!value)
+		return;
+	argv[(*a)++] = (char *)name;
+	argv[(*a)++] = (char *)value;
+}
+
 static int node_spawn(struct sim *s, unsigned k)
 {
 	struct sim_node *n = &s->node[k];
-	char *argv[64 + 2 * SIM_MAX_MODULES];
+	char *argv[64 + 2 * FW_MAX_MODULES];
 	char id[16], vcpus[16], io[16];
 	char peers[SIM_MAX_NODES][96];
 	int out[2], err[2], a = 0;
@@ -328,46 +337,17 @@ static int node_spawn(struct sim *s, unsigned k)
 		argv[a++] = "--console-input";
 	if (s->o.strict_io)
 		argv[a++] = "--strict-io";
-	if (s->o.initrd) {
-		argv[a++] = "--initrd";
-		argv[a++] = (char *)s->o.initrd;
-	}
-	for (unsigned m = 0; m < s->o.n_modules; m++) {
-		argv[a++] = "--module";
-		argv[a++] = (char *)s->o.modules[m];
-	}
-	if (s->o.cmdline) {
-		argv[a++] = "--cmdline";
-		argv[a++] = (char *)s->o.cmdline;
-	}
-	if (s->o.placement) {
-		argv[a++] = "--placement";
-		argv[a++] = (char *)s->o.placement;
-	}
-	if (s->o.accel) {
-		argv[a++] = "--accel";
-		argv[a++] = (char *)s->o.accel;
-	}
-	if (s->o.transport) {
-		argv[a++] = "--transport";
-		argv[a++] = (char *)s->o.transport;
-	}
-	if (s->o.latency) {
-		argv[a++] = "--latency";
-		argv[a++] = (char *)s->o.latency;
-	}
-	if (s->o.bandwidth) {
-		argv[a++] = "--bandwidth";
-		argv[a++] = (char *)s->o.bandwidth;
-	}
-	if (s->o.loss) {
-		argv[a++] = "--loss";
-		argv[a++] = (char *)s->o.loss;
-	}
-	if (s->o.seed) {
-		argv[a++] = "--seed";
-		argv[a++] = (char *)s->o.seed;
-	}
+	arg_opt(argv, &a, "--initrd", s->o.initrd);
+	for (size_t m = 0; m < s->o.n_modules; m++)
+		arg_opt(argv, &a, "--module", s->o.modules[m]);
+	arg_opt(argv, &a, "--cmdline", s->o.cmdline);
+	arg_opt(argv, &a, "--placement", s->o.placement);
+	arg_opt(argv, &a, "--accel", s->o.accel);
+	arg_opt(argv, &a, "--transport", s->o.transport);
+	arg_opt(argv, &a, "--latency", s->o.latency);
+	arg_opt(argv, &a, "--bandwidth", s->o.bandwidth);
+	arg_opt(argv, &a, "--loss", s->o.loss);
+	arg_opt(argv, &a, "--seed", s->o.seed);
 	argv[a] = NULL;
 
 	if (pipe2(out, O_CLOEXEC) < 0)
@@ -734,11 +714,8 @@ static int sim_parse(int argc, char **argv, struct sim_opts *o)
 		case 'Z': o->strict_io = true; break;
 		case 'R': o->initrd = optarg; break;
 		case 'M':
-			if (o->n_modules == SIM_MAX_MODULES) {
-				fprintf(stderr, "rackvm sim: at most %d --module options\n", SIM_MAX_MODULES);
+			if (opts_add_module("rackvm sim", o->modules, &o->n_modules, FW_MAX_MODULES, optarg))
 				return -EINVAL;
-			}
-			o->modules[o->n_modules++] = optarg;
 			break;
 		case 'h':
 			usage(stdout);

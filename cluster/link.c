@@ -90,7 +90,6 @@ struct clink {
 	bool failed;
 	uint32_t failed_node;
 	bool peer_exited;           /* an EXIT arrived before the VM's ops were attached (a peer gave up at start) */
-	uint32_t exited_node;
 	struct ping_wait ping;
 	struct work work[WORK_QUEUE];
 	uint32_t work_head, work_n;
@@ -514,7 +513,6 @@ static void link_deliver(struct clink *l, uint32_t from, const struct cmsg *m)
 			pthread_mutex_lock(&l->lock);
 			if (!l->peer_exited) {
 				l->peer_exited = true;
-				l->exited_node = from;
 				pr_warn("node %u ended before the guest started: %.*s", from, (int)CMSG_WHY_MAX,
 					m->exit.why);
 			}

@@ -576,7 +576,8 @@ static int kvm_thread_adopt(struct accel_vcpu *v)
 	return 0;
 }
 
-/* Take a pending kick signal (blocked on this thread) so that the next KVM_RUN does not return at once for it. */
+/* Take a pending kick signal (blocked on this thread) so that the next KVM_RUN does not return at once for it. One
+ * call is enough: SIGUSR1 is a standard signal, and kicks sent while one is pending merge into it. */
 static void kvm_take_kick(void)
 {
 	static const struct timespec zero = { 0, 0 };
@@ -584,8 +585,7 @@ static void kvm_take_kick(void)
 
 	sigemptyset(&set);
 	sigaddset(&set, KVM_KICK_SIGNAL);
-	while (sigtimedwait(&set, NULL, &zero) == KVM_KICK_SIGNAL)
-		;
+	(void)sigtimedwait(&set, NULL, &zero);
 }
 
 static int kvm_run(struct accel_vcpu *v, const struct accel_entry *entry, struct accel_exit *x)

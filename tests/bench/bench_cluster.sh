@@ -63,6 +63,12 @@ grep '^sim:   node' "$GUEST_ERR" | sed 's/^sim:   /  2-node run: /'
 echo "-- IPI round trip, CPU 0 <-> CPU 1 ($ACCEL): same node (1 node x 2 vCPUs), cross node (2 nodes x 1 vCPU), qemu $QNAME 2 vCPUs; $REPS runs of $IPI each"
 rtt_of() { sed -n "s/^ipi: cpu 1 apic [0-9]* pings [0-9]* pongs [0-9]* rtt_min \([0-9]*\) rtt_avg \([0-9]*\) .*/\1 \2/p" "$GUEST_LOG"; }
 khz_of() { sed -n 's/^rackvm-guest: .* tsc \([0-9]*\) kHz.*/\1/p' "$GUEST_LOG" | head -1; }
+# qemu_ipi <cmdline>: the ipi guest under qemu with 2 vCPUs, console in $GUEST_LOG
+qemu_ipi() {
+	timeout 120 "$QEMU" -M q35 -m 64M "${QACCEL[@]}" -smp 2 -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+		-serial stdio -display none -monitor none -no-reboot -kernel "$GUEST_DIR/ipi.elf" \
+		-append "$1" </dev/null 2>&1 | tr -d '\r' >"$GUEST_LOG"
+}
 same_avg=() same_min=() cross_avg=() cross_min=() q_avg=() q_min=() links=() hlt_avg=() qhlt_avg=()
 for ((i = 0; i < REPS; i++)); do
 	sim_run bench-ipi-same ipi "iters=$IPI" --nodes 1 --vcpus 2 --mem 64M --quiet
@@ -84,14 +90,10 @@ for ((i = 0; i < REPS; i++)); do
 	[ -n "$b" ] && links+=("$b")
 	if [ -n "$QEMU_OK" ]; then
 		GUEST_LOG=$SIM_LOG_DIR/bench-ipi-qemu.log
-		timeout 120 "$QEMU" -M q35 -m 64M "${QACCEL[@]}" -smp 2 -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-			-serial stdio -display none -monitor none -no-reboot -kernel "$GUEST_DIR/ipi.elf" \
-			-append "iters=$IPI" </dev/null 2>&1 | tr -d '\r' >"$GUEST_LOG"
+		qemu_ipi "iters=$IPI"
 		read -r mn av < <(rtt_of)
 		[ -n "${av:-}" ] && q_avg+=("$av") q_min+=("$mn")
-		timeout 120 "$QEMU" -M q35 -m 64M "${QACCEL[@]}" -smp 2 -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-			-serial stdio -display none -monitor none -no-reboot -kernel "$GUEST_DIR/ipi.elf" \
-			-append "iters=$IPI wait=hlt" </dev/null 2>&1 | tr -d '\r' >"$GUEST_LOG"
+		qemu_ipi "iters=$IPI wait=hlt"
 		read -r mn av < <(rtt_of)
 		[ -n "${av:-}" ] && qhlt_avg+=("$av")
 	fi
