@@ -5,7 +5,7 @@ LIBS_ALL += ic
 
 # --- core and tcp: registry, frame codec, handshake/MAC, address parsing, tcp transport
 ic_SRCS := $(wildcard interconnect/transport.c interconnect/frame.c interconnect/auth.c interconnect/addr.c \
-	interconnect/tcp.c)
+	interconnect/conn.c interconnect/tcp.c)
 
 # --- loop, fabric, rdma
 ic_SRCS += $(wildcard interconnect/loop.c interconnect/fabric.c interconnect/endpoint.c)

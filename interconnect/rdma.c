@@ -49,8 +49,8 @@
 
 #include "interconnect/addr.h"
 #include "interconnect/auth.h"
+#include "interconnect/conn.h"
 #include "interconnect/frame_codec.h"
-#include "interconnect/ic.pb-c.h"
 #include "interconnect/ic_internal.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -62,8 +62,6 @@
 #define RDMA_RECV_SLOT 1088u                 /* >= header + RDMA_SEND_MAX + tag, and >= a handshake frame */
 #define RDMA_CREDIT_BATCH (RDMA_N_RECV / 4)
 #define RDMA_RESOLVE_MS 2000
-#define RDMA_BACKOFF_MIN_MS 10u
-#define RDMA_BACKOFF_MAX_MS 1000u
 #define RDMA_TIMER_NS (5 * NSEC_PER_MSEC)
 #define RDMA_MAX_EVENTS 64
 #define RDMA_PRIV_MAGIC 0x414d4452u          /* "RDMA" */
@@ -102,20 +100,14 @@ struct rdma_credit {
 
 enum ep_kind { EP_CM, EP_WAKE, EP_CQ };
 
-enum conn_state { C_RESOLVING, C_CONNECTING, C_HANDSHAKE, C_UP, C_DEAD };
-
 struct rdma_tr;
-struct rpeer;
 
+/* A connection: the shared life cycle (c, first) and its queue pair, buffers and credits. SETUP covers address
+ * and route resolution and rdma_connect/rdma_accept. */
 struct rconn {
+	struct ic_conn c;
 	enum ep_kind kind;               /* EP_CQ: the epoll data of the completion channel points here */
-	struct rdma_tr *t;
-	struct rpeer *peer;              /* dialled: from the start; accepted: once authenticated */
 	struct rdma_cm_id *id;
-	bool dialler;
-	enum conn_state state;
-	char name[48];
-	uint64_t start_ns;
 
 	struct ibv_pd *pd;
 	struct ibv_comp_channel *cc;
@@ -135,61 +127,41 @@ struct rconn {
 	uint32_t r_data_rkey, r_credit_rkey, r_slot_size, r_n_data, r_n_recv;
 
 	/* receive side: I/O thread only */
-	struct ic_hs *hs;
-	struct ic_frame_rules rules;
-	struct ic_mac *rx_mac;
 	uint64_t recv_consumed, data_consumed;
 	uint32_t next_data_slot;
-	uint64_t last_rx_ns;
 
-	/* send side: under tx_lock */
-	pthread_mutex_t tx_lock;
-	uint64_t tx_seq;
-	struct ic_mac *tx_mac;
+	/* send side: owned as c's send side (conn.h); the I/O thread's completion and credit bookkeeping too */
 	uint64_t sent_msgs, sent_data;   /* messages / data frames posted (against the peer's credits) */
 	uint32_t tx_head, tx_tail;       /* send slots posted / completed */
 	uint64_t reported_recv, reported_data;
 	bool credit_busy;                /* a credit write is in flight */
-	bool broken;
-	uint64_t last_tx_ns;
-
-	struct rconn *next;              /* pending list / graveyard */
-};
-
-struct rpeer {
-	uint32_t id;
-	bool we_dial;
-	struct ic_sockaddr sa;
-	pthread_mutex_t lock;            /* guards conn (written by the I/O thread) and keeps it alive for senders */
-	struct rconn *conn;              /* the authenticated connection */
-	_Atomic bool up;
-	struct rconn *dialing;           /* I/O thread only */
-	uint64_t next_dial_ns;
-	uint32_t backoff_ms;
 };
 
 struct rdma_tr {
-	struct ic_transport base;
+	struct ic_conn_set cs;           /* first: the transport base and the connection life cycle */
 	int epfd, evfd;
 	enum ep_kind cm_tag, wake_tag;
 	struct rdma_event_channel *ch;
 	struct rdma_cm_id *listen_id;
-	struct rpeer *peers;
-	size_t n_peers;
-	struct rconn *pending;           /* accepted, not yet authenticated */
-	struct rconn *graveyard;         /* closed during this poll, freed at its end */
 	uint64_t timer_due_ns;
-	_Atomic bool check_broken;
-	int delivered;
-
-	struct ic_counters ctr;
 };
 
 static struct ic_transport_ops rdma_ops;
+static const struct ic_conn_ops rdma_conn_ops;
 
 static inline struct rdma_tr *to_rdma(struct ic_transport *t)
 {
 	return (struct rdma_tr *)t;
+}
+
+static inline struct rconn *to_rconn(struct ic_conn *c)
+{
+	return (struct rconn *)c;
+}
+
+static inline struct rdma_tr *rconn_tr(struct rconn *rc)
+{
+	return (struct rdma_tr *)rc->c.set;
 }
 
 static void rtr_wake(struct ic_transport *it)
@@ -209,187 +181,115 @@ static int set_nonblock(int fd)
 	return 0;
 }
 
-static uint8_t *rx_recv_slot(struct rconn *c, uint32_t i)
+static uint8_t *rx_recv_slot(struct rconn *rc, uint32_t i)
 {
-	return c->rx + (size_t)i * RDMA_RECV_SLOT;
+	return rc->rx + (size_t)i * RDMA_RECV_SLOT;
 }
 
-static uint8_t *rx_data_slot(struct rconn *c, uint32_t i)
+static uint8_t *rx_data_slot(struct rconn *rc, uint32_t i)
 {
-	return c->rx + (size_t)RDMA_N_RECV * RDMA_RECV_SLOT + (size_t)i * c->slot_size;
+	return rc->rx + (size_t)RDMA_N_RECV * RDMA_RECV_SLOT + (size_t)i * rc->slot_size;
 }
 
-static volatile struct rdma_credit *rx_credit(struct rconn *c)
+static volatile struct rdma_credit *rx_credit(struct rconn *rc)
 {
-	return (volatile struct rdma_credit *)(c->rx + c->rx_len - sizeof(struct rdma_credit));
+	return (volatile struct rdma_credit *)(rc->rx + rc->rx_len - sizeof(struct rdma_credit));
 }
 
-static uint8_t *tx_slot(struct rconn *c, uint32_t i)
+static uint8_t *tx_slot(struct rconn *rc, uint32_t i)
 {
-	return c->tx + (size_t)i * c->slot_size;
+	return rc->tx + (size_t)i * rc->slot_size;
 }
 
-static struct rdma_credit *tx_credit(struct rconn *c)
+static struct rdma_credit *tx_credit(struct rconn *rc)
 {
-	return (struct rdma_credit *)(c->tx + c->tx_len - sizeof(struct rdma_credit));
+	return (struct rdma_credit *)(rc->tx + rc->tx_len - sizeof(struct rdma_credit));
 }
 
 /* ---- connection objects ---- */
 
-static struct rconn *conn_new(struct rdma_tr *t, struct rdma_cm_id *id, bool dialler, struct rpeer *peer)
+static struct rconn *conn_new(struct rdma_tr *t, struct rdma_cm_id *id, bool dialler, struct ic_conn_peer *peer)
 {
-	struct rconn *c = calloc(1, sizeof(*c));
+	struct rconn *rc = calloc(1, sizeof(*rc));
 
-	if (!c)
+	if (!rc)
 		return NULL;
-	c->kind = EP_CQ;
-	c->t = t;
-	c->id = id;
-	c->peer = peer;
-	c->dialler = dialler;
-	c->start_ns = c->last_rx_ns = c->last_tx_ns = clock_now_ns();
-	pthread_mutex_init(&c->tx_lock, NULL);
-	ic_frame_rules_init(&c->rules, IC_HS_MSG_MAX, t->base.cfg.accept_types);
-	c->slot_size = (uint32_t)((IC_HDR_LEN + t->base.cfg.max_frame + IC_TAG_LEN + 63) & ~63u);
-	if (peer)
-		snprintf(c->name, sizeof(c->name), "peer %u", peer->id);
-	else
-		snprintf(c->name, sizeof(c->name), "inbound connection");
+	ic_conn_init(&rc->c, &t->cs, dialler, peer);
+	rc->kind = EP_CQ;
+	rc->id = id;
+	rc->slot_size = (uint32_t)((IC_HDR_LEN + t->cs.base.cfg.max_frame + IC_TAG_LEN + 63) & ~63u);
 	if (id)
-		id->context = c;
-	return c;
+		id->context = rc;
+	return rc;
 }
 
-/* Release verbs resources and the cm id. The id's events must all have been acked. */
-static void conn_free(struct rconn *c)
+/* Release verbs resources and the cm id (conn.h's free). The id's events must all have been acked. */
+static void rconn_free(struct ic_conn *c)
 {
-	if (c->qp_created)
-		rdma_destroy_qp(c->id);
-	if (c->rx_mr)
-		ibv_dereg_mr(c->rx_mr);
-	if (c->tx_mr)
-		ibv_dereg_mr(c->tx_mr);
-	if (c->cq)
-		ibv_destroy_cq(c->cq);
-	if (c->cc)
-		ibv_destroy_comp_channel(c->cc);
-	if (c->pd)
-		ibv_dealloc_pd(c->pd);
-	if (c->id)
-		rdma_destroy_id(c->id);
-	free(c->rx);
-	free(c->tx);
-	ic_hs_destroy(c->hs);
-	ic_mac_destroy(c->rx_mac);
-	ic_mac_destroy(c->tx_mac);
-	pthread_mutex_destroy(&c->tx_lock);
-	free(c);
+	struct rconn *rc = to_rconn(c);
+
+	if (rc->qp_created)
+		rdma_destroy_qp(rc->id);
+	if (rc->rx_mr)
+		ibv_dereg_mr(rc->rx_mr);
+	if (rc->tx_mr)
+		ibv_dereg_mr(rc->tx_mr);
+	if (rc->cq)
+		ibv_destroy_cq(rc->cq);
+	if (rc->cc)
+		ibv_destroy_comp_channel(rc->cc);
+	if (rc->pd)
+		ibv_dealloc_pd(rc->pd);
+	if (rc->id)
+		rdma_destroy_id(rc->id);
+	free(rc->rx);
+	free(rc->tx);
+	ic_conn_release(c);
+	free(rc);
 }
 
-static void pending_remove(struct rdma_tr *t, struct rconn *c)
+/* conn.h's detach: no more completion events; disconnect the queue pair (its peer sees DISCONNECTED). */
+static void rconn_detach(struct ic_conn *c)
 {
-	for (struct rconn **pp = &t->pending; *pp; pp = &(*pp)->next) {
-		if (*pp == c) {
-			*pp = c->next;
-			c->next = NULL;
-			return;
-		}
-	}
-}
+	struct rconn *rc = to_rconn(c);
 
-static void peer_schedule_dial(struct rpeer *p, uint64_t now, bool failed)
-{
-	p->dialing = NULL;
-	p->next_dial_ns = now + (uint64_t)p->backoff_ms * NSEC_PER_MSEC;
-	if (failed) {
-		p->backoff_ms *= 2;
-		if (p->backoff_ms > RDMA_BACKOFF_MAX_MS)
-			p->backoff_ms = RDMA_BACKOFF_MAX_MS;
-	}
-}
-
-/* Close a connection (I/O thread): unpublish, disconnect, report the peer down; freed at the end of the poll. */
-static void conn_close(struct rconn *c, const char *why)
-{
-	struct rdma_tr *t = c->t;
-	struct rpeer *p = c->peer;
-	bool was_up = c->state == C_UP, published = false;
-
-	if (c->state == C_DEAD)
-		return;
-	if (p) {
-		pthread_mutex_lock(&p->lock);
-		if (p->conn == c) {
-			p->conn = NULL;
-			atomic_store(&p->up, false);
-			published = true;
-		}
-		pthread_mutex_unlock(&p->lock);
-	}
-	c->state = C_DEAD;
-	if (c->cc)
-		epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->cc->fd, NULL);
-	if (c->id && c->qp_created)
-		rdma_disconnect(c->id);
-	if (!c->dialler && !was_up)
-		pending_remove(t, c);
-	if (c->dialler && p && (p->dialing == c || was_up))
-		peer_schedule_dial(p, clock_now_ns(), !was_up);
-	c->next = t->graveyard;
-	t->graveyard = c;
-	if (published) {
-		ic_count(&t->ctr.disconnects, 1);
-		pr_info("peer %u down: %s", p->id, why);
-		if (t->base.cfg.on_peer)
-			t->base.cfg.on_peer(t->base.cfg.opaque, p->id, IC_PEER_DOWN, why);
-	}
-}
-
-static void conn_proto_error(struct rconn *c, const char *what)
-{
-	ic_count(&c->t->ctr.proto_errors, 1);
-	pr_err("%s: protocol error: %s; closing", c->name, what);
-	conn_close(c, what);
-}
-
-static void conn_auth_failure(struct rconn *c, const char *what)
-{
-	ic_count(&c->t->ctr.auth_failures, 1);
-	pr_err("%s: authentication failed: %s; closing", c->name, what);
-	conn_close(c, what);
+	if (rc->cc && rconn_tr(rc)->epfd >= 0)
+		epoll_ctl(rconn_tr(rc)->epfd, EPOLL_CTL_DEL, rc->cc->fd, NULL);
+	if (rc->id && rc->qp_created)
+		rdma_disconnect(rc->id);
 }
 
 /* ---- verbs resources ---- */
 
-static int post_recv(struct rconn *c, uint32_t i)
+static int post_recv(struct rconn *rc, uint32_t i)
 {
 	struct ibv_sge sge = {
-		.addr = (uintptr_t)rx_recv_slot(c, i),
+		.addr = (uintptr_t)rx_recv_slot(rc, i),
 		.length = RDMA_RECV_SLOT,
-		.lkey = c->rx_mr->lkey,
+		.lkey = rc->rx_mr->lkey,
 	};
 	struct ibv_recv_wr wr = { .wr_id = WR_RECV | i, .sg_list = &sge, .num_sge = 1 }, *bad;
 
-	return -ibv_post_recv(c->id->qp, &wr, &bad);
+	return -ibv_post_recv(rc->id->qp, &wr, &bad);
 }
 
 /* The rx and tx regions of the layout at the top of this file (zeroed, page-aligned, not yet registered). */
-static int conn_alloc_buffers(struct rconn *c)
+static int conn_alloc_buffers(struct rconn *rc)
 {
-	c->rx_len = (size_t)RDMA_N_RECV * RDMA_RECV_SLOT + (size_t)RDMA_N_DATA * c->slot_size +
-		    sizeof(struct rdma_credit);
-	c->tx_len = (size_t)RDMA_N_TX * c->slot_size + sizeof(struct rdma_credit);
-	if (posix_memalign((void **)&c->rx, 4096, c->rx_len) || posix_memalign((void **)&c->tx, 4096, c->tx_len))
+	rc->rx_len = (size_t)RDMA_N_RECV * RDMA_RECV_SLOT + (size_t)RDMA_N_DATA * rc->slot_size +
+		     sizeof(struct rdma_credit);
+	rc->tx_len = (size_t)RDMA_N_TX * rc->slot_size + sizeof(struct rdma_credit);
+	if (posix_memalign((void **)&rc->rx, 4096, rc->rx_len) || posix_memalign((void **)&rc->tx, 4096, rc->tx_len))
 		return -ENOMEM;
-	memset(c->rx, 0, c->rx_len);
-	memset(c->tx, 0, c->tx_len);
+	memset(rc->rx, 0, rc->rx_len);
+	memset(rc->tx, 0, rc->tx_len);
 	return 0;
 }
 
-static int conn_post_recvs(struct rconn *c)
+static int conn_post_recvs(struct rconn *rc)
 {
 	for (uint32_t i = 0; i < RDMA_N_RECV; i++) {
-		int ret = post_recv(c, i);
+		int ret = post_recv(rc, i);
 
 		if (ret)
 			return ret;
@@ -397,74 +297,74 @@ static int conn_post_recvs(struct rconn *c)
 	return 0;
 }
 
-static int conn_setup_verbs(struct rconn *c)
+static int conn_setup_verbs(struct rconn *rc)
 {
-	struct rdma_tr *t = c->t;
+	struct rdma_tr *t = rconn_tr(rc);
 	struct ibv_qp_init_attr qa = { 0 };
-	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &rc->kind };
 	int cq_size = (int)(RDMA_N_RECV + RDMA_N_TX + 4);
 	int ret;
 
-	c->pd = ibv_alloc_pd(c->id->verbs);
-	if (!c->pd)
+	rc->pd = ibv_alloc_pd(rc->id->verbs);
+	if (!rc->pd)
 		return -ENOMEM;
-	c->cc = ibv_create_comp_channel(c->id->verbs);
-	if (!c->cc)
+	rc->cc = ibv_create_comp_channel(rc->id->verbs);
+	if (!rc->cc)
 		return -errno ? -errno : -ENOMEM;
-	ret = set_nonblock(c->cc->fd);
+	ret = set_nonblock(rc->cc->fd);
 	if (ret)
 		return ret;
-	c->cq = ibv_create_cq(c->id->verbs, cq_size, c, c->cc, 0);
-	if (!c->cq)
+	rc->cq = ibv_create_cq(rc->id->verbs, cq_size, rc, rc->cc, 0);
+	if (!rc->cq)
 		return -errno ? -errno : -ENOMEM;
-	if (ibv_req_notify_cq(c->cq, 0))
+	if (ibv_req_notify_cq(rc->cq, 0))
 		return -EIO;
 
-	qa.send_cq = c->cq;
-	qa.recv_cq = c->cq;
+	qa.send_cq = rc->cq;
+	qa.recv_cq = rc->cq;
 	qa.qp_type = IBV_QPT_RC;
 	qa.cap.max_send_wr = RDMA_N_TX + 2;    /* + the credit write */
 	qa.cap.max_recv_wr = RDMA_N_RECV;
 	qa.cap.max_send_sge = 1;
 	qa.cap.max_recv_sge = 1;
-	if (rdma_create_qp(c->id, c->pd, &qa))
+	if (rdma_create_qp(rc->id, rc->pd, &qa))
 		return -errno ? -errno : -EIO;
-	c->qp_created = true;
+	rc->qp_created = true;
 
-	ret = conn_alloc_buffers(c);
+	ret = conn_alloc_buffers(rc);
 	if (ret)
 		return ret;
-	c->rx_mr = ibv_reg_mr(c->pd, c->rx, c->rx_len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-	if (!c->rx_mr)
+	rc->rx_mr = ibv_reg_mr(rc->pd, rc->rx, rc->rx_len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	if (!rc->rx_mr)
 		return -errno ? -errno : -EIO;
-	c->tx_mr = ibv_reg_mr(c->pd, c->tx, c->tx_len, IBV_ACCESS_LOCAL_WRITE);
-	if (!c->tx_mr)
+	rc->tx_mr = ibv_reg_mr(rc->pd, rc->tx, rc->tx_len, IBV_ACCESS_LOCAL_WRITE);
+	if (!rc->tx_mr)
 		return -errno ? -errno : -EIO;
-	ret = conn_post_recvs(c);
+	ret = conn_post_recvs(rc);
 	if (ret)
 		return ret;
-	if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, c->cc->fd, &ev))
+	if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, rc->cc->fd, &ev))
 		return -errno;
 	return 0;
 }
 
-static void priv_fill(struct rconn *c, struct rdma_priv *pd)
+static void priv_fill(struct rconn *rc, struct rdma_priv *pd)
 {
 	memset(pd, 0, sizeof(*pd));
 	pd->magic = htole32(RDMA_PRIV_MAGIC);
 	pd->version = htole16(RDMA_PRIV_VERSION);
 	pd->n_data = htole16(RDMA_N_DATA);
-	pd->node_id = htole32(c->t->base.cfg.self);
-	pd->slot_size = htole32(c->slot_size);
-	pd->data_addr = htole64((uintptr_t)rx_data_slot(c, 0));
-	pd->credit_addr = htole64((uintptr_t)rx_credit(c));
-	pd->data_rkey = htole32(c->rx_mr->rkey);
-	pd->credit_rkey = htole32(c->rx_mr->rkey);
+	pd->node_id = htole32(rc->c.set->base.cfg.self);
+	pd->slot_size = htole32(rc->slot_size);
+	pd->data_addr = htole64((uintptr_t)rx_data_slot(rc, 0));
+	pd->credit_addr = htole64((uintptr_t)rx_credit(rc));
+	pd->data_rkey = htole32(rc->rx_mr->rkey);
+	pd->credit_rkey = htole32(rc->rx_mr->rkey);
 	pd->n_recv = htole32(RDMA_N_RECV);
 }
 
 /* Take the peer's ring from its private data; -EPROTO when it is not ours or not sane. */
-static int priv_parse(struct rconn *c, const void *data, size_t len, uint32_t *node_id)
+static int priv_parse(struct rconn *rc, const void *data, size_t len, uint32_t *node_id)
 {
 	struct rdma_priv pd;
 
@@ -473,49 +373,44 @@ static int priv_parse(struct rconn *c, const void *data, size_t len, uint32_t *n
 	memcpy(&pd, data, sizeof(pd));
 	if (le32toh(pd.magic) != RDMA_PRIV_MAGIC || le16toh(pd.version) != RDMA_PRIV_VERSION)
 		return -EPROTO;
-	c->r_n_data = le16toh(pd.n_data);
-	c->r_n_recv = le32toh(pd.n_recv);
-	c->r_slot_size = le32toh(pd.slot_size);
-	c->r_data_addr = le64toh(pd.data_addr);
-	c->r_credit_addr = le64toh(pd.credit_addr);
-	c->r_data_rkey = le32toh(pd.data_rkey);
-	c->r_credit_rkey = le32toh(pd.credit_rkey);
-	if (!c->r_n_data || c->r_n_data > 4096 || !c->r_n_recv || c->r_n_recv > 4096 ||
-	    c->r_slot_size < IC_HDR_LEN + IC_TAG_LEN || c->r_slot_size > IC_HDR_LEN + IC_ABS_MAX_FRAME + IC_TAG_LEN + 64)
+	rc->r_n_data = le16toh(pd.n_data);
+	rc->r_n_recv = le32toh(pd.n_recv);
+	rc->r_slot_size = le32toh(pd.slot_size);
+	rc->r_data_addr = le64toh(pd.data_addr);
+	rc->r_credit_addr = le64toh(pd.credit_addr);
+	rc->r_data_rkey = le32toh(pd.data_rkey);
+	rc->r_credit_rkey = le32toh(pd.credit_rkey);
+	if (!rc->r_n_data || rc->r_n_data > 4096 || !rc->r_n_recv || rc->r_n_recv > 4096 ||
+	    rc->r_slot_size < IC_HDR_LEN + IC_TAG_LEN ||
+	    rc->r_slot_size > IC_HDR_LEN + IC_ABS_MAX_FRAME + IC_TAG_LEN + 64)
 		return -EPROTO;
 	*node_id = le32toh(pd.node_id);
-	c->have_remote = true;
+	rc->have_remote = true;
 	return 0;
 }
 
 /* ---- send side ---- */
 
-/* Reclaim what the peer reported consumed; called under tx_lock. */
-static void credits(struct rconn *c, uint32_t *recv_free, uint32_t *data_free)
+/* Reclaim what the peer reported consumed; called with the send side owned. */
+static void credits(struct rconn *rc, uint32_t *recv_free, uint32_t *data_free)
 {
-	volatile struct rdma_credit *in = rx_credit(c);
-	uint64_t rc = in->recv_consumed, dc = in->data_consumed;
+	volatile struct rdma_credit *in = rx_credit(rc);
+	uint64_t rcv = in->recv_consumed, dc = in->data_consumed;
 
 	/* a lying peer cannot give us more than we sent */
-	if (rc > c->sent_msgs)
-		rc = c->sent_msgs;
-	if (dc > c->sent_data)
-		dc = c->sent_data;
-	*recv_free = c->r_n_recv - (uint32_t)(c->sent_msgs - rc);
-	*data_free = c->r_n_data - (uint32_t)(c->sent_data - dc);
+	if (rcv > rc->sent_msgs)
+		rcv = rc->sent_msgs;
+	if (dc > rc->sent_data)
+		dc = rc->sent_data;
+	*recv_free = rc->r_n_recv - (uint32_t)(rc->sent_msgs - rcv);
+	*data_free = rc->r_n_data - (uint32_t)(rc->sent_data - dc);
 }
 
-static void conn_mark_broken(struct rconn *c)
+/* Build and post one frame (conn.h's send_locked). */
+static int rconn_send_locked(struct ic_conn *c, uint8_t type, uint16_t flags, const struct iovec *iov, int iovcnt,
+			     size_t len)
 {
-	c->broken = true;
-	atomic_store(&c->t->check_broken, true);
-	rtr_wake(&c->t->base);
-}
-
-/* Build and post one frame. Called with tx_lock held (and the peer lock, for a published connection). */
-static int conn_send_locked(struct rconn *c, uint8_t type, uint16_t flags, const struct iovec *iov, int iovcnt,
-			    size_t len)
-{
+	struct rconn *rc = to_rconn(c);
 	struct ibv_send_wr wr = { 0 }, *bad;
 	struct ibv_sge sge;
 	uint32_t recv_free, data_free, slot, dslot = 0;
@@ -524,18 +419,18 @@ static int conn_send_locked(struct rconn *c, uint8_t type, uint16_t flags, const
 	uint8_t *buf;
 	int ret;
 
-	if (c->broken || !c->have_remote)
+	if (!rc->have_remote)
 		return -ENOTCONN;
-	if (by_write && wire > c->r_slot_size)
+	if (by_write && wire > rc->r_slot_size)
 		return -EMSGSIZE;
-	if (c->tx_head - c->tx_tail >= RDMA_N_TX)
+	if (rc->tx_head - rc->tx_tail >= RDMA_N_TX)
 		return -ENOBUFS;
-	credits(c, &recv_free, &data_free);
+	credits(rc, &recv_free, &data_free);
 	if (!recv_free || (by_write && !data_free))
 		return -ENOBUFS;
-	slot = c->tx_head % RDMA_N_TX;
-	buf = tx_slot(c, slot);
-	ic_frame_hdr_encode(buf, type, flags, (uint32_t)len, ic_base_epoch(&c->t->base), c->tx_seq);
+	slot = rc->tx_head % RDMA_N_TX;
+	buf = tx_slot(rc, slot);
+	ic_frame_hdr_encode(buf, type, flags, (uint32_t)len, ic_base_epoch(&c->set->base), c->tx_seq);
 	for (int i = 0; i < iovcnt; i++) {
 		if (iov[i].iov_len)
 			memcpy(buf + off, iov[i].iov_base, iov[i].iov_len);
@@ -550,450 +445,250 @@ static int conn_send_locked(struct rconn *c, uint8_t type, uint16_t flags, const
 	}
 	sge.addr = (uintptr_t)buf;
 	sge.length = (uint32_t)wire;
-	sge.lkey = c->tx_mr->lkey;
+	sge.lkey = rc->tx_mr->lkey;
 	wr.wr_id = WR_TX | slot;
 	wr.sg_list = &sge;
 	wr.num_sge = 1;
 	wr.send_flags = IBV_SEND_SIGNALED;
 	if (by_write) {
-		dslot = (uint32_t)(c->sent_data % c->r_n_data);
+		dslot = (uint32_t)(rc->sent_data % rc->r_n_data);
 		wr.opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
 		wr.imm_data = htonl(dslot);
-		wr.wr.rdma.remote_addr = c->r_data_addr + (uint64_t)dslot * c->r_slot_size;
-		wr.wr.rdma.rkey = c->r_data_rkey;
+		wr.wr.rdma.remote_addr = rc->r_data_addr + (uint64_t)dslot * rc->r_slot_size;
+		wr.wr.rdma.rkey = rc->r_data_rkey;
 	} else {
 		wr.opcode = IBV_WR_SEND;
 	}
-	ret = ibv_post_send(c->id->qp, &wr, &bad);
+	ret = ibv_post_send(rc->id->qp, &wr, &bad);
 	if (ret) {
 		pr_err("%s: ibv_post_send: %s", c->name, strerror(ret));
-		conn_mark_broken(c);
+		ic_conn_mark_broken(c);
 		return -ENOTCONN;
 	}
-	c->tx_head++;
+	rc->tx_head++;
 	c->tx_seq++;
-	c->sent_msgs++;
+	rc->sent_msgs++;
 	if (by_write)
-		c->sent_data++;
-	c->last_tx_ns = clock_now_ns();
+		rc->sent_data++;
+	c->tx_active = true;
 	return 0;
 }
 
-static int conn_send_ctl(struct rconn *c, uint8_t type, const void *payload, size_t len)
-{
-	struct iovec iov = { .iov_base = (void *)payload, .iov_len = len };
-	uint16_t flags = c->tx_mac ? IC_FLAG_TAGGED : 0;
-	int ret;
-
-	pthread_mutex_lock(&c->tx_lock);
-	ret = conn_send_locked(c, type, flags, &iov, len ? 1 : 0, len);
-	pthread_mutex_unlock(&c->tx_lock);
-	return ret;
-}
-
-static void conn_send_close(struct rconn *c, const char *reason)
-{
-	IcClose msg = IC_CLOSE__INIT;
-	uint8_t buf[IC_HS_MSG_MAX];
-	char r[160];
-
-	snprintf(r, sizeof(r), "%s", reason);
-	msg.reason = r;
-	if (ic_close__get_packed_size(&msg) > sizeof(buf))
-		return;
-	conn_send_ctl(c, IC_T_CLOSE, buf, ic_close__pack(&msg, buf));
-}
-
 /* Tell the peer what we consumed, by writing our counters into its credit word (I/O thread). */
-static void conn_return_credits(struct rconn *c, bool force)
+static void conn_return_credits(struct rconn *rc, bool force)
 {
+	struct ic_conn *c = &rc->c;
 	struct ibv_send_wr wr = { 0 }, *bad;
 	struct ibv_sge sge;
-	struct rdma_credit *out = tx_credit(c);
+	struct rdma_credit *out = tx_credit(rc);
 	int ret;
 
-	if (c->state == C_DEAD || !c->have_remote)
+	if (c->state == IC_CONN_DEAD || !rc->have_remote)
 		return;
-	pthread_mutex_lock(&c->tx_lock);
-	if (c->credit_busy || c->broken ||
-	    (c->recv_consumed == c->reported_recv && c->data_consumed == c->reported_data) ||
-	    (!force && c->recv_consumed - c->reported_recv < RDMA_CREDIT_BATCH &&
-	     c->data_consumed - c->reported_data < RDMA_N_DATA / 2)) {
-		pthread_mutex_unlock(&c->tx_lock);
+	ic_conn_lock(c);
+	if (rc->credit_busy || c->tx_broken ||
+	    (rc->recv_consumed == rc->reported_recv && rc->data_consumed == rc->reported_data) ||
+	    (!force && rc->recv_consumed - rc->reported_recv < RDMA_CREDIT_BATCH &&
+	     rc->data_consumed - rc->reported_data < RDMA_N_DATA / 2)) {
+		ic_conn_unlock(c);
 		return;
 	}
-	out->recv_consumed = c->recv_consumed;
-	out->data_consumed = c->data_consumed;
+	out->recv_consumed = rc->recv_consumed;
+	out->data_consumed = rc->data_consumed;
 	sge.addr = (uintptr_t)out;
 	sge.length = sizeof(*out);
-	sge.lkey = c->tx_mr->lkey;
+	sge.lkey = rc->tx_mr->lkey;
 	wr.wr_id = WR_CREDIT;
 	wr.sg_list = &sge;
 	wr.num_sge = 1;
 	wr.opcode = IBV_WR_RDMA_WRITE;
 	wr.send_flags = IBV_SEND_SIGNALED;
-	wr.wr.rdma.remote_addr = c->r_credit_addr;
-	wr.wr.rdma.rkey = c->r_credit_rkey;
-	ret = ibv_post_send(c->id->qp, &wr, &bad);
+	wr.wr.rdma.remote_addr = rc->r_credit_addr;
+	wr.wr.rdma.rkey = rc->r_credit_rkey;
+	ret = ibv_post_send(rc->id->qp, &wr, &bad);
 	if (ret) {
 		pr_err("%s: credit write: %s", c->name, strerror(ret));
-		conn_mark_broken(c);
+		ic_conn_mark_broken(c);
 	} else {
-		c->credit_busy = true;
-		c->reported_recv = c->recv_consumed;
-		c->reported_data = c->data_consumed;
+		rc->credit_busy = true;
+		rc->reported_recv = rc->recv_consumed;
+		rc->reported_data = rc->data_consumed;
 	}
-	pthread_mutex_unlock(&c->tx_lock);
+	ic_conn_unlock(c);
 }
 
-static int rtr_send(struct ic_transport *it, uint32_t dst, uint8_t type, uint16_t flags, const struct iovec *iov,
-		     int iovcnt)
-{
-	struct rdma_tr *t = to_rdma(it);
-	int idx = ic_base_peer_index(it, dst);
-	struct rpeer *p;
-	size_t len = 0;
-	int ret;
-
-	if (idx < 0)
-		return -EINVAL;
-	for (int i = 0; i < iovcnt; i++)
-		len += iov[i].iov_len;
-	if (len > it->cfg.max_frame)
-		return -EMSGSIZE;
-	p = &t->peers[idx];
-	flags = (uint16_t)((flags & ~IC_FLAG_TRANSPORT_MASK) | IC_FLAG_TAGGED);
-	pthread_mutex_lock(&p->lock);
-	if (!p->conn) {
-		pthread_mutex_unlock(&p->lock);
-		return -ENOTCONN;
-	}
-	pthread_mutex_lock(&p->conn->tx_lock);
-	ret = conn_send_locked(p->conn, type, flags, iov, iovcnt, len);
-	pthread_mutex_unlock(&p->conn->tx_lock);
-	pthread_mutex_unlock(&p->lock);
-	if (!ret) {
-		ic_count(&t->ctr.frames_tx, 1);
-		ic_count(&t->ctr.bytes_tx, len);
-	}
-	return ret;
-}
-
-/* ---- handshake and receive ---- */
-
-static int conn_start_handshake(struct rconn *c)
-{
-	struct rdma_tr *t = c->t;
-	struct ic_hs_msg msg;
-	int ret;
-
-	c->state = C_HANDSHAKE;
-	ret = ic_conn_hs_create(&t->base, c->dialler, c->peer ? c->peer->id : 0, &c->hs);
-	if (ret)
-		return ret;
-	ret = ic_hs_start(c->hs, &msg);
-	if (!ret && msg.type)
-		ret = conn_send_ctl(c, msg.type, msg.buf, msg.len);
-	return ret;
-}
-
-static int conn_established(struct rconn *c)
-{
-	struct rdma_tr *t = c->t;
-	struct ic_mac *rx = NULL, *tx = NULL;
-	struct rpeer *p;
-	int idx, ret;
-
-	idx = ic_base_peer_index(&t->base, ic_hs_peer(c->hs));
-	if (idx < 0)
-		return -EPERM;
-	p = &t->peers[idx];
-	ret = ic_conn_macs_create(c->hs, c->dialler, &rx, &tx);
-	if (ret)
-		return ret;
-	c->rx_mac = rx;
-	c->rules.established = true;
-	c->rules.max_frame = t->base.cfg.max_frame;
-	ic_hs_destroy(c->hs);
-	c->hs = NULL;
-	if (!c->dialler) {
-		pending_remove(t, c);
-		c->peer = p;
-		snprintf(c->name, sizeof(c->name), "peer %u", p->id);
-	} else {
-		p->dialing = NULL;
-		p->backoff_ms = RDMA_BACKOFF_MIN_MS;
-	}
-	if (p->conn)
-		conn_close(p->conn, "replaced by a newer connection from the peer");
-	pthread_mutex_lock(&p->lock);
-	pthread_mutex_lock(&c->tx_lock);
-	c->tx_mac = tx;
-	pthread_mutex_unlock(&c->tx_lock);
-	c->state = C_UP;
-	c->last_rx_ns = clock_now_ns();
-	p->conn = c;
-	atomic_store(&p->up, true);
-	pthread_mutex_unlock(&p->lock);
-	ic_count(&t->ctr.connects, 1);
-	pr_info("peer %u up over rdma (%s)", p->id, c->dialler ? "dialled" : "accepted");
-	if (t->base.cfg.on_peer)
-		t->base.cfg.on_peer(t->base.cfg.opaque, p->id, IC_PEER_UP, "authenticated");
-	return 0;
-}
-
-static void conn_on_handshake(struct rconn *c, uint8_t type, const uint8_t *payload, size_t len)
-{
-	struct ic_hs_msg out;
-	const char *why = NULL;
-	int ret;
-
-	if (!c->hs) {
-		conn_proto_error(c, "handshake message before the connection was established");
-		return;
-	}
-	ret = ic_hs_input(c->hs, type, payload, len, &out, &why);
-	if (ret < 0) {
-		if (ret == -EPROTO) {
-			conn_proto_error(c, why ? why : "bad handshake");
-		} else {
-			if (c->dialler)
-				conn_send_close(c, "authentication failed");
-			conn_auth_failure(c, why ? why : "handshake refused");
-		}
-		return;
-	}
-	if (out.type && conn_send_ctl(c, out.type, out.buf, out.len)) {
-		conn_close(c, "send failed during the handshake");
-		return;
-	}
-	if (ret == 1 && conn_established(c))
-		conn_close(c, "cannot set up the session");
-}
-
-static void conn_on_frame(struct rconn *c, const struct ic_frame_hdr *hdr, const uint8_t *payload)
-{
-	struct rdma_tr *t = c->t;
-
-	switch (hdr->type) {
-	case IC_T_HELLO:
-	case IC_T_CHALLENGE:
-	case IC_T_AUTH:
-		conn_on_handshake(c, hdr->type, payload, hdr->length);
-		return;
-	case IC_T_HEARTBEAT:
-		return;
-	case IC_T_CLOSE: {
-		IcClose *msg = ic_close__unpack(NULL, hdr->length, payload);
-		char why[200];
-
-		snprintf(why, sizeof(why), "peer closed the connection: %s",
-			 msg && msg->reason && *msg->reason ? msg->reason : "(no reason)");
-		if (msg)
-			ic_close__free_unpacked(msg, NULL);
-		if (c->state != C_UP)
-			conn_auth_failure(c, why);
-		else
-			conn_close(c, why);
-		return;
-	}
-	default: {
-		struct ic_frame f = {
-			.type = hdr->type,
-			.flags = (uint16_t)(hdr->flags & ~IC_FLAG_TRANSPORT_MASK),
-			.epoch = hdr->epoch,
-			.seq = hdr->seq,
-			.payload = payload,
-			.len = hdr->length,
-		};
-
-		if (c->state != C_UP || !c->peer) {
-			conn_proto_error(c, "data frame before authentication");
-			return;
-		}
-		ic_count(&t->ctr.frames_rx, 1);
-		ic_count(&t->ctr.bytes_rx, hdr->length);
-		t->delivered++;
-		t->base.cfg.on_frame(t->base.cfg.opaque, c->peer->id, &f);
-		return;
-	}
-	}
-}
+/* ---- receive ---- */
 
 /* Check one received frame (whole, in registered memory) and hand it on. */
-static void conn_on_message(struct rconn *c, const uint8_t *buf, size_t len, bool from_write)
+static void conn_on_message(struct rconn *rc, const uint8_t *buf, size_t len, bool from_write)
 {
+	struct ic_conn *c = &rc->c;
 	struct ic_frame_hdr hdr;
 	enum ic_frame_status st;
 	size_t total;
 
-	if (from_write) {
-		st = ic_frame_decode(buf, len, &c->rules, &hdr, &total);
-		if (st == IC_FRAME_NEED_MORE)
-			st = IC_FRAME_ERR_TRUNCATED;
-	} else {
-		st = ic_frame_decode_msg(buf, len, &c->rules, &hdr);
+	/* a SEND is exactly one frame; a data slot holds one frame and whatever the slot held before after it */
+	st = ic_frame_receive(c->name, buf, len, !from_write, &c->rules, c->rx_mac, &hdr, &total);
+	if (st == IC_FRAME_NEED_MORE) {
+		ic_conn_proto_error(c, "a frame longer than its data slot");
+		return;
 	}
 	if (st != IC_FRAME_OK) {
-		conn_proto_error(c, ic_frame_strerror(st));
+		ic_conn_frame_error(c, st);
 		return;
 	}
-	if ((hdr.flags & IC_FLAG_TAGGED) &&
-	    ic_mac_verify(c->rx_mac, buf, buf + IC_HDR_LEN, hdr.length, buf + IC_HDR_LEN + hdr.length)) {
-		conn_auth_failure(c, ic_frame_strerror(IC_FRAME_ERR_MAC));
+	if (from_write && (c->state != IC_CONN_UP || hdr.type < IC_TYPE_USER_MIN)) {
+		ic_conn_proto_error(c, "an RDMA write carried a transport frame");
 		return;
 	}
-	if (from_write && (c->state != C_UP || hdr.type < IC_TYPE_USER_MIN)) {
-		conn_proto_error(c, "an RDMA write carried a transport frame");
-		return;
-	}
-	ic_frame_rules_advance(&c->rules);
-	c->last_rx_ns = clock_now_ns();
-	conn_on_frame(c, &hdr, buf + IC_HDR_LEN);
+	ic_conn_on_frame(c, &hdr, buf + IC_HDR_LEN);
 }
 
-static void conn_on_wc(struct rconn *c, const struct ibv_wc *wc)
+static void conn_on_wc(struct rconn *rc, const struct ibv_wc *wc)
 {
+	struct ic_conn *c = &rc->c;
 	uint64_t kind = WR_KIND(wc->wr_id);
 	uint32_t i = WR_INDEX(wc->wr_id);
 
 	if (wc->status != IBV_WC_SUCCESS) {
-		if (c->state != C_DEAD && wc->status != IBV_WC_WR_FLUSH_ERR)
+		if (c->state != IC_CONN_DEAD && wc->status != IBV_WC_WR_FLUSH_ERR)
 			pr_warn("%s: work completion failed: %s", c->name, ibv_wc_status_str(wc->status));
-		conn_close(c, "RDMA work request failed");
+		ic_conn_close(c, "RDMA work request failed");
 		return;
 	}
 	if (kind == WR_TX) {
-		pthread_mutex_lock(&c->tx_lock);
-		c->tx_tail++;
-		pthread_mutex_unlock(&c->tx_lock);
+		ic_conn_lock(c);
+		rc->tx_tail++;
+		ic_conn_unlock(c);
 		return;
 	}
 	if (kind == WR_CREDIT) {
-		pthread_mutex_lock(&c->tx_lock);
-		c->credit_busy = false;
-		pthread_mutex_unlock(&c->tx_lock);
+		ic_conn_lock(c);
+		rc->credit_busy = false;
+		ic_conn_unlock(c);
 		return;
 	}
-	if (kind != WR_RECV || i >= RDMA_N_RECV || c->state == C_DEAD)
+	if (kind != WR_RECV || i >= RDMA_N_RECV || c->state == IC_CONN_DEAD)
 		return;
 	if (wc->opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
 		uint32_t slot = ntohl(wc->imm_data);
 
-		if (slot != c->next_data_slot) {
-			conn_proto_error(c, "RDMA write into an unexpected data slot");
+		if (slot != rc->next_data_slot) {
+			ic_conn_proto_error(c, "RDMA write into an unexpected data slot");
 			return;
 		}
-		c->next_data_slot = (c->next_data_slot + 1) % RDMA_N_DATA;
-		conn_on_message(c, rx_data_slot(c, slot), c->slot_size, true);
-		c->data_consumed++;
+		rc->next_data_slot = (rc->next_data_slot + 1) % RDMA_N_DATA;
+		conn_on_message(rc, rx_data_slot(rc, slot), rc->slot_size, true);
+		rc->data_consumed++;
 	} else if (wc->opcode == IBV_WC_RECV) {
-		conn_on_message(c, rx_recv_slot(c, i), wc->byte_len, false);
+		conn_on_message(rc, rx_recv_slot(rc, i), wc->byte_len, false);
 	} else {
 		return;
 	}
-	if (c->state == C_DEAD)
+	if (c->state == IC_CONN_DEAD)
 		return;
-	if (post_recv(c, i)) {
-		conn_close(c, "cannot repost a receive");
+	if (post_recv(rc, i)) {
+		ic_conn_close(c, "cannot repost a receive");
 		return;
 	}
-	c->recv_consumed++;
-	conn_return_credits(c, false);
+	rc->recv_consumed++;
+	conn_return_credits(rc, false);
 }
 
-/* Handle a batch of completions, then return whatever credits are unreported. */
-static void conn_on_wcs(struct rconn *c, const struct ibv_wc *wc, int n)
+/* Handle a batch of completions (received now), then return whatever credits are unreported. */
+static void conn_on_wcs(struct rconn *rc, const struct ibv_wc *wc, int n)
 {
-	for (int k = 0; k < n && c->state != C_DEAD; k++)
-		conn_on_wc(c, &wc[k]);
-	if (n > 0 && c->state != C_DEAD)
-		conn_return_credits(c, true);
+	rc->c.set->now_ns = clock_now_ns();
+	for (int k = 0; k < n && rc->c.state != IC_CONN_DEAD; k++)
+		conn_on_wc(rc, &wc[k]);
+	if (n > 0 && rc->c.state != IC_CONN_DEAD)
+		conn_return_credits(rc, true);
 }
 
-static void conn_on_cq(struct rconn *c)
+static void conn_on_cq(struct rconn *rc)
 {
 	struct ibv_cq *cq;
 	void *ctx;
 	struct ibv_wc wc[16];
 	int n;
 
-	if (ibv_get_cq_event(c->cc, &cq, &ctx))
+	if (ibv_get_cq_event(rc->cc, &cq, &ctx))
 		return;   /* EAGAIN: nothing yet */
 	ibv_ack_cq_events(cq, 1);
 	if (ibv_req_notify_cq(cq, 0)) {
-		conn_close(c, "cannot re-arm the completion queue");
+		ic_conn_close(&rc->c, "cannot re-arm the completion queue");
 		return;
 	}
 	do {
 		n = ibv_poll_cq(cq, 16, wc);
-		conn_on_wcs(c, wc, n);
-	} while (n > 0 && c->state != C_DEAD);
+		conn_on_wcs(rc, wc, n);
+	} while (n > 0 && rc->c.state != IC_CONN_DEAD);
 }
 
 /* ---- rdma_cm events ---- */
 
-static int conn_connect(struct rconn *c)
+static int conn_connect(struct rconn *rc)
 {
 	struct rdma_conn_param cp = { 0 };
 	struct rdma_priv pd;
 
-	priv_fill(c, &pd);
+	priv_fill(rc, &pd);
 	cp.private_data = &pd;
 	cp.private_data_len = sizeof(pd);
 	cp.retry_count = 7;
 	cp.rnr_retry_count = 7;
-	c->state = C_CONNECTING;
-	return rdma_connect(c->id, &cp) ? -errno : 0;
+	return rdma_connect(rc->id, &cp) ? -errno : 0;
 }
 
 static void on_connect_request(struct rdma_tr *t, struct rdma_cm_id *id, const void *priv, size_t priv_len)
 {
 	struct rdma_conn_param cp = { 0 };
 	struct rdma_priv pd;
-	struct rconn *c;
+	struct rconn *rc;
 	uint32_t node;
 	int ret;
 
-	c = conn_new(t, id, false, NULL);
-	if (!c) {
+	if (!ic_conn_may_accept(&t->cs, "an inbound connection request")) {
 		rdma_reject(id, NULL, 0);
 		rdma_destroy_id(id);
 		return;
 	}
-	ret = priv_parse(c, priv, priv_len, &node);
-	if (ret || !ic_conn_peer_may_dial(&t->base, node)) {
-		ic_count(&t->ctr.proto_errors, 1);
-		pr_warn("rdma: refusing a connection request (%s)", ret ? "not a rackvm peer" : "node not allowed");
+	rc = conn_new(t, id, false, NULL);
+	if (!rc) {
 		rdma_reject(id, NULL, 0);
-		conn_free(c);
+		rdma_destroy_id(id);
 		return;
 	}
-	ret = conn_setup_verbs(c);
+	ret = priv_parse(rc, priv, priv_len, &node);
+	if (ret || !ic_conn_peer_may_dial(&t->cs.base, node)) {
+		ic_count(&t->cs.ctr.proto_errors, 1);
+		pr_warn("rdma: refusing a connection request (%s)", ret ? "not a rackvm peer" : "node not allowed");
+		rdma_reject(id, NULL, 0);
+		rconn_free(&rc->c);
+		return;
+	}
+	ret = conn_setup_verbs(rc);
 	if (ret) {
 		pr_err("rdma: cannot set up an inbound connection: %s", strerror(-ret));
 		rdma_reject(id, NULL, 0);
-		if (c->cc)
-			epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->cc->fd, NULL);
-		conn_free(c);
+		if (rc->cc)
+			epoll_ctl(t->epfd, EPOLL_CTL_DEL, rc->cc->fd, NULL);
+		rconn_free(&rc->c);
 		return;
 	}
-	priv_fill(c, &pd);
+	priv_fill(rc, &pd);
 	cp.private_data = &pd;
 	cp.private_data_len = sizeof(pd);
 	cp.rnr_retry_count = 7;
-	c->state = C_CONNECTING;
-	c->next = t->pending;
-	t->pending = c;
+	ic_conn_pending_add(&t->cs, &rc->c);
 	if (rdma_accept(id, &cp)) {
 		pr_err("rdma: rdma_accept: %s", strerror(errno));
-		conn_close(c, "accept failed");
+		ic_conn_close(&rc->c, "accept failed");
 		return;
 	}
 	/* the listener answers the HELLO, which may complete before our ESTABLISHED event: be ready for it now */
-	ret = conn_start_handshake(c);
-	if (ret)
-		conn_close(c, "cannot start the handshake");
+	if (ic_conn_start_handshake(&rc->c))
+		ic_conn_close(&rc->c, "cannot start the handshake");
 }
 
 static void on_cm_event(struct rdma_tr *t, struct rdma_cm_event *ev)
@@ -1003,12 +698,14 @@ static void on_cm_event(struct rdma_tr *t, struct rdma_cm_event *ev)
 	int status = ev->status;
 	uint8_t priv[256];
 	size_t priv_len = 0;
-	struct rconn *c;
+	struct rconn *rc;
 	uint32_t node;
 	int ret;
 
 	if (ev->param.conn.private_data && ev->param.conn.private_data_len) {
 		priv_len = ev->param.conn.private_data_len;
+		if (priv_len > sizeof(priv))
+			priv_len = sizeof(priv);
 		memcpy(priv, ev->param.conn.private_data, priv_len);
 	}
 	/* ack first: destroying an id waits for its events to be acked */
@@ -1018,31 +715,31 @@ static void on_cm_event(struct rdma_tr *t, struct rdma_cm_event *ev)
 		on_connect_request(t, id, priv, priv_len);
 		return;
 	}
-	c = id ? id->context : NULL;
-	if (!c || c->state == C_DEAD)
+	rc = id ? id->context : NULL;
+	if (!rc || rc->c.state == IC_CONN_DEAD)
 		return;
 	switch (type) {
 	case RDMA_CM_EVENT_ADDR_RESOLVED:
 		if (rdma_resolve_route(id, RDMA_RESOLVE_MS))
-			conn_close(c, "cannot resolve the route");
+			ic_conn_close(&rc->c, "cannot resolve the route");
 		return;
 	case RDMA_CM_EVENT_ROUTE_RESOLVED:
-		ret = conn_setup_verbs(c);
+		ret = conn_setup_verbs(rc);
 		if (!ret)
-			ret = conn_connect(c);
+			ret = conn_connect(rc);
 		if (ret) {
-			pr_err("%s: cannot connect: %s", c->name, strerror(-ret));
-			conn_close(c, "cannot connect");
+			pr_err("%s: cannot connect: %s", rc->c.name, strerror(-ret));
+			ic_conn_close(&rc->c, "cannot connect");
 		}
 		return;
 	case RDMA_CM_EVENT_ESTABLISHED:
-		if (c->dialler) {
-			if (priv_parse(c, priv, priv_len, &node) || node != c->peer->id) {
-				conn_proto_error(c, "listener sent a bad ring description");
+		if (rc->c.dialler) {
+			if (priv_parse(rc, priv, priv_len, &node) || node != rc->c.peer->id) {
+				ic_conn_proto_error(&rc->c, "listener sent a bad ring description");
 				return;
 			}
-			if (conn_start_handshake(c))
-				conn_close(c, "cannot start the handshake");
+			if (ic_conn_start_handshake(&rc->c))
+				ic_conn_close(&rc->c, "cannot start the handshake");
 		}
 		return;
 	case RDMA_CM_EVENT_ADDR_ERROR:
@@ -1050,12 +747,12 @@ static void on_cm_event(struct rdma_tr *t, struct rdma_cm_event *ev)
 	case RDMA_CM_EVENT_CONNECT_ERROR:
 	case RDMA_CM_EVENT_UNREACHABLE:
 	case RDMA_CM_EVENT_REJECTED:
-		pr_debug("%s: %s (status %d)", c->name, rdma_event_str(type), status);
-		conn_close(c, rdma_event_str(type));
+		pr_debug("%s: %s (status %d)", rc->c.name, rdma_event_str(type), status);
+		ic_conn_close(&rc->c, rdma_event_str(type));
 		return;
 	case RDMA_CM_EVENT_DISCONNECTED:
 	case RDMA_CM_EVENT_DEVICE_REMOVAL:
-		conn_close(c, rdma_event_str(type));
+		ic_conn_close(&rc->c, rdma_event_str(type));
 		return;
 	default:
 		return;
@@ -1070,88 +767,29 @@ static void rtr_on_cm(struct rdma_tr *t)
 		on_cm_event(t, ev);
 }
 
-/* ---- dialling, timers ---- */
+/* ---- dialling, polling ---- */
 
-static void peer_dial(struct rdma_tr *t, struct rpeer *p, uint64_t now)
+static void rtr_dial(struct ic_conn_set *s, struct ic_conn_peer *p, uint64_t now)
 {
+	struct rdma_tr *t = (struct rdma_tr *)s;
 	struct rdma_cm_id *id;
-	struct rconn *c;
+	struct rconn *rc;
 
 	if (rdma_create_id(t->ch, &id, NULL, RDMA_PS_TCP)) {
 		pr_err("rdma_create_id: %s", strerror(errno));
-		peer_schedule_dial(p, now, true);
+		ic_conn_dial_failed(p, now);
 		return;
 	}
-	c = conn_new(t, id, true, p);
-	if (!c) {
+	rc = conn_new(t, id, true, p);
+	if (!rc) {
 		rdma_destroy_id(id);
-		peer_schedule_dial(p, now, true);
+		ic_conn_dial_failed(p, now);
 		return;
 	}
-	c->state = C_RESOLVING;
-	p->dialing = c;
+	p->dialing = &rc->c;
 	if (rdma_resolve_addr(id, NULL, (struct sockaddr *)&p->sa.ss, RDMA_RESOLVE_MS)) {
 		pr_debug("peer %u: rdma_resolve_addr: %s", p->id, strerror(errno));
-		conn_close(c, "cannot resolve the address");
-	}
-}
-
-static void conn_check_timers(struct rdma_tr *t, struct rconn *c, uint64_t now)
-{
-	const struct ic_config *cfg = &t->base.cfg;
-
-	if (c->state == C_UP) {
-		if (now - c->last_rx_ns > (uint64_t)cfg->dead_ms * NSEC_PER_MSEC) {
-			conn_close(c, "silent for longer than dead_ms");
-			return;
-		}
-		if (now - c->last_tx_ns >= (uint64_t)cfg->heartbeat_ms * NSEC_PER_MSEC)
-			conn_send_ctl(c, IC_T_HEARTBEAT, NULL, 0);   /* -ENOBUFS: the peer is behind; dead_ms decides */
-	} else if (c->state != C_DEAD && now - c->start_ns > (uint64_t)cfg->dead_ms * NSEC_PER_MSEC +
-		   2ULL * RDMA_RESOLVE_MS * NSEC_PER_MSEC) {
-		conn_close(c, "connection setup timed out");
-	}
-}
-
-static void rtr_timers(struct rdma_tr *t, uint64_t now)
-{
-	struct rconn *c, *next;
-
-	for (size_t i = 0; i < t->n_peers; i++) {
-		struct rpeer *p = &t->peers[i];
-
-		if (p->conn)
-			conn_check_timers(t, p->conn, now);
-		if (p->dialing)
-			conn_check_timers(t, p->dialing, now);
-		if (p->we_dial && !p->conn && !p->dialing && now >= p->next_dial_ns)
-			peer_dial(t, p, now);
-	}
-	for (c = t->pending; c; c = next) {
-		next = c->next;
-		conn_check_timers(t, c, now);
-	}
-}
-
-static void rtr_check_broken(struct rdma_tr *t)
-{
-	if (!atomic_exchange(&t->check_broken, false))
-		return;
-	for (size_t i = 0; i < t->n_peers; i++) {
-		struct rconn *c = t->peers[i].conn;
-
-		if (c && c->broken)
-			conn_close(c, "send failed");
-	}
-}
-
-static void rtr_bury(struct rdma_tr *t)
-{
-	while (t->graveyard) {
-		struct rconn *c = t->graveyard;
-
-		t->graveyard = c->next;
-		conn_free(c);
+		ic_conn_close(&rc->c, "cannot resolve the address");
 	}
 }
 
@@ -1162,7 +800,7 @@ static int rtr_poll(struct ic_transport *it, int timeout_ms)
 	uint64_t now = clock_now_ns();
 	int wait = timeout_ms, n;
 
-	t->delivered = 0;
+	t->cs.delivered = 0;
 	if (now >= t->timer_due_ns)
 		wait = 0;
 	else if (timeout_ms < 0 || (uint64_t)timeout_ms * NSEC_PER_MSEC > t->timer_due_ns - now)
@@ -1170,6 +808,7 @@ static int rtr_poll(struct ic_transport *it, int timeout_ms)
 	n = epoll_wait(t->epfd, evs, RDMA_MAX_EVENTS, wait);
 	if (n < 0 && errno != EINTR)
 		return -errno;
+	t->cs.now_ns = clock_now_ns();
 	for (int i = 0; i < n; i++) {
 		enum ep_kind *kind = evs[i].data.ptr;
 
@@ -1181,63 +820,38 @@ static int rtr_poll(struct ic_transport *it, int timeout_ms)
 		} else if (*kind == EP_CM) {
 			rtr_on_cm(t);
 		} else {
-			struct rconn *c = (struct rconn *)kind;
+			struct rconn *rc = (struct rconn *)((char *)kind - offsetof(struct rconn, kind));
 
-			if (c->state != C_DEAD)
-				conn_on_cq(c);
+			if (rc->c.state != IC_CONN_DEAD)
+				conn_on_cq(rc);
 		}
 	}
-	rtr_check_broken(t);
+	ic_conn_check_broken(&t->cs);
 	now = clock_now_ns();
 	if (now >= t->timer_due_ns) {
-		rtr_timers(t, now);
+		ic_conn_timers(&t->cs, now);
 		t->timer_due_ns = now + RDMA_TIMER_NS;
 	}
-	rtr_bury(t);
-	return t->delivered;
+	ic_conn_bury(&t->cs);
+	return t->cs.delivered;
 }
 
-static bool rtr_peer_is_up(struct ic_transport *it, uint32_t peer)
-{
-	int idx = ic_base_peer_index(it, peer);
-
-	return idx >= 0 && atomic_load(&to_rdma(it)->peers[idx].up);
-}
-
-static void rtr_get_stats(struct ic_transport *it, struct ic_stats *out)
-{
-	ic_counters_read(&to_rdma(it)->ctr, out);
-}
+/* ---- create / destroy ---- */
 
 static void rtr_destroy(struct ic_transport *it)
 {
 	struct rdma_tr *t = to_rdma(it);
 
-	for (size_t i = 0; i < t->n_peers; i++) {
-		struct rpeer *p = &t->peers[i];
-
-		if (p->conn) {
-			conn_send_close(p->conn, "node shutting down");
-			conn_close(p->conn, "transport destroyed");
-		}
-		if (p->dialing)
-			conn_close(p->dialing, "transport destroyed");
-	}
-	while (t->pending)
-		conn_close(t->pending, "transport destroyed");
-	rtr_bury(t);
+	/* every connection's id goes before the event channel */
+	ic_conn_set_fini(&t->cs, "node shutting down");
 	if (t->listen_id)
 		rdma_destroy_id(t->listen_id);
 	if (t->ch)
 		rdma_destroy_event_channel(t->ch);
-	for (size_t i = 0; i < t->n_peers; i++)
-		pthread_mutex_destroy(&t->peers[i].lock);
-	free(t->peers);
 	if (t->evfd >= 0)
 		close(t->evfd);
 	if (t->epfd >= 0)
 		close(t->epfd);
-	ic_base_fini(&t->base);
 	free(t);
 }
 
@@ -1288,27 +902,10 @@ static int rtr_create(const struct ic_config *cfg, struct ic_transport **out)
 	if (!t)
 		return -ENOMEM;
 	t->epfd = t->evfd = -1;
-	ret = ic_base_init(&t->base, &rdma_ops, cfg);
-	if (ret)
-		goto out_free;
-	t->n_peers = cfg->n_peers;
-	t->peers = calloc(cfg->n_peers ? cfg->n_peers : 1, sizeof(*t->peers));
-	if (!t->peers) {
-		ret = -ENOMEM;
-		goto out_fini;
-	}
-	for (size_t i = 0; i < cfg->n_peers; i++)
-		pthread_mutex_init(&t->peers[i].lock, NULL);
-	for (size_t i = 0; i < cfg->n_peers; i++) {
-		struct rpeer *p = &t->peers[i];
-
-		p->id = cfg->peers[i].id;
-		p->we_dial = cfg->self < p->id;
-		p->backoff_ms = RDMA_BACKOFF_MIN_MS;
-		if (ic_addr_parse(cfg->peers[i].addr, &p->sa)) {
-			ret = -EINVAL;
-			goto out_destroy;
-		}
+	ret = ic_conn_set_init(&t->cs, &rdma_ops, &rdma_conn_ops, cfg);
+	if (ret) {
+		free(t);
+		return ret;
 	}
 	ret = rtr_device_check();
 	if (ret)
@@ -1342,27 +939,31 @@ static int rtr_create(const struct ic_config *cfg, struct ic_transport **out)
 		if (ret)
 			goto out_destroy;
 	}
-	*out = &t->base;
+	*out = &t->cs.base;
 	return 0;
 
 out_destroy:
-	rtr_destroy(&t->base);
-	return ret;
-out_fini:
-	ic_base_fini(&t->base);
-out_free:
-	free(t);
+	rtr_destroy(&t->cs.base);
 	return ret;
 }
+
+static const struct ic_conn_ops rdma_conn_ops = {
+	.medium = "rdma",
+	.setup_extra_ns = 2ULL * RDMA_RESOLVE_MS * NSEC_PER_MSEC,   /* address and route resolution */
+	.send_locked = rconn_send_locked,
+	.detach = rconn_detach,
+	.free = rconn_free,
+	.dial = rtr_dial,
+};
 
 static struct ic_transport_ops rdma_ops = {
 	.name = "rdma",
 	.create = rtr_create,
 	.destroy = rtr_destroy,
-	.send = rtr_send,
+	.send = ic_conn_send,
 	.poll = rtr_poll,
 	.wake = rtr_wake,
-	.peer_is_up = rtr_peer_is_up,
-	.get_stats = rtr_get_stats,
+	.peer_is_up = ic_conn_peer_is_up,
+	.get_stats = ic_conn_get_stats,
 };
 IC_TRANSPORT_REGISTER(rdma_ops)

@@ -96,10 +96,11 @@ static struct rdma_tr *fake_transport(void)
 	struct rdma_tr *t = calloc(1, sizeof(*t));
 
 	assert_non_null(t);
-	t->base.ops = &rdma_ops;
-	t->base.cfg.max_frame = 4096;
-	t->base.cfg.self = 1;
-	ic_accept_type(&t->base.cfg, T_DATA);
+	t->cs.base.ops = &rdma_ops;
+	t->cs.ops = &rdma_conn_ops;
+	t->cs.base.cfg.max_frame = 4096;
+	t->cs.base.cfg.self = 1;
+	ic_accept_type(&t->cs.base.cfg, T_DATA);
 	t->epfd = t->evfd = -1;
 	return t;
 }
@@ -156,7 +157,7 @@ static void test_priv_parse(void **state)
 			junk[i] = (uint8_t)(i * 31 + len);
 		priv_parse(c, junk, len, &node);
 	}
-	conn_free(c);
+	rconn_free(&c->c);
 	free(t);
 }
 
@@ -195,19 +196,19 @@ static void test_credits(void **state)
 	/* out of credits: the sender is told to back off before anything is posted */
 	in->recv_consumed = 6;
 	in->data_consumed = 4;
-	assert_int_equal(conn_send_locked(c, T_DATA, IC_FLAG_TAGGED, &iov, 1, sizeof(page)), -ENOBUFS);
+	assert_int_equal(rconn_send_locked(&c->c, T_DATA, IC_FLAG_TAGGED, &iov, 1, sizeof(page)), -ENOBUFS);
 	in->recv_consumed = 70;
 	in->data_consumed = 16 - 16;   /* all data slots busy */
-	assert_int_equal(conn_send_locked(c, T_DATA, IC_FLAG_TAGGED, &iov, 1, sizeof(page)), -ENOBUFS);
+	assert_int_equal(rconn_send_locked(&c->c, T_DATA, IC_FLAG_TAGGED, &iov, 1, sizeof(page)), -ENOBUFS);
 	/* a frame larger than the peer's data slot */
 	c->r_slot_size = 1024 + 40;
 	in->data_consumed = 16;
-	assert_int_equal(conn_send_locked(c, T_DATA, IC_FLAG_TAGGED, &iov, 1, sizeof(page)), -EMSGSIZE);
+	assert_int_equal(rconn_send_locked(&c->c, T_DATA, IC_FLAG_TAGGED, &iov, 1, sizeof(page)), -EMSGSIZE);
 	/* send ring full */
 	c->r_slot_size = c->slot_size;
 	c->tx_head = RDMA_N_TX;
-	assert_int_equal(conn_send_locked(c, T_DATA, IC_FLAG_TAGGED, &iov, 1, sizeof(page)), -ENOBUFS);
-	conn_free(c);
+	assert_int_equal(rconn_send_locked(&c->c, T_DATA, IC_FLAG_TAGGED, &iov, 1, sizeof(page)), -ENOBUFS);
+	rconn_free(&c->c);
 	free(t);
 }
 
@@ -221,51 +222,52 @@ static void test_peer_input_closes_connection(void **state)
 	log_set_quiet(true);
 	/* garbage SEND */
 	c = conn_new(t, NULL, false, NULL);
-	t->pending = c;
+	ic_conn_pending_add(&t->cs, &c->c);
 	for (size_t i = 0; i < sizeof(junk); i++)
 		junk[i] = (uint8_t)(i * 7 + 1);
 	conn_on_message(c, junk, sizeof(junk), false);
-	assert_int_equal(c->state, C_DEAD);
-	assert_null(t->pending);
-	assert_int_equal(atomic_load(&t->ctr.proto_errors), 1);
-	rtr_bury(t);
+	assert_int_equal(c->c.state, IC_CONN_DEAD);
+	assert_null(t->cs.pending);
+	assert_int_equal(t->cs.n_pending, 0);
+	assert_int_equal(atomic_load(&t->cs.ctr.proto_errors), 1);
+	ic_conn_bury(&t->cs);
 
 	/* a well-formed user frame before authentication */
 	c = conn_new(t, NULL, false, NULL);
 	ic_frame_hdr_encode(junk, T_DATA, 0, 8, 0, 0);
 	conn_on_message(c, junk, IC_HDR_LEN + 8, false);
-	assert_int_equal(c->state, C_DEAD);
-	assert_int_equal(atomic_load(&t->ctr.proto_errors), 2);
-	rtr_bury(t);
+	assert_int_equal(c->c.state, IC_CONN_DEAD);
+	assert_int_equal(atomic_load(&t->cs.ctr.proto_errors), 2);
+	ic_conn_bury(&t->cs);
 
 	/* a handshake frame that is not a valid HELLO */
 	c = conn_new(t, NULL, false, NULL);
-	c->state = C_HANDSHAKE;
+	c->c.state = IC_CONN_HANDSHAKE;
 	ic_frame_hdr_encode(junk, IC_T_HELLO, 0, 8, 0, 0);
 	conn_on_message(c, junk, IC_HDR_LEN + 8, false);
-	assert_int_equal(c->state, C_DEAD);
-	rtr_bury(t);
+	assert_int_equal(c->c.state, IC_CONN_DEAD);
+	ic_conn_bury(&t->cs);
 
 	/* an RDMA write announced into the wrong data slot */
 	c = conn_new(t, NULL, false, NULL);
-	c->state = C_UP;
+	c->c.state = IC_CONN_UP;
 	wc.status = IBV_WC_SUCCESS;
 	wc.opcode = IBV_WC_RECV_RDMA_WITH_IMM;
 	wc.wr_id = WR_RECV | 3;
 	wc.imm_data = htonl(5);
 	conn_on_wc(c, &wc);
-	assert_int_equal(c->state, C_DEAD);
-	assert_int_equal(atomic_load(&t->ctr.proto_errors), 4);
-	rtr_bury(t);
+	assert_int_equal(c->c.state, IC_CONN_DEAD);
+	assert_int_equal(atomic_load(&t->cs.ctr.proto_errors), 4);
+	ic_conn_bury(&t->cs);
 
 	/* a failed work completion */
 	c = conn_new(t, NULL, false, NULL);
-	c->state = C_UP;
+	c->c.state = IC_CONN_UP;
 	wc.status = IBV_WC_REM_ACCESS_ERR;
 	wc.wr_id = WR_TX | 0;
 	conn_on_wc(c, &wc);
-	assert_int_equal(c->state, C_DEAD);
-	rtr_bury(t);
+	assert_int_equal(c->c.state, IC_CONN_DEAD);
+	ic_conn_bury(&t->cs);
 	log_set_quiet(false);
 	free(t);
 }
@@ -413,25 +415,25 @@ static void emu_on_peer(void *opaque, uint32_t peer, enum ic_peer_event ev, cons
 		((struct emu_node *)opaque)->ups++;
 }
 
-static struct rdma_tr *emu_transport(uint32_t self, const uint8_t *key, struct emu_node *node)
+static struct rdma_tr *emu_transport_peer(uint32_t self, uint32_t peer_id, const uint8_t *key, struct emu_node *node)
 {
 	struct rdma_tr *t = calloc(1, sizeof(*t));
-	struct ic_peer_addr peer = { .id = !self, .addr = "127.0.0.1:1" };
+	struct ic_peer_addr peer = { .id = peer_id, .addr = "127.0.0.1:1" };
 	struct ic_config cfg = { .self = self, .peers = &peer, .n_peers = 1, .key = key, .key_len = 32,
 				 .max_frame = 4096, .on_frame = emu_on_frame, .on_peer = emu_on_peer, .opaque = node };
 
 	assert_non_null(t);
 	ic_accept_type(&cfg, T_DATA);
-	assert_int_equal(ic_base_init(&t->base, &rdma_ops, &cfg), 0);
 	t->epfd = t->evfd = -1;
-	t->n_peers = 1;
-	t->peers = calloc(1, sizeof(*t->peers));
-	assert_non_null(t->peers);
-	pthread_mutex_init(&t->peers[0].lock, NULL);
-	t->peers[0].id = !self;
-	t->peers[0].we_dial = self < t->peers[0].id;
-	t->peers[0].backoff_ms = RDMA_BACKOFF_MIN_MS;
+	assert_int_equal(ic_conn_set_init(&t->cs, &rdma_ops, &rdma_conn_ops, &cfg), 0);
+	assert_int_equal(t->cs.n_peers, 1);
+	assert_int_equal(t->cs.peers[0].we_dial, self < peer_id);
 	return t;
+}
+
+static struct rdma_tr *emu_transport(uint32_t self, const uint8_t *key, struct emu_node *node)
+{
+	return emu_transport_peer(self, !self, key, node);
 }
 
 static void emu_side_init(struct emu_side *s, struct emu_side *other, uint32_t key_base)
@@ -450,7 +452,7 @@ static void emu_side_init(struct emu_side *s, struct emu_side *other, uint32_t k
 
 static struct rconn *emu_conn(struct emu_side *s, struct rdma_tr *t, bool dialler)
 {
-	struct rconn *c = conn_new(t, &s->id, dialler, dialler ? &t->peers[0] : NULL);
+	struct rconn *c = conn_new(t, &s->id, dialler, dialler ? &t->cs.peers[0] : NULL);
 
 	assert_non_null(c);
 	s->c = c;
@@ -458,12 +460,10 @@ static struct rconn *emu_conn(struct emu_side *s, struct rdma_tr *t, bool dialle
 	c->rx_mr = &s->rx_mr;
 	c->tx_mr = &s->tx_mr;
 	assert_int_equal(conn_post_recvs(c), 0);
-	if (dialler) {
-		t->peers[0].dialing = c;
-	} else {
-		c->next = t->pending;
-		t->pending = c;
-	}
+	if (dialler)
+		t->cs.peers[0].dialing = &c->c;
+	else
+		ic_conn_pending_add(&t->cs, &c->c);
 	return c;
 }
 
@@ -473,7 +473,7 @@ static size_t emu_pump(struct emu_side *s)
 	struct ibv_wc batch[16];
 	size_t done = 0;
 
-	while (s->nwc && s->c->state != C_DEAD) {
+	while (s->nwc && s->c->c.state != IC_CONN_DEAD) {
 		size_t n = s->nwc < 16 ? s->nwc : 16;
 
 		memcpy(batch, s->wcs, n * sizeof(batch[0]));
@@ -497,8 +497,8 @@ static void emu_connect(struct emu_side *s0, struct emu_side *s1)
 	priv_fill(s1->c, &pd);
 	assert_int_equal(priv_parse(s0->c, &pd, sizeof(pd), &node), 0);
 	assert_int_equal(node, 1);
-	assert_int_equal(conn_start_handshake(s1->c), 0);
-	assert_int_equal(conn_start_handshake(s0->c), 0);
+	assert_int_equal(ic_conn_start_handshake(&s1->c->c), 0);
+	assert_int_equal(ic_conn_start_handshake(&s0->c->c), 0);
 	for (int i = 0; i < 20 && (s0->nwc || s1->nwc); i++) {
 		emu_pump(s1);
 		emu_pump(s0);
@@ -508,22 +508,19 @@ static void emu_connect(struct emu_side *s0, struct emu_side *s1)
 /* Close whatever is left and free it (the fake verbs objects are not the library's to destroy). */
 static void emu_teardown(struct rdma_tr *t)
 {
-	struct rpeer *p = &t->peers[0];
+	struct ic_conn_peer *p = &t->cs.peers[0];
 
 	if (p->conn)
-		conn_close(p->conn, "test over");
+		ic_conn_close(p->conn, "test over");
 	if (p->dialing)
-		conn_close(p->dialing, "test over");
-	while (t->pending)
-		conn_close(t->pending, "test over");
-	for (struct rconn *c = t->graveyard; c; c = c->next) {
-		c->id = NULL;
-		c->rx_mr = c->tx_mr = NULL;
+		ic_conn_close(p->dialing, "test over");
+	while (t->cs.pending)
+		ic_conn_close(t->cs.pending, "test over");
+	for (struct ic_conn *c = t->cs.graveyard; c; c = c->next) {
+		to_rconn(c)->id = NULL;
+		to_rconn(c)->rx_mr = to_rconn(c)->tx_mr = NULL;
 	}
-	rtr_bury(t);
-	pthread_mutex_destroy(&p->lock);
-	free(t->peers);
-	ic_base_fini(&t->base);
+	ic_conn_set_fini(&t->cs, NULL);
 	free(t);
 }
 
@@ -535,7 +532,7 @@ static int emu_send(struct rdma_tr *t, uint32_t tag)
 
 	for (uint32_t i = 4; i < len; i++)
 		buf[i] = (uint8_t)(tag + i);
-	return rtr_send(&t->base, !t->base.cfg.self, T_DATA, 0, iov, 2);
+	return ic_conn_send(&t->cs.base, !t->cs.base.cfg.self, T_DATA, 0, iov, 2);
 }
 
 static void test_software_rc_data_path(void **state)
@@ -553,8 +550,8 @@ static void test_software_rc_data_path(void **state)
 	emu_connect(s0, s1);
 	assert_int_equal(n0.ups, 1);
 	assert_int_equal(n1.ups, 1);
-	assert_true(rtr_peer_is_up(&t0->base, 1));
-	assert_true(rtr_peer_is_up(&t1->base, 0));
+	assert_true(ic_conn_peer_is_up(&t0->cs.base, 1));
+	assert_true(ic_conn_peer_is_up(&t1->cs.base, 0));
 
 	/* 3000 frames one way (2 of 3 by SEND, 1 of 3 by RDMA WRITE WITH IMM), 300 the other way, with bursts
 	 * that run out of credits or send slots: -ENOBUFS, then progress after the peer returns credits */
@@ -584,7 +581,7 @@ static void test_software_rc_data_path(void **state)
 	assert_true(enobufs > 0);                  /* back-pressure was exercised */
 	assert_int_equal(s0->overruns + s1->overruns, 0);
 	assert_int_equal(s0->bad_access + s1->bad_access, 0);
-	rtr_get_stats(&t1->base, &st);
+	ic_conn_get_stats(&t1->cs.base, &st);
 	assert_int_equal(st.frames_rx, 3000);
 	assert_int_equal(st.proto_errors + st.auth_failures, 0);
 	print_message("software RC: 3000 + 300 frames, %u -ENOBUFS back-offs, no receiver overrun\n", enobufs);
@@ -635,9 +632,10 @@ static void test_software_rc_data_path(void **state)
 	log_set_quiet(true);
 	emu_pump(s1);
 	log_set_quiet(false);
-	rtr_get_stats(&t1->base, &st);
-	assert_int_equal(st.auth_failures, 1);
-	assert_false(rtr_peer_is_up(&t1->base, 0));
+	ic_conn_get_stats(&t1->cs.base, &st);
+	assert_int_equal(st.proto_errors, 1);   /* a bad MAC is judged as on tcp: a corrupt or forged frame */
+	assert_int_equal(st.auth_failures, 0);
+	assert_false(ic_conn_peer_is_up(&t1->cs.base, 0));
 	assert_int_equal(n1.n, sent);   /* not delivered */
 	emu_small_only = false;
 
@@ -662,9 +660,9 @@ static void test_software_rc_wrong_key(void **state)
 	emu_connect(s0, s1);
 	log_set_quiet(false);
 	assert_int_equal(n0.ups + n1.ups, 0);
-	assert_false(rtr_peer_is_up(&t0->base, 1));
-	rtr_get_stats(&t0->base, &st0);
-	rtr_get_stats(&t1->base, &st1);
+	assert_false(ic_conn_peer_is_up(&t0->cs.base, 1));
+	ic_conn_get_stats(&t0->cs.base, &st0);
+	ic_conn_get_stats(&t1->cs.base, &st1);
 	assert_true(st0.auth_failures >= 1);
 	assert_int_equal(emu_send(t0, 0), -ENOTCONN);
 	(void)st1;
@@ -674,13 +672,80 @@ static void test_software_rc_wrong_key(void **state)
 	free(s1);
 }
 
+/* A listener that refuses a dialler's id tells it why with a CLOSE (the handshake of conn.c, the same as tcp's), so
+ * the dialler counts an authentication failure at once instead of waiting for its setup timeout. Node 2 dials
+ * node 1, which only knows node 0 (and a node with a larger id may not dial anyway). */
+static void test_software_rc_refused_id_told_why(void **state)
+{
+	struct emu_node n1 = { 0 }, n2 = { 0 };
+	struct rdma_tr *t1 = emu_transport_peer(1, 0, key_a, &n1), *t2 = emu_transport_peer(2, 1, key_a, &n2);
+	struct emu_side *s1 = calloc(1, sizeof(*s1)), *s2 = calloc(1, sizeof(*s2));
+	struct ic_stats st1, st2;
+	struct rdma_priv pd;
+	uint32_t node;
+
+	emu_side_init(s2, s1, 100);
+	emu_side_init(s1, s2, 200);
+	emu_conn(s2, t2, true);
+	emu_conn(s1, t1, false);
+	priv_fill(s2->c, &pd);
+	assert_int_equal(priv_parse(s1->c, &pd, sizeof(pd), &node), 0);
+	priv_fill(s1->c, &pd);
+	assert_int_equal(priv_parse(s2->c, &pd, sizeof(pd), &node), 0);
+	log_set_quiet(true);
+	assert_int_equal(ic_conn_start_handshake(&s1->c->c), 0);
+	assert_int_equal(ic_conn_start_handshake(&s2->c->c), 0);   /* HELLO from node 2 */
+	emu_pump(s1);                                              /* refused: CLOSE with the reason */
+	assert_int_equal(s1->c->c.state, IC_CONN_DEAD);
+	emu_pump(s2);                                              /* the dialler reads it */
+	log_set_quiet(false);
+	assert_int_equal(s2->c->c.state, IC_CONN_DEAD);
+	ic_conn_get_stats(&t1->cs.base, &st1);
+	ic_conn_get_stats(&t2->cs.base, &st2);
+	assert_int_equal(st1.auth_failures, 1);
+	assert_int_equal(st2.auth_failures, 1);
+	assert_int_equal(n1.ups + n2.ups, 0);
+	/* the dialler backs off and dials again later: its dial slot is free and its backoff doubled */
+	assert_null(t2->cs.peers[0].dialing);
+	assert_int_equal(t2->cs.peers[0].backoff_ms, 2 * IC_CONN_BACKOFF_MIN_MS);
+	emu_teardown(t1);
+	emu_teardown(t2);
+	free(s1);
+	free(s2);
+}
+
+/* The listener keeps at most IC_CONN_MAX_PENDING unauthenticated connections (shared with tcp, where
+ * test_tcp checks it end to end); a connection request beyond that is refused before any verbs resources. */
+static void test_pending_bounded(void **state)
+{
+	struct rdma_tr *t = fake_transport();
+
+	for (unsigned int i = 0; i < IC_CONN_MAX_PENDING; i++) {
+		struct rconn *c = conn_new(t, NULL, false, NULL);
+
+		assert_non_null(c);
+		assert_true(ic_conn_may_accept(&t->cs, "test"));
+		ic_conn_pending_add(&t->cs, &c->c);
+	}
+	log_set_quiet(true);
+	assert_false(ic_conn_may_accept(&t->cs, "test"));
+	ic_conn_close(t->cs.pending, "test");
+	log_set_quiet(false);
+	assert_true(ic_conn_may_accept(&t->cs, "test"));
+	while (t->cs.pending)
+		ic_conn_close(t->cs.pending, "test over");
+	assert_int_equal(t->cs.n_pending, 0);
+	ic_conn_bury(&t->cs);
+	free(t);
+}
+
 static void test_software_rc_heartbeat_and_dead(void **state)
 {
 	struct emu_node n0 = { 0 }, n1 = { 0 };
 	struct rdma_tr *t0 = emu_transport(0, key_a, &n0), *t1 = emu_transport(1, key_a, &n1);
 	struct emu_side *s0 = calloc(1, sizeof(*s0)), *s1 = calloc(1, sizeof(*s1));
 	struct rconn *c0, *c1;
-	uint64_t now, hb = (uint64_t)t0->base.cfg.heartbeat_ms * NSEC_PER_MSEC;
+	uint64_t now, hb = (uint64_t)t0->cs.base.cfg.heartbeat_ms * NSEC_PER_MSEC;
 	uint64_t seq_before;
 
 	emu_side_init(s0, s1, 100);
@@ -688,24 +753,25 @@ static void test_software_rc_heartbeat_and_dead(void **state)
 	c0 = emu_conn(s0, t0, true);
 	c1 = emu_conn(s1, t1, false);
 	emu_connect(s0, s1);
-	assert_true(rtr_peer_is_up(&t1->base, 0));
+	assert_true(ic_conn_peer_is_up(&t1->cs.base, 0));
 
 	/* quiet for heartbeat_ms: a heartbeat goes out, is accepted (seq advances), and is not delivered */
 	now = clock_now_ns();
-	c0->last_tx_ns = now - hb;
-	seq_before = c1->rules.expect_seq;
-	conn_check_timers(t0, c0, now);
-	assert_true(c0->last_tx_ns >= now);
+	c0->c.tx_active = false;
+	c0->c.last_tx_ns = now - hb;
+	seq_before = c1->c.rules.expect_seq;
+	ic_conn_timers(&t0->cs, now);
+	assert_true(c0->c.tx_active);   /* something was sent: the heartbeat */
 	emu_pump(s1);
 	emu_pump(s0);
-	assert_int_equal(c1->rules.expect_seq, seq_before + 1);
+	assert_int_equal(c1->c.rules.expect_seq, seq_before + 1);
 	assert_int_equal(n1.n, 0);
-	assert_true(rtr_peer_is_up(&t1->base, 0));
+	assert_true(ic_conn_peer_is_up(&t1->cs.base, 0));
 
 	/* silent for longer than dead_ms: down */
-	now = clock_now_ns() + (uint64_t)(t1->base.cfg.dead_ms + 1) * NSEC_PER_MSEC;
-	conn_check_timers(t1, c1, now);
-	assert_false(rtr_peer_is_up(&t1->base, 0));
+	now = clock_now_ns() + (uint64_t)(t1->cs.base.cfg.dead_ms + 1) * NSEC_PER_MSEC;
+	ic_conn_timers(&t1->cs, now);
+	assert_false(ic_conn_peer_is_up(&t1->cs.base, 0));
 	emu_teardown(t0);
 	emu_teardown(t1);
 	free(s0);
@@ -851,6 +917,8 @@ int main(void)
 		cmocka_unit_test(test_peer_input_closes_connection),
 		cmocka_unit_test(test_software_rc_data_path),
 		cmocka_unit_test(test_software_rc_wrong_key),
+		cmocka_unit_test(test_software_rc_refused_id_told_why),
+		cmocka_unit_test(test_pending_bounded),
 		cmocka_unit_test(test_software_rc_heartbeat_and_dead),
 		cmocka_unit_test(test_two_endpoints),
 		cmocka_unit_test(test_wrong_key_refused),

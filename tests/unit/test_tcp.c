@@ -27,6 +27,7 @@
 
 #include <cmocka.h>
 
+#include "interconnect/conn.h"
 #include "interconnect/frame_codec.h"
 #include "interconnect/ic.h"
 #include "util/clock.h"
@@ -1022,6 +1023,38 @@ static void test_garbage_clients_closed_good_peer_served(void **state)
 	ic_destroy(n.t);
 }
 
+/* At most IC_CONN_MAX_PENDING connections may sit unauthenticated: one more is closed at once (the first 64 are
+ * kept until the handshake timeout), and a good peer is still served meanwhile. */
+static void test_unauthenticated_connections_bounded(void **state)
+{
+	int fds[IC_CONN_MAX_PENDING + 1];
+	struct node n;
+	pid_t kid;
+	int open_after = 0;
+
+	pick_ports(2);
+	assert_int_equal(node_create(&n, 1, 2, good_key), 0);
+	kid = spawn(0, 2, good_key, CHILD_ECHO);
+	assert_true(node_wait(&n, cond_up, 0, 10000));
+	/* all queued in the listen backlog first (loopback connects complete in order), so the node accepts them in
+	 * one pass, well within the handshake timeout */
+	for (unsigned int i = 0; i <= IC_CONN_MAX_PENDING; i++)
+		fds[i] = raw_connect(ports[1]);
+	log_set_quiet(true);
+	assert_true(wait_raw_closed(&n, fds[IC_CONN_MAX_PENDING], 2000));
+	log_set_quiet(false);
+	for (unsigned int i = 0; i < IC_CONN_MAX_PENDING; i++)
+		open_after += !raw_closed(fds[i]);
+	print_message("%d of %u silent connections still open after one more was refused\n", open_after,
+		      IC_CONN_MAX_PENDING);
+	assert_int_equal(open_after, IC_CONN_MAX_PENDING);
+	echo_once(&n, 0);
+	for (unsigned int i = 0; i <= IC_CONN_MAX_PENDING; i++)
+		close(fds[i]);
+	kill_and_reap(kid);
+	ic_destroy(n.t);
+}
+
 static void test_four_nodes_full_mesh(void **state)
 {
 	struct node n;
@@ -1157,6 +1190,7 @@ int main(void)
 		cmocka_unit_test_setup(test_wrong_key_cannot_join_dialling, setup),
 		cmocka_unit_test_setup(test_garbage_clients_closed_good_peer_served, setup),
 		cmocka_unit_test_setup(test_unknown_or_own_id_cannot_join, setup),
+		cmocka_unit_test_setup(test_unauthenticated_connections_bounded, setup),
 		cmocka_unit_test_setup(test_send_queue_bounded, setup),
 		cmocka_unit_test_setup(test_send_to_dead_peer_no_sigpipe, setup),
 		cmocka_unit_test_setup(test_busy_poll, setup),
