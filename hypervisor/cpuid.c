@@ -8,13 +8,13 @@
  * values; backends patch the per-vCPU fields (accel.h).
  *
  * emu model (base == NULL): "GenuineIntel" family 15 model 6 stepping 1 (the kvm64 signature, a generic CPU to
- * Linux), integer-only: no FPU/MMX/SSE/FXSR/XSAVE bits, because the interpreter raises #UD for them. A 64-bit
- * Linux requires FPU/FXSR/SSE/SSE2 (verify_cpu) and therefore does not boot on emu; the guest SDK needs none of
- * them. Advertised: PSE, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, HTT (n > 1), CMPXCHG16B, POPCNT, x2APIC,
- * TSC-deadline, hypervisor; SYSCALL, NX, RDTSCP, LM, LAHF/SAHF in 64-bit mode, LZCNT (ABM); invariant TSC; ARAT;
- * 0x15/0x16 for a 1 GHz TSC until fw_cpuid_set_tsc says other. Each of these is executed by the interpreter and
- * tested in tests/unit/test_emu.c (test_cpuid_emu_model_features). Never: BMI1 (TZCNT runs as BSF), MOVBE, SSE*,
- * XSAVE, MONITOR, RDRAND, FSGSBASE, SMAP — the interpreter raises #UD for them.
+ * Linux). Advertised: FPU, PSE, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, HTT (n > 1), FXSR, SSE, SSE2,
+ * CMPXCHG16B, POPCNT, x2APIC, TSC-deadline, hypervisor; SYSCALL, NX, RDTSCP, LM, LAHF/SAHF in 64-bit mode, LZCNT
+ * (ABM); FCS/FDS deprecated (leaf 7 EBX[13]); invariant TSC; ARAT; 0x15/0x16 for a 1 GHz TSC until
+ * fw_cpuid_set_tsc says other. Each of these is executed by the interpreter (x87/SSE/SSE2: emu_exec_fpu.c) and
+ * tested in tests/unit/test_emu.c (test_cpuid_emu_model_features) and test_emu_exec.c. Never: MMX, SSE3 and later,
+ * AVX, XSAVE, BMI1 (TZCNT runs as BSF), MOVBE, MONITOR, RDRAND, FSGSBASE, SMAP — the interpreter raises #UD for
+ * them, so glibc's ifuncs pick their SSE2 code.
  *
  * KVM (base != NULL): the supported table, with leaf 1 (APIC id, logical count, HTT, x2APIC, TSC-deadline,
  * hypervisor), leaf 4's sharing fields and leaves 0xB/0x1F rewritten; everything else as KVM reports it, less what
@@ -155,8 +155,8 @@ static int emu_model(struct cpuid_table *t)
 	e->ebx = 8u << 8;                  /* CLFLUSH line 64 bytes; count and APIC id set by topology */
 	/* CMPXCHG16B, x2APIC, POPCNT, TSC-deadline, hypervisor */
 	e->ecx = (1u << 13) | (1u << 21) | (1u << 23) | (1u << 24) | (1u << 31);
-	e->edx = (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) | (1u << 11) | (1u << 13) |
-		 (1u << 15) | (1u << 16);
+	e->edx = (1u << 0) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) | (1u << 11) |
+		 (1u << 13) | (1u << 15) | (1u << 16) | (1u << 24) | (1u << 25) | (1u << 26);   /* FPU, ..., FXSR, SSE, SSE2 */
 	/* Deterministic cache parameters: L1d, L1i, L2 per core; L3 shared by the package. */
 	static const struct { uint32_t type, level, ways, sets; } caches[] = {
 		{ 1, 1, 8, 64 }, { 2, 1, 8, 64 }, { 3, 2, 16, 1024 }, { 3, 3, 16, 16384 },
@@ -175,6 +175,7 @@ static int emu_model(struct cpuid_table *t)
 	e->eax = 1u << 2;                  /* ARAT: the APIC timer runs in every C-state */
 	if (!(e = table_get(t, 7, 0, true)))
 		return -ENOSPC;
+	e->ebx = 1u << 13;                 /* FCS/FDS deprecated: FXSAVE stores them as 0 */
 	if (!(e = table_get(t, 0x40000000, 0, false)))
 		return -ENOSPC;
 	e->eax = 0x40000000;

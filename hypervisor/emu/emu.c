@@ -124,6 +124,7 @@ static void cpu_reset(struct emu_cpu *cpu)
 	cpu->msr_misc_enable = 1;   /* fast strings */
 	cpu->dr[6] = 0xffff0ff0ull;
 	cpu->dr[7] = 0x400;
+	emu_fpu_reset(cpu);
 	uint32_t sig = 0x600;
 	for (size_t i = 0; i < cpu->vm->n_cpuid; i++)
 		if (cpu->vm->cpuid[i].function == 1)

@@ -32,6 +32,7 @@
 #define RACKVM_HYPERVISOR_EMU_H
 
 #include <setjmp.h>
+#include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -147,6 +148,8 @@ struct emu_cpu {
 	uint64_t tsc_adjust;         /* per-vCPU offset added by WRMSR IA32_TSC (0x10) */
 	uint64_t msr_mtrr_def_type, msr_mtrr_fixed[11], msr_mtrr_var[16];
 	uint64_t dr[8];              /* debug registers: stored, no breakpoints */
+	/* x87/SSE state: the guest's FXSAVE64 image (emu_exec_fpu.c), reset by emu_fpu_reset() */
+	alignas(16) uint8_t fx[512];
 	int dlv_class;               /* event being delivered: -1 none, else EMU_DLV_* (double-fault rules) */
 	uint64_t dlv_rip;            /* its saved RIP (a fault during delivery reports this one) */
 	uint64_t wrmsr_rip;          /* WRMSR that exited: the VMM's error on it becomes #GP at this RIP */
@@ -292,6 +295,8 @@ void emu_deliver(struct emu_cpu *cpu, int vector, int error, uint64_t ret_rip, b
 /* SYSENTER (0F 34) and SYSEXIT (0F 35; opsize 8 with REX.W) from the IA32_SYSENTER_* MSRs; they set cpu->rip. */
 void emu_sysenter(struct emu_cpu *cpu);
 void emu_sysexit(struct emu_cpu *cpu, unsigned opsize);
+/* x87/SSE state at power-up (SDM vol. 3 table 9-1), emu_exec_fpu.c. */
+void emu_fpu_reset(struct emu_cpu *cpu);
 /* Guest TSC of this vCPU now, without RDTSC's CR4.TSD check (accel read_tsc). */
 uint64_t emu_tsc_now(const struct emu_cpu *cpu);
 

@@ -644,14 +644,6 @@ static void exec_bcd(struct emu_insn *d, uint8_t op)
 	emu_insn_retire(d);
 }
 
-static void exec_x87(struct emu_insn *d)
-{
-	emu_modrm(d);
-	if (d->cpu->cr0 & (CR0_EM | CR0_TS))
-		emu_raise(d->cpu, EXC_NM, -1);
-	emu_ud(d);    /* no FPU: CPUID leaf 1 EDX.FPU is 0 */
-}
-
 static void exec_mov_sreg(struct emu_insn *d, bool to_sreg)
 {
 	struct emu_cpu *cpu = d->cpu;
@@ -1036,6 +1028,7 @@ static __attribute__((noinline)) void exec_one(struct emu_insn *d, uint8_t op)
 	case 0x9b:                    /* WAIT */
 		if ((cpu->cr0 & (CR0_MP | CR0_TS)) == (CR0_MP | CR0_TS))
 			emu_raise(cpu, EXC_NM, -1);
+		emu_x87_wait(d);
 		emu_insn_retire(d);
 		return;
 	case 0x9c:
@@ -1147,7 +1140,7 @@ static __attribute__((noinline)) void exec_one(struct emu_insn *d, uint8_t op)
 		return;
 	}
 	case 0xd8: case 0xd9: case 0xda: case 0xdb: case 0xdc: case 0xdd: case 0xde: case 0xdf:
-		exec_x87(d);
+		emu_exec_x87(d, op);
 		return;
 	case 0xe0: case 0xe1: case 0xe2: case 0xe3: {
 		int8_t rel = (int8_t)emu_imm8(d);

@@ -282,8 +282,11 @@ static void exec_grp15(struct emu_insn *d)    /* 0F AE */
 		}
 	} else if (sub == 7) {    /* CLFLUSH: coherent memory, only the access check */
 		emu_read(d->cpu, d->mseg, emu_ea(d), 1);
+	} else if (sub <= 3) {    /* FXSAVE, FXRSTOR, LDMXCSR, STMXCSR */
+		emu_exec_fxsave_group(d, sub);
+		return;
 	} else {
-		emu_ud(d);        /* FXSAVE/FXRSTOR/LDMXCSR/STMXCSR/XSAVE...: no SSE */
+		emu_ud(d);        /* XSAVE, XRSTOR, XSAVEOPT: no XSAVE */
 	}
 	emu_insn_retire(d);
 }
@@ -546,7 +549,11 @@ void emu_exec_0f(struct emu_insn *d)
 			emu_ud(d);    /* RDRAND/RDSEED/RDPID...: not advertised */
 		exec_cmpxchg8b(d);
 		return;
+	case 0x10 ... 0x17: case 0x28 ... 0x2f: case 0x50 ... 0x76: case 0x7e: case 0x7f:
+	case 0xc2 ... 0xc6: case 0xd1 ... 0xfe:
+		emu_exec_sse(d, op);    /* SSE/SSE2 (emu_exec_fpu.c; what it does not know is #UD there) */
+		return;
 	default:
-		emu_ud(d);    /* 0B UD2, B9 UD1, FF UD0, SSE/AVX, 0F 38/3A maps, ... */
+		emu_ud(d);    /* 0B UD2, B9 UD1, FF UD0, 77 EMMS (no MMX), SSE3+/AVX, 0F 38/3A maps, ... */
 	}
 }

@@ -375,6 +375,10 @@ void emu_flags_szp8(struct emu_cpu *cpu, uint8_t v); /* SF/ZF/PF of a byte resul
 
 /* ---- handlers by file ---- */
 void emu_exec_0f(struct emu_insn *d);                  /* emu_exec_0f.c */
+void emu_exec_sse(struct emu_insn *d, uint8_t op);     /* emu_exec_fpu.c: SSE/SSE2 of the 0F map */
+void emu_exec_x87(struct emu_insn *d, uint8_t op);     /* emu_exec_fpu.c: D8-DF */
+void emu_exec_fxsave_group(struct emu_insn *d, unsigned sub); /* emu_exec_fpu.c: 0F AE /0-/3 (memory) */
+void emu_x87_wait(struct emu_insn *d);                 /* emu_exec_fpu.c: WAIT/FWAIT's pending-exception check */
 void emu_exec_string(struct emu_insn *d, uint8_t op);  /* emu_exec_str.c: A4-A7, AA-AF, 6C-6F */
 void emu_exec_io(struct emu_insn *d, uint8_t op);      /* emu_exec_str.c: E4-E7, EC-EF */
 void emu_io_check(struct emu_insn *d, uint16_t port, unsigned size);

@@ -1784,10 +1784,12 @@ static void test_cpuid_emu_model_features(void **state)
 	assert_int_equal(l1->ecx & want1c, want1c);
 	assert_int_equal(x1->ecx & ((1u << 0) | (1u << 5)), (1u << 0) | (1u << 5));   /* LAHF-SAHF, LZCNT */
 	assert_int_equal(x1->edx & (1u << 27), 1u << 27);           /* RDTSCP */
-	/* never: SSE3/SSSE3/SSE4.1/4.2, MONITOR, MOVBE, XSAVE, AVX, RDRAND; FPU/MMX/FXSR/SSE/SSE2 */
+	/* never: SSE3/SSSE3/SSE4.1/4.2, MONITOR, MOVBE, XSAVE, AVX, RDRAND; MMX. Advertised: FPU, FXSR, SSE, SSE2 */
 	assert_int_equal(l1->ecx & ((1u << 0) | (1u << 3) | (1u << 9) | (1u << 19) | (1u << 20) | (1u << 22) |
 				    (1u << 26) | (1u << 27) | (1u << 28) | (1u << 30)), 0);
-	assert_int_equal(l1->edx & ((1u << 0) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26)), 0);
+	assert_int_equal(l1->edx & (1u << 23), 0);
+	assert_int_equal(l1->edx & ((1u << 0) | (1u << 24) | (1u << 25) | (1u << 26)),
+			 (1u << 0) | (1u << 24) | (1u << 25) | (1u << 26));
 	if (l7)   /* FSGSBASE, BMI1, BMI2, SMAP */
 		assert_int_equal(l7->ebx & ((1u << 0) | (1u << 3) | (1u << 8) | (1u << 20)), 0);
 
@@ -1802,12 +1804,18 @@ static void test_cpuid_emu_model_features(void **state)
 	       " mov $0xc0000103, %ecx\n mov $7, %eax\n xor %edx, %edx\n wrmsr\n"
 	       " rdtscp\n mov %ecx, %eax\n out %eax, $0xe0\n"
 	       " mov $0xd700, %eax\n sahf\n mov $0, %eax\n lahf\n shr $8, %eax\n out %eax, $0xe0\n"
+	       /* x87 and SSE2 as Linux enables them: CR4.OSFXSR|OSXMMEXCPT, CR0.MP|NE, EM/TS clear */
+	       " mov %cr4, %rax\n or $0x600, %rax\n mov %rax, %cr4\n"
+	       " mov %cr0, %rax\n and $~0xc, %rax\n or $0x22, %rax\n mov %rax, %cr0\n"
+	       " fninit\n fld1\n fld1\n faddp\n fistpl 0x4010\n mov 0x4010, %eax\n out %eax, $0xe0\n"
+	       " mov $7, %eax\n cvtsi2sd %eax, %xmm0\n mulsd %xmm0, %xmm0\n cvttsd2si %xmm0, %eax\n out %eax, $0xe0\n"
+	       " fxsave 0x4100\n mov 0x4118, %eax\n out %eax, $0xe0\n"
 	       " hlt\n");
 	lm_setup(&h, CODE);
 	put64(&h, 0x4000, 1);
 	put64(&h, 0x4008, 2);
 	assert_int_equal(run_until(&h, NULL), ACCEL_EXIT_HLT);
-	assert_int_equal(h.n_reports, 6);
+	assert_int_equal(h.n_reports, 9);
 	assert_int_equal(h.reports[0], 8);               /* POPCNT */
 	assert_int_equal(h.reports[1], 23);              /* LZCNT */
 	assert_int_equal(h.reports[2], (32 << 8) | 1);   /* LZCNT of 0: 32, CF */
@@ -1816,6 +1824,9 @@ static void test_cpuid_emu_model_features(void **state)
 	assert_int_equal(get64(&h, 0x4008), 4);
 	assert_int_equal(h.reports[4], 7);               /* RDTSCP: ECX = TSC_AUX */
 	assert_int_equal(h.reports[5], 0xd7);            /* SAHF/LAHF in 64-bit mode */
+	assert_int_equal(h.reports[6], 2);               /* x87: 1 + 1 */
+	assert_int_equal(h.reports[7], 49);              /* SSE2: 7.0 * 7.0 */
+	assert_int_equal(h.reports[8], 0x1f80);          /* FXSAVE's MXCSR: the reset value */
 	vmh_fini(&h);
 }
 

@@ -1329,7 +1329,8 @@ static void test_undefined_and_faults(void **state)
 	static const struct { uint8_t b[4]; uint8_t n; int vec; } cases[] = {
 		{ { 0x0f, 0x0b }, 2, EXC_UD },             /* ud2 */
 		{ { 0x0f, 0xff, 0xc0 }, 3, EXC_UD },       /* ud0 */
-		{ { 0x0f, 0x10, 0xc0 }, 3, EXC_UD },       /* movups: no SSE */
+		{ { 0x0f, 0x10, 0xc0 }, 3, EXC_UD },       /* movups with CR4.OSFXSR clear */
+		{ { 0x0f, 0x77 }, 2, EXC_UD },             /* emms: no MMX */
 		{ { 0x0f, 0x01, 0xd0 }, 3, EXC_UD },       /* xgetbv */
 		{ { 0x0f, 0x01, 0xc8 }, 3, EXC_UD },       /* monitor */
 		{ { 0x62, 0xc0 }, 2, EXC_UD },             /* bound / EVEX in 64-bit mode */
@@ -1344,7 +1345,7 @@ static void test_undefined_and_faults(void **state)
 		{ { 0xff, 0xff }, 2, EXC_UD },             /* ff /7 */
 		{ { 0xfe, 0xd0 }, 2, EXC_UD },             /* fe /2 */
 		{ { 0xc6, 0xc8, 0 }, 3, EXC_UD },          /* c6 /1 */
-		{ { 0xd8, 0xc0 }, 2, EXC_UD },             /* x87 without CR0.EM */
+		{ { 0xd9, 0xd8 }, 2, EXC_UD },             /* a reserved x87 encoding */
 		{ { 0xf7, 0xf3 }, 2, EXC_DE },             /* div %ebx, ebx = 0 */
 	};
 

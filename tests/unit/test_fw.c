@@ -642,7 +642,10 @@ static void test_cpuid_emu_model(void **state)
 	memcpy(vendor + 8, &l0->ecx, 4);
 	assert_string_equal(vendor, "GenuineIntel");
 	assert_true(l0->eax >= 0x1f);
-	assert_int_equal(l1->edx & ((1u << 0) | (1u << 23) | (1u << 24) | (1u << 25) | (1u << 26)), 0); /* no x87/SSE */
+	/* x87, FXSR, SSE, SSE2 (emu_exec_fpu.c); never MMX */
+	assert_int_equal(l1->edx & ((1u << 0) | (1u << 24) | (1u << 25) | (1u << 26)),
+			 (1u << 0) | (1u << 24) | (1u << 25) | (1u << 26));
+	assert_int_equal(l1->edx & (1u << 23), 0);
 	assert_int_equal(l1->ecx & ((1u << 0) | (1u << 9) | (1u << 19) | (1u << 20) | (1u << 26) | (1u << 28)), 0);
 	uint32_t need = (1u << 4) | (1u << 5) | (1u << 6) | (1u << 8) | (1u << 9) | (1u << 13) | (1u << 15);
 	assert_int_equal(l1->edx & need, need);
