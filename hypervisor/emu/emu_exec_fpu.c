@@ -124,11 +124,11 @@ static uint8_t run_x87_stub(const void *stub, uint8_t *img, void *mem, uint8_t f
 
 	__asm__ volatile("fxsave64 %[host]\n\t"
 			 "fxrstor64 %[img]\n\t"
+			 "lea -128(%%rsp), %%rsp\n\t"   /* not SUB/ADD: the flags are live around the call */
 			 "sahf\n\t"
-			 "sub $128, %%rsp\n\t"
 			 "call *%[stub]\n\t"
-			 "add $128, %%rsp\n\t"
 			 "lahf\n\t"
+			 "lea 128(%%rsp), %%rsp\n\t"
 			 "fxsave64 %[img]\n\t"
 			 "fxrstor64 %[host]"
 			 : [img] "+m"(*(uint8_t (*)[512])img), [host] "=&m"(host), "+a"(ax)
