@@ -16,6 +16,7 @@ PKGS=(
 	spin                           # model checking of the DSM protocol
 	qemu-system-x86                # reference VMM for guest cross-checks
 	acpica-tools                   # iasl -d validates the ACPI tables (test_fw)
+	busybox-static                 # the Linux guest's userland (sim/guest/linux)
 	iproute2 procps psmisc         # network namespaces, process tools used by tests
 )
 

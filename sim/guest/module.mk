@@ -75,3 +75,38 @@ $(GUEST_OUT)/hv-devices.elf: $(GUEST_OUT)/obj/hv-devices.o
 	$(Q)ld -N -m elf_x86_64 --no-warn-rwx-segments -Ttext=0x100000 -e _start -o $@.64 $<
 	$(Q)objcopy -O elf32-i386 $@.64 $@
 guest: $(GUEST_OUT)/hv-devices.elf
+
+# The Linux guest (docs/linux-guest.md): an initramfs of Debian's busybox-static (installed by scripts/deps.sh) and
+# sim/guest/linux/init and debug-exit (our freestanding isa-debug-exit writer), written by our mkinitramfs (owners 0:0, mtimes 0, gzip -n: the same inputs give the same
+# bytes). /etc/rackvm-expected is the checksum the init's per-CPU jobs must compute, made here on the host.
+LINUX_DIR := $(GUEST_DIR)/linux
+LINUX_OUT := $(GUEST_OUT)/linux
+LINUX_INITRAMFS := $(LINUX_OUT)/initramfs.cpio.gz
+BUSYBOX ?= /bin/busybox
+$(LINUX_OUT)/mkinitramfs: $(LINUX_DIR)/mkinitramfs.c
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) -std=gnu11 -O2 $(WARNINGS) -o $@ $<
+$(LINUX_OUT)/debug-exit: $(LINUX_DIR)/debug-exit.c
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) -std=gnu11 -O2 -static -nostdlib -fno-pie -no-pie -fno-stack-protector $(WARNINGS) \
+		-Wl,--build-id=none -o $@ $<
+$(LINUX_OUT)/rackvm-expected: $(GUEST_DIR)/module.mk
+	@mkdir -p $(@D)
+	$(Q)seq 1 3000 | md5sum | cut -d' ' -f1 >$@
+$(LINUX_INITRAMFS): $(LINUX_OUT)/mkinitramfs $(LINUX_DIR)/init $(LINUX_OUT)/rackvm-expected $(LINUX_OUT)/debug-exit \
+		$(BUSYBOX)
+	@$(if $(Q),echo "  CPIO    $@")
+	$(Q)$(LINUX_OUT)/mkinitramfs dir:bin:755 dir:dev:755 dir:etc:755 dir:proc:555 dir:sys:555 dir:tmp:1777 \
+		nod:dev/console:600:c:5:1 nod:dev/null:666:c:1:3 file:bin/busybox:755:$(BUSYBOX) \
+		file:init:755:$(LINUX_DIR)/init file:etc/rackvm-expected:644:$(LINUX_OUT)/rackvm-expected \
+		file:bin/debug-exit:755:$(LINUX_OUT)/debug-exit \
+		| gzip -n -9 >$@.tmp && mv $@.tmp $@
+.PHONY: linux-guest
+linux-guest: $(LINUX_INITRAMFS)
+ifneq ($(wildcard $(BUSYBOX)),)
+guest: $(LINUX_INITRAMFS)
+endif
+CHECK_SCRIPTS += tests/integration/test_linux.sh
+BENCH_SCRIPTS += tests/bench/bench_linux.sh

@@ -8,7 +8,6 @@
 set -u
 BUILD=${BUILD:-build}
 bin="$BUILD/tests/test_fw"
-cache="$BUILD/cache/linux-image"
 
 skip() {
 	echo "SKIP: $*"
@@ -16,28 +15,12 @@ skip() {
 }
 
 [ -x "$bin" ] || skip "$bin is not built"
-vmlinuz=$(ls "$cache"/root/boot/vmlinuz-* 2>/dev/null | head -n 1)
-if [ -z "$vmlinuz" ]; then
-	command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || skip "apt-get/dpkg-deb not available"
-	meta=linux-image-cloud-amd64
-	pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
-	[ -n "$pkg" ] || skip "apt-cache does not know $meta (no Debian package lists: apt-get update?)"
-	rm -rf "$cache"
-	mkdir -p "$cache/dl" "$cache/root"
-	if ! (cd "$cache/dl" && timeout 600 apt-get download -q "$pkg") >"$cache/download.log" 2>&1; then
-		why=$(grep -v '^W:' "$cache/download.log" | tail -n 1)
-		rm -rf "$cache"
-		skip "apt-get download $pkg failed: ${why:-no output}"
-	fi
-	deb=$(ls "$cache"/dl/*.deb | head -n 1)
-	if ! dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$cache/root" --wildcards './boot/vmlinuz-*'; then
-		rm -rf "$cache"
-		echo "test_linux_image: cannot extract ./boot/vmlinuz-* from $deb" >&2
-		exit 1
-	fi
-	rm -rf "$cache/dl"
-	vmlinuz=$(ls "$cache"/root/boot/vmlinuz-* 2>/dev/null | head -n 1)
-	[ -n "$vmlinuz" ] || { echo "test_linux_image: $pkg has no /boot/vmlinuz-*" >&2; exit 1; }
-fi
+. "$(dirname "$0")/../guest/linux_kernel.sh"
+linux_kernel
+case $? in
+0) vmlinuz=$VMLINUZ ;;
+77) skip "$LINUX_SKIP" ;;
+*) exit 1 ;;
+esac
 echo "kernel image: $vmlinuz"
 exec "$bin" --linux-image "$vmlinuz"
