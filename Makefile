@@ -10,6 +10,7 @@
 #   make headers    every header compiles on its own (also run by make check)
 #   make clean
 #   make demo       one guest across 4 simulated nodes x 2 vCPUs (rackvm sim; sim/demo.sh)
+#   make demo-linux a Debian kernel + busybox across 4 simulated nodes x 2 vCPUs (sim/demo-linux.sh, minutes)
 #
 # Options: WERROR=0 (warnings are not errors), SANITIZER=address,undefined | thread,
 #          BUILD=dir (object directory; defaults per sanitizer so builds do not mix), V=1 (echo commands).
@@ -152,9 +153,11 @@ ALL_BINS :=
 $(foreach l,$(LIBS_ALL),$(eval $(call lib_template,$(l))))
 $(foreach p,$(PROGRAMS) $(TESTS) $(BENCHES),$(eval $(call prog_template,$(p))))
 
-.PHONY: all check bench fuzz soak model install clean demo headers
+.PHONY: all check bench fuzz soak model install clean demo demo-linux headers
 demo: $(DEPS_STAMP) all
 	$(Q)BUILD=$(BUILD) bash sim/demo.sh
+demo-linux: $(DEPS_STAMP) all linux-guest
+	$(Q)BUILD=$(BUILD) bash sim/demo-linux.sh
 
 all: $(patsubst %,$(BUILD)/lib%.a,$(LIBS_ALL)) $(ALL_BINS)
 

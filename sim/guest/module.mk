@@ -110,3 +110,4 @@ guest: $(LINUX_INITRAMFS)
 endif
 CHECK_SCRIPTS += tests/integration/test_linux.sh
 BENCH_SCRIPTS += tests/bench/bench_linux.sh
+SOAK_SCRIPTS += tests/integration/linux_soak.sh

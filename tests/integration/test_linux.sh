@@ -73,17 +73,17 @@ run_one() {   # run_one <name> <rackvm args...>
 
 echo "test_linux: kernel $VMLINUZ, initramfs $INITRD"
 run_one one-node-2vcpu run --accel emu --vcpus 2 --mem 512M --kernel "$VMLINUZ" --initrd "$INITRD" \
-	--cmdline "console=ttyS0 rackvm.cpus=2 rackvm.nodes=1"
+	--cmdline "console=ttyS0 cryptomgr.notests rackvm.cpus=2 rackvm.nodes=1"
 judge "1 node, 2 vCPUs" "$LOG" "$RC" 0 PASS
 grep -E '^rackvm-linux: (cpus|numa|ram)' "$LOG" | sed 's/^/    /'
 
 run_one two-nodes sim --nodes 2 --vcpus 2 --mem 512M --accel emu --kernel "$VMLINUZ" --initrd "$INITRD" \
-	--cmdline "console=ttyS0 rackvm.cpus=2 rackvm.nodes=2" --timeout $((LINUX_TIMEOUT - 20))
+	--cmdline "console=ttyS0 cryptomgr.notests rackvm.cpus=2 rackvm.nodes=2" --timeout $((LINUX_TIMEOUT - 20))
 judge "2 nodes x 1 vCPU" "$LOG" "$RC" 0 PASS
 grep -E '^rackvm-linux: (cpus|numa|ram)|^sim:   node' "$LOG" | sed 's/^/    /'
 
 run_one wrong-count run --accel emu --vcpus 1 --mem 256M --kernel "$VMLINUZ" --initrd "$INITRD" \
-	--cmdline "console=ttyS0 rackvm.cpus=3 rackvm.memkb=1024"
+	--cmdline "console=ttyS0 cryptomgr.notests rackvm.cpus=3 rackvm.memkb=1024"
 judge "a failed check ends through isa-debug-exit" "$LOG" "$RC" 3 FAIL
 
 echo "test_linux: $pass passed, $fail failed"
