@@ -104,4 +104,8 @@ void device_type_register(const struct device_type *t);
 #define DEVICE_REGISTER(t) \
 	static void __attribute__((constructor)) device_register_##t(void) { device_type_register(&(t)); }
 
+/* Registers every node answers itself instead of forwarding to the io node: reads of the ACPI PM timer, a pure
+ * function of the clock every node shares (dev_acpi_pm.c). True when `a` was a read of them (a->data filled). */
+bool bus_local_read(enum bus_space space, struct io_access *a, uint64_t now_ns);
+
 #endif

@@ -3,8 +3,10 @@
  * ACPI fixed-hardware power management block, at the ports the FADT announces (hypervisor/acpi.c): PM1a event
  * block 0x600 (PM1_STS at +0, PM1_EN at +2), PM1a control 0x604, PM timer 0x608 (32-bit: FADT TMR_VAL_EXT).
  *
- *   - PM timer: 3.579545 MHz, free-running from 0 at creation, derived from svc->now_ns (the same clock as the
- *     PIT, so a guest that checks one against the other sees the right ratio). Read-only.
+ *   - PM timer: 3.579545 MHz, free-running, a pure function of svc->now_ns (the same clock as the PIT, so a guest
+ *     that checks one against the other sees the right ratio; and, like the guest TSC, the same on every node
+ *     process). Read-only. So a vCPU on a node without the devices reads it locally (bus_local_read), not through
+ *     the io node: Linux reads it thousands of times while it boots.
  *   - PM1_STS: write 1 to clear; no event ever sets a bit (no power/sleep button, no RTC alarm, TMR_STS not
  *     modelled), so SCI (ISA IRQ 9 / GSI 9) is never raised. PM1_EN: stored.
  *   - PM1_CNT: SCI_EN reads 1 (the FADT has SMI_CMD 0: the machine is always in ACPI mode). SLP_EN with SLP_TYP 0
@@ -30,15 +32,29 @@
 struct acpi_pm {
 	pthread_mutex_t lock;
 	const struct vm_services *svc;
-	uint64_t t0;
 	uint16_t sts, en, cnt;
 };
 
+static uint32_t pm_timer_at(uint64_t ns)
+{
+	return (uint32_t)((unsigned __int128)ns * PM_TMR_HZ / 1000000000ull);
+}
+
 static uint32_t pm_timer(struct acpi_pm *p)
 {
-	uint64_t ns = p->svc->now_ns(p->svc->opaque) - p->t0;
+	return pm_timer_at(p->svc->now_ns(p->svc->opaque));
+}
 
-	return (uint32_t)((unsigned __int128)ns * PM_TMR_HZ / 1000000000ull);
+bool bus_local_read(enum bus_space space, struct io_access *a, uint64_t now_ns)
+{
+	uint32_t tmr;
+
+	if (space != BUS_PIO || a->write || a->size > 4 || a->addr < ACPI_PM_PORT + 8 ||
+	    a->addr + a->size > ACPI_PM_PORT + ACPI_PM_LEN)
+		return false;
+	tmr = pm_timer_at(now_ns);
+	a->data = (tmr >> (8 * (a->addr - ACPI_PM_PORT - 8))) & (a->size == 4 ? 0xffffffffu : (1u << (8 * a->size)) - 1);
+	return true;
 }
 
 static uint8_t pm_read_byte(struct acpi_pm *p, unsigned off, uint32_t tmr)
@@ -125,7 +141,6 @@ static int acpi_pm_create(struct bus *b, const struct machine_desc *m, const str
 		return -ENOMEM;
 	pthread_mutex_init(&p->lock, NULL);
 	p->svc = svc;
-	p->t0 = svc->now_ns(svc->opaque);
 	p->cnt = CNT_SCI_EN;
 	r = bus_claim(b, BUS_PIO, ACPI_PM_PORT, ACPI_PM_LEN, "acpi-pm", acpi_pm_io, p);
 	if (r) {

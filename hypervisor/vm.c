@@ -179,6 +179,8 @@ int vm_io(struct vm *vm, enum bus_space space, struct io_access *a)
 
 	if (vm->io_local)
 		return bus_access(vm->bus, space, a);
+	if (bus_local_read(space, a, clock_now_ns()))
+		return 0;
 	if (!h || !h->forward_io)
 		return -ENOENT;
 	if (vcpu < VM_MAX_VCPUS && vm->vcpus[vcpu])

@@ -390,7 +390,7 @@ static void sse_cvt_gpr(struct emu_insn *d, unsigned p, uint8_t op)
 		T out_;                                                                                        \
 		__asm__ volatile("stmxcsr %[h]\n\tldmxcsr %[g]\n\tmovdqu %[s], %%xmm0\n\t" insn " %%xmm0, %[o]\n\t"  \
 				 "stmxcsr %[g]\n\tldmxcsr %[h]"                                                     \
-				 : [o] "=r"(out_), [g] "+m"(csr), [h] "=&m"(host_csr) : [s] "m"(s) : "xmm0", "cc");  \
+				 : [o] "=&r"(out_), [g] "+m"(csr), [h] "=&m"(host_csr) : [s] "m"(s) : "xmm0", "cc");  \
 		r = (uint64_t)out_;                                                                            \
 	} while (0)
 		bool trunc = op == 0x2c;
@@ -438,7 +438,7 @@ static void sse_comis(struct emu_insn *d, unsigned p, uint8_t op)
 #define COMI(insn)                                                                                             \
 	__asm__ volatile("stmxcsr %[h]\n\tldmxcsr %[g]\n\tmovdqu %[a], %%xmm0\n\tmovdqu %[b], %%xmm1\n\t" insn     \
 			 " %%xmm1, %%xmm0\n\tlahf\n\tstmxcsr %[g]\n\tldmxcsr %[h]"                                  \
-			 : "=a"(ax), [g] "+m"(csr), [h] "=&m"(host_csr) : [a] "m"(a), [b] "m"(b) : "xmm0", "xmm1", "cc")
+			 : "=&a"(ax), [g] "+m"(csr), [h] "=&m"(host_csr) : [a] "m"(a), [b] "m"(b) : "xmm0", "xmm1", "cc")
 	if (p == P_66 && op == 0x2e)
 		COMI("ucomisd");
 	else if (p == P_66)

@@ -1312,15 +1312,29 @@ static void test_acpi_pm(void **state)
 	uint64_t v = 0;
 
 	env_add(e, "acpi-pm");
-	assert_int_equal(in_sz(e, 0x608, 4), 0);
+	/* a pure function of the clock: 3.579545 MHz from the clock's zero (the fake starts at 1000 s) */
+	uint32_t base = (uint32_t)(1000ull * 3579545);
+	assert_int_equal(in_sz(e, 0x608, 4), base);
 	fake_advance(&e->f, NSEC_PER_SEC);
-	assert_int_equal(in_sz(e, 0x608, 4), 3579545);  /* 3.579545 MHz */
-	assert_int_equal(in_sz(e, 0x608, 2), 3579545 & 0xffff);
-	assert_int_equal(in_sz(e, 0x60a, 1), (3579545 >> 16) & 0xff);
+	assert_int_equal(in_sz(e, 0x608, 4), (uint32_t)(base + 3579545));
+	assert_int_equal(in_sz(e, 0x608, 2), (base + 3579545) & 0xffff);
+	assert_int_equal(in_sz(e, 0x60a, 1), ((base + 3579545) >> 16) & 0xff);
+	/* what a node without the devices answers itself for the same instant: the same bytes, every width */
+	for (unsigned off = 0; off < 4; off++) {
+		for (unsigned sz = 1; off + sz <= 4; sz *= 2) {
+			struct io_access la = { .addr = 0x608 + off, .size = (uint8_t)sz };
+
+			assert_true(bus_local_read(BUS_PIO, &la, fake_now(&e->f)));
+			assert_int_equal(la.data, in_sz(e, 0x608 + off, sz));
+		}
+	}
+	struct io_access other = { .addr = 0x604, .size = 2 }, wr = { .addr = 0x608, .size = 4, .write = true };
+	assert_false(bus_local_read(BUS_PIO, &other, fake_now(&e->f)));   /* PM1_CNT: the io node's */
+	assert_false(bus_local_read(BUS_PIO, &wr, fake_now(&e->f)));
 	fake_advance(&e->f, 1200 * NSEC_PER_SEC);       /* 32-bit wrap after ~1200 s */
-	assert_int_equal(in_sz(e, 0x608, 4), (uint32_t)(1201ull * 3579545));
+	assert_int_equal(in_sz(e, 0x608, 4), (uint32_t)(2201ull * 3579545));
 	outl(e, 0x608, 0);                              /* read-only */
-	assert_int_equal(in_sz(e, 0x608, 4), (uint32_t)(1201ull * 3579545));
+	assert_int_equal(in_sz(e, 0x608, 4), (uint32_t)(2201ull * 3579545));
 	/* PM1_STS (write 1 to clear, never set), PM1_EN stored */
 	assert_int_equal(in_sz(e, 0x600, 2), 0);
 	outw(e, 0x602, 0x0121);
