@@ -38,6 +38,7 @@
 #include "cluster/msg.h"
 #include "app/opts.h"
 #include "cluster/placement.h"
+#include "dsm/protocol.h"
 #include "dsm/region.h"
 #include "hypervisor/accel.h"
 #include "hypervisor/fw.h"
@@ -92,6 +93,8 @@ static struct node *the_node;   /* for the signal handler */
 
 /* ---- summary ---------------------------------------------------------------------------------------------- */
 
+#define NODE_HOT_PAGES 8   /* pages with the most remote faults, in the summary */
+
 static void node_summary(struct node *n, const char *result)
 {
 	struct dsm_region_stats d;
@@ -124,6 +127,17 @@ static void node_summary(struct node *n, const char *result)
 		(double)hist_quantile(&d.remote_fault_ns, 0.5) / 1000.0, d.bytes_in, d.bytes_out, c.irq_sent,
 		c.irq_received, c.io_forwarded, c.io_served, c.eoi_sent, c.eoi_received, c.retransmits,
 		d.retransmissions, clock, result);
+	if (n->region && d.faults_remote) {
+		struct dsm_page_count hot[NODE_HOT_PAGES];
+		size_t k = dsm_region_hot_pages(n->region, hot, NODE_HOT_PAGES);
+		char line[NODE_HOT_PAGES * 32] = "";
+		size_t len = 0;
+
+		for (size_t i = 0; i < k && len < sizeof(line); i++)
+			len += (size_t)snprintf(line + len, sizeof(line) - len, " 0x%llx:%u",
+						(unsigned long long)(hot[i].page * DSM_PAGE_SIZE), hot[i].faults);
+		fprintf(stderr, "summary-hot: node %u pages (guest-physical:remote faults)%s\n", n->o.id, line);
+	}
 }
 
 /* ---- callbacks ------------------------------------------------------------------------------------------- */

@@ -77,6 +77,7 @@ struct sim_node {
 	char addr[64];
 	char netns[32];
 	char summary[512];
+	char hot[512];                 /* the node's summary-hot line: its most-faulted pages */
 };
 
 struct sim {
@@ -387,7 +388,11 @@ static void node_emit_line(struct sim *s, struct sim_node *n, const char *line, 
 
 	if (m > (int)sizeof(buf) - 1)
 		m = (int)sizeof(buf) - 1;
-	if (len >= 8 && !strncmp(line, "summary:", 8)) {
+	if (len >= 12 && !strncmp(line, "summary-hot:", 12)) {
+		snprintf(n->hot, sizeof(n->hot), "%.*s", (int)len, line);
+		if (s->o.quiet)
+			return;
+	} else if (len >= 8 && !strncmp(line, "summary:", 8)) {
 		snprintf(n->summary, sizeof(n->summary), "%.*s", (int)len, line);
 		if (s->o.quiet)
 			return;   /* --quiet: only in the table at the end */
@@ -575,7 +580,11 @@ static int sim_run(struct sim *s, int sfd)
 	for (unsigned k = 0; k < s->o.nodes; k++) {
 		const char *v = strstr(s->node[k].summary, "vcpus ");
 
+		const char *h = strstr(s->node[k].hot, "pages ");
+
 		fprintf(stderr, "sim:   node %u: %s\n", k, v ? v : "(no summary: the node did not finish)");
+		if (h)
+			fprintf(stderr, "sim:   node %u hot %s\n", k, h);
 	}
 	switch (end) {
 	case END_EXITED: {

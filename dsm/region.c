@@ -115,6 +115,7 @@ struct dsm_region {
 	uint8_t *stash_free[STASH_POOL];
 	uint32_t n_stash_free;
 	uint64_t *fault_t0;             /* per page: when the first still-unanswered fault was reported, 0 = none */
+	uint32_t *remote_count;         /* per page: faults resolved remotely (saturating), for dsm_region_hot_pages */
 	uint64_t cur_fault_page;        /* page of the fault input being executed, UINT64_MAX otherwise */
 	bool fatal_pending;
 	struct dsm_region_stats stats;
@@ -231,6 +232,8 @@ static void region_fault_answered(struct dsm_region *r, uint64_t page, uint64_t 
 		r->stats.faults_local++;
 	} else {
 		r->stats.faults_remote++;
+		if (r->remote_count[page] != UINT32_MAX)
+			r->remote_count[page]++;
 		hist_record(&r->stats.remote_fault_ns, now > t0 ? now - t0 : 0);
 		r->last_remote_map = now;
 	}
@@ -835,6 +838,7 @@ static void region_tables_free(struct dsm_region *r, size_t n_homed)
 	free(r->acts);
 	free(r->stash);
 	free(r->fault_t0);
+	free(r->remote_count);
 	free(r->stash_pool);
 	free(r->peer_up);
 	free(r->peer_ever_up);
@@ -906,6 +910,7 @@ int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **o
 		r->home_store = NULL;
 	r->stash = calloc(r->n_pages, sizeof(*r->stash));
 	r->fault_t0 = calloc(r->n_pages, sizeof(*r->fault_t0));
+	r->remote_count = calloc(r->n_pages, sizeof(*r->remote_count));
 	r->stash_pool = aligned_alloc(DSM_PAGE_SIZE, (size_t)STASH_POOL * DSM_PAGE_SIZE);
 	r->peer_up = calloc(r->n_nodes, sizeof(bool));
 	r->peer_ever_up = calloc(r->n_nodes, sizeof(bool));
@@ -913,7 +918,7 @@ int dsm_region_create(const struct dsm_region_config *cfg, struct dsm_region **o
 	r->dirty = calloc(r->n_nodes, sizeof(*r->dirty));
 	r->deferred = calloc(r->n_nodes, sizeof(*r->deferred));
 	r->outbox = calloc(r->n_nodes, sizeof(*r->outbox));
-	if (!r->acts || (n_homed && !r->home_store) || !r->stash || !r->fault_t0 || !r->stash_pool || !r->peer_up ||
+	if (!r->acts || (n_homed && !r->home_store) || !r->stash || !r->fault_t0 || !r->remote_count || !r->stash_pool || !r->peer_up ||
 	    !r->peer_ever_up || !r->peer_left || !r->dirty || !r->outbox)
 		goto out_tables;
 	for (uint32_t p = 0; p < r->n_nodes; p++) {
@@ -1110,6 +1115,29 @@ bool dsm_region_failed(struct dsm_region *r, uint32_t *node, char *reason, size_
 		snprintf(reason, reason_len, "%s", r->reason);
 	pthread_mutex_unlock(&r->st_lock);
 	return true;
+}
+
+size_t dsm_region_hot_pages(struct dsm_region *r, struct dsm_page_count *out, size_t max)
+{
+	size_t n = 0;
+
+	pthread_mutex_lock(&r->lock);
+	for (uint64_t p = 0; p < r->n_pages && max; p++) {
+		uint32_t c = r->remote_count[p];
+		size_t i;
+
+		if (!c || (n == max && c <= out[n - 1].faults))
+			continue;
+		/* insert into the sorted top list (most first; equal counts keep the lower page first) */
+		i = n < max ? n++ : max - 1;
+		while (i > 0 && out[i - 1].faults < c) {
+			out[i] = out[i - 1];
+			i--;
+		}
+		out[i] = (struct dsm_page_count){ .page = p, .faults = c };
+	}
+	pthread_mutex_unlock(&r->lock);
+	return n;
 }
 
 void dsm_region_get_stats(struct dsm_region *r, struct dsm_region_stats *out)

@@ -95,6 +95,15 @@ int dsm_region_wait_peers(struct dsm_region *r, uint64_t timeout_ns);
 bool dsm_region_failed(struct dsm_region *r, uint32_t *node, char *reason, size_t reason_len);
 void dsm_region_get_stats(struct dsm_region *r, struct dsm_region_stats *out);
 
+/* Where the remote faults went: the pages (index in the region) with the most faults resolved by a peer so far,
+ * most first, at most max; returns how many. For the operator's "which guest memory do the nodes fight over"
+ * (rackvm node's summary prints the top ones). */
+struct dsm_page_count {
+	uint64_t page;
+	uint32_t faults;
+};
+size_t dsm_region_hot_pages(struct dsm_region *r, struct dsm_page_count *out, size_t max);
+
 /* The largest frame payload the region sends: the endpoint's max_frame must allow it. */
 size_t dsm_region_max_frame(void);
 

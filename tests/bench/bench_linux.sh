@@ -71,7 +71,7 @@ if [ -r /sys/module/kvm_pvm/parameters ] || [ -d /sys/module/kvm_pvm ]; then
 elif [ -w /dev/kvm ]; then
 	k=$(first_line "$LOG_DIR/kvm.log" "$RACKVM" run --accel kvm --vcpus 2 --mem 512M --kernel "$VMLINUZ" \
 		--initrd "$INITRD" --cmdline "$CMD")
-	qk=$(first_line "$LOG_DIR/qemu-kvm.log" qemu-system-x86_64 -M pc -accel kvm -cpu host -smp 2 -m 512M \
+	qk=$(first_line "$LOG_DIR/qemu-kvm.log" qemu-system-x86_64 -M pc -accel kvm -cpu host,-arch-capabilities -smp 2 -m 512M \
 		-nographic -no-reboot -kernel "$VMLINUZ" -initrd "$INITRD" -append "$CMD")
 	echo "kvm: rackvm ${k} s, qemu-kvm ${qk} s: $(ratio "$k" "$qk")"
 else

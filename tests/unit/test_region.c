@@ -158,6 +158,37 @@ static void test_write_remote_home_then_read_everywhere(void **state)
 	cluster_stop(&c);
 }
 
+/* dsm_region_hot_pages names the pages the nodes fight over, most-faulted first: page 5 (homed on node 1) is
+ * written in turn by both nodes 20 times, page 6 is read once by node 0. */
+static void test_hot_pages_name_the_contended_page(void **state)
+{
+	struct dsm_page_count hot[4];
+	struct cluster c;
+	size_t n;
+
+	START(&c, 2, 8, 0);
+	for (unsigned i = 0; i < 20; i++) {   /* volatile: each store is an access the other node must see */
+		((volatile uint8_t *)c.base[0])[5 * PG + 1] = (uint8_t)i;
+		((volatile uint8_t *)c.base[1])[5 * PG + 2] = (uint8_t)i;
+	}
+	assert_int_equal(c.base[0][6 * PG], 0);
+	n = dsm_region_hot_pages(c.r[0], hot, 4);
+	assert_true(n >= 2);
+	assert_int_equal(hot[0].page, 5);
+	assert_true(hot[0].faults >= 10);
+	for (size_t i = 1; i < n; i++)
+		assert_true(hot[i].faults <= hot[i - 1].faults);
+	bool six = false;
+	for (size_t i = 0; i < n; i++)
+		six |= hot[i].page == 6 && hot[i].faults == 1;
+	assert_true(six);
+	assert_int_equal(dsm_region_hot_pages(c.r[0], hot, 1), 1);
+	assert_int_equal(hot[0].page, 5);
+	assert_int_equal(dsm_region_hot_pages(c.r[0], hot, 0), 0);
+	printf("node0 hot pages: %llu (%u faults)\n", (unsigned long long)hot[0].page, hot[0].faults);
+	cluster_stop(&c);
+}
+
 struct inc_arg {
 	uint64_t *ctr;
 	unsigned n;
@@ -752,6 +783,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_write_remote_home_then_read_everywhere),
+		cmocka_unit_test(test_hot_pages_name_the_contended_page),
 		cmocka_unit_test(test_atomic_counter_exact_across_nodes),
 		cmocka_unit_test(test_memtest_patterns_verify_from_every_node),
 		cmocka_unit_test(test_concurrent_faults_coalesce_into_one_request),
