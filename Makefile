@@ -10,7 +10,7 @@
 #   make headers    every header compiles on its own (also run by make check)
 #   make clean
 #   make demo       one guest across 4 simulated nodes x 2 vCPUs (rackvm sim; sim/demo.sh)
-#   make demo-linux a Debian kernel + busybox across 4 simulated nodes x 2 vCPUs (sim/demo-linux.sh, minutes)
+#   make demo-linux only the Linux part of the demo: a Debian kernel + busybox across 4 nodes x 2 vCPUs
 #
 # Options: WERROR=0 (warnings are not errors), SANITIZER=address,undefined | thread,
 #          BUILD=dir (object directory; defaults per sanitizer so builds do not mix), V=1 (echo commands).
