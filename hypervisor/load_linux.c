@@ -161,6 +161,30 @@ static int load_vmlinux(struct fw_ctx *c, uint8_t *bp, struct linux_image *li)
 	return 0;
 }
 
+/*
+ * Is this something Linux's initramfs unpacker takes? After any leading zero bytes (it skips them), a cpio header
+ * ("070701", "070702", "070707", or the old binary one) or the magic of a decompressor the kernel may have (gzip,
+ * bzip2, lzma, xz, lzo, lz4, zstd). A random or empty file is refused here with one line; a compressed archive
+ * damaged further in is only seen by Linux ("Initramfs unpacking failed").
+ */
+static bool initrd_recognised(const uint8_t *d, size_t n)
+{
+	static const struct { uint8_t len; uint8_t b[6]; } magic[] = {
+		{ 6, "070701" }, { 6, "070702" }, { 6, "070707" }, { 2, { 0xc7, 0x71 } }, { 2, { 0x71, 0xc7 } },
+		{ 2, { 0x1f, 0x8b } }, { 2, { 0x1f, 0x9e } }, { 3, "BZh" }, { 3, { 0x5d, 0x00, 0x00 } },
+		{ 6, { 0xfd, '7', 'z', 'X', 'Z', 0x00 } }, { 4, { 0x89, 'L', 'Z', 'O' } },
+		{ 4, { 0x02, 0x21, 0x4c, 0x18 } }, { 4, { 0x28, 0xb5, 0x2f, 0xfd } },
+	};
+	size_t i = 0;
+
+	while (i < n && !d[i])
+		i++;
+	for (size_t k = 0; k < sizeof(magic) / sizeof(magic[0]); k++)
+		if (n - i >= magic[k].len && !memcmp(d + i, magic[k].b, magic[k].len))
+			return true;
+	return false;
+}
+
 static int place_initrd(struct fw_ctx *c, uint8_t *bp, const struct linux_image *li)
 {
 	uint8_t *data;
@@ -168,6 +192,11 @@ static int place_initrd(struct fw_ctx *c, uint8_t *bp, const struct linux_image 
 	int r = fw_read_file(c, "initrd", c->cfg->initrd, &data, &size);
 	if (r < 0)
 		return r;
+	if (!initrd_recognised(data, size)) {
+		free(data);
+		return fw_fail(c, EINVAL, "initrd %s: not an initramfs (no cpio header and no gzip, bzip2, lzma, xz, lzo, "
+			       "lz4 or zstd magic)", c->cfg->initrd);
+	}
 	uint64_t max = fw_rd32(bp + HDR_INITRD_ADDR_MAX);
 	uint64_t top = c->low_end;
 	if (max && max + 1 < top)

@@ -156,8 +156,8 @@ bad_input not-bootable '^rackvm: .+' --accel emu --kernel "$T/text"
 head -c 300 "$K" >"$T/truncated.elf"
 bad_input corrupt-image '^rackvm: .+' --accel emu --kernel "$T/truncated.elf"
 bad_input mem-too-small '^rackvm: --mem 1024K is too small' --kernel "$K" --mem 1M
-# Linux images that cannot boot: a truncated bzImage, an initrd larger than guest RAM, a command line over the
-# kernel's cmdline_size — each one line and exit 1, nothing run. The Debian kernel is the one test_linux_image.sh
+# Linux images that cannot boot: a truncated bzImage, an initrd larger than guest RAM, a corrupt or empty initrd, a
+# command line over the kernel's cmdline_size — each one line and exit 1, nothing run. The Debian kernel is the one test_linux_image.sh
 # fetched into $BUILD/cache (it runs before this script in make check); without it, one SKIP line.
 VMLINUZ=$(ls "$BUILD"/cache/linux-image/root/boot/vmlinuz-* 2>/dev/null | head -n 1)
 if [ -n "$VMLINUZ" ]; then
@@ -168,6 +168,12 @@ if [ -n "$VMLINUZ" ]; then
 	bad_input initrd-larger-than-ram '^rackvm: initrd .*big.initrd \(314572800 bytes\) is larger than guest RAM \(128 MiB\)$' \
 		--accel emu --kernel "$VMLINUZ" --initrd "$T/big.initrd" --mem 128M
 	rm -f "$T/big.initrd"
+	head -c 4096 /dev/urandom | tr '\0' x >"$T/junk.initrd"
+	bad_input initrd-corrupt '^rackvm: initrd .*junk.initrd: not an initramfs \(no cpio header' \
+		--accel emu --kernel "$VMLINUZ" --initrd "$T/junk.initrd" --mem 128M
+	: >"$T/empty.initrd"
+	bad_input initrd-empty '^rackvm: initrd .*empty.initrd: not an initramfs' \
+		--accel emu --kernel "$VMLINUZ" --initrd "$T/empty.initrd" --mem 128M
 	bad_input linux-cmdline-too-long '^rackvm: linux: command line is 3000 bytes, the kernel accepts at most 2047$' \
 		--accel emu --kernel "$VMLINUZ" --mem 128M --cmdline "$(head -c 3000 /dev/zero | tr '\0' x)"
 else

@@ -1071,6 +1071,7 @@ static void test_linux_bzimage(void **state)
 	static uint8_t img[0x8000], rd[100 * 1024 + 7];
 	size_t len = make_bzimage(img, 0x020f);
 	memset(rd, 0x77, sizeof(rd));
+	memcpy(rd, "070701", 6);   /* what a newc cpio archive starts with: the loader checks for an initramfs */
 	struct fw_config cfg = cfg_basic(rs, tmp_write("bzImage", img, len));
 	cfg.cmdline = "console=ttyS0 root=/dev/vda";
 	cfg.initrd = tmp_write("initrd", rd, sizeof(rd));
@@ -1225,8 +1226,12 @@ static void test_bad_inputs(void **state)
 	cfg.initrd = "/nonexistent/initrd";
 	expect_fail(&cfg, ram, "initrd /nonexistent/initrd: No such file");
 	static uint8_t big[45 * MIB];
+	memcpy(big + 4096, "070701", 6);   /* leading zeros are allowed, as Linux skips them */
 	cfg.initrd = tmp_write("bigrd", big, sizeof(big));
-	expect_fail(&cfg, ram, "initrd");
+	expect_fail(&cfg, ram, "does not fit");
+	static const uint8_t junk[64] = { 0, 0, 0, 0, 0x77, 0x77 };   /* zeros, then no cpio or compressor magic */
+	cfg.initrd = tmp_write("junkrd", junk, sizeof(junk));
+	expect_fail(&cfg, ram, "not an initramfs");
 	cfg.initrd = NULL;
 	/* vmlinux whose segment is outside RAM */
 	len = make_vmlinux(img);
@@ -1356,6 +1361,7 @@ static void test_linux_real_image(void **state)
 	static uint8_t rd[256 * 1024];
 	for (size_t i = 0; i < sizeof(rd); i++)
 		rd[i] = (uint8_t)(i * 31);
+	memcpy(rd, "070701", 6);   /* a cpio header's magic: the loader only takes an initramfs */
 	static const uint32_t ids[2] = { 0, 1 };
 	struct fw_config cfg = cfg_basic(rs, path);
 	cfg.n_vcpus = 2;
