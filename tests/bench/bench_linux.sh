@@ -5,7 +5,8 @@
 #     (goal: emu <= 2x qemu TCG);
 #   - rackvm emu across 2 and 4 node processes (one vCPU per node) against one node with the same vCPU count (goal:
 #     2-node boot <= 1.5x 1-node boot), with the DSM faults and bytes per node of each spanning boot (the sim's
-#     per-node summary, which covers the whole run, init included);
+#     per-node summary, which covers the whole run, init included), and the 2-node ratio again with `quiet` (the
+#     console of a non-io node is forwarded I/O);
 #   - kvm vs qemu-kvm only where /dev/kvm is usable and not kvm_pvm (there Linux's ring 0 runs emulated: a boot
 #     takes minutes; it prints the reason instead).
 # Ratios only, each against a baseline measured here; the load average is printed. BENCH_LINUX_ROUNDS (default 1).
@@ -59,6 +60,13 @@ for r in $(seq 1 "$ROUNDS"); do
 		--kernel "$VMLINUZ" --initrd "$INITRD" --cmdline "$CMD")
 	echo "round $r: 2 nodes x 1 vCPU ${s2} s vs 1 node x 2 vCPUs ${e} s: $(ratio "$s2" "$e") (goal <= 1.5)"
 	grep '^sim:   node' "$LOG_DIR/sim2.log" | sed 's/^/    /'
+	# the same with `quiet`: the console of a non-io node is forwarded I/O, two round trips per character
+	: >"$LOG_DIR/sim2q.log"; : >"$LOG_DIR/emu1q.log"
+	eq=$(first_line "$LOG_DIR/emu1q.log" "$RACKVM" run --accel emu --vcpus 2 --mem 512M --kernel "$VMLINUZ" \
+		--initrd "$INITRD" --cmdline "$CMD quiet")
+	s2q=$(first_line "$LOG_DIR/sim2q.log" "$RACKVM" sim --nodes 2 --vcpus 2 --mem 512M --accel emu \
+		--kernel "$VMLINUZ" --initrd "$INITRD" --cmdline "$CMD quiet")
+	echo "round $r: with quiet: 2 nodes ${s2q} s vs 1 node ${eq} s: $(ratio "$s2q" "$eq") (goal <= 1.5)"
 	s4=$(first_line "$LOG_DIR/sim4.log" "$RACKVM" sim --nodes 4 --vcpus 4 --mem 512M --accel emu \
 		--kernel "$VMLINUZ" --initrd "$INITRD" --cmdline "$CMD")
 	o4=$(first_line "$LOG_DIR/one4.log" "$RACKVM" run --accel emu --vcpus 4 --mem 512M --kernel "$VMLINUZ" \
