@@ -595,7 +595,8 @@ static void conn_on_wc(struct rconn *rc, const struct ibv_wc *wc)
 	conn_return_credits(rc, false);
 }
 
-/* Handle a batch of completions (received now), then return whatever credits are unreported. */
+/* Handle a batch of completions (their frames are stamped with one clock read: cs.now_ns), then return whatever
+ * credits are unreported. */
 static void conn_on_wcs(struct rconn *rc, const struct ibv_wc *wc, int n)
 {
 	rc->c.set->now_ns = clock_now_ns();
@@ -808,7 +809,6 @@ static int rtr_poll(struct ic_transport *it, int timeout_ms)
 	n = epoll_wait(t->epfd, evs, RDMA_MAX_EVENTS, wait);
 	if (n < 0 && errno != EINTR)
 		return -errno;
-	t->cs.now_ns = clock_now_ns();
 	for (int i = 0; i < n; i++) {
 		enum ep_kind *kind = evs[i].data.ptr;
 

@@ -611,8 +611,6 @@ static int tcp_poll(struct ic_transport *it, int timeout_ms)
 		if (n || t->cs.delivered || t->cs.now_ns >= t->timer_due_ns)
 			wait_ms = 0;
 	}
-	if (t->cs.delivered)
-		t->last_rx_frame_ns = t->cs.now_ns;
 	if (wait_ms != 0) {
 		int until_timer = (int)((t->timer_due_ns - t->cs.now_ns + NSEC_PER_MSEC - 1) / NSEC_PER_MSEC);
 

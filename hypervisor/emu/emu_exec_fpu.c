@@ -247,8 +247,8 @@ static void need_aligned(struct emu_insn *d, uint64_t off, unsigned align)
 
 enum { P_NONE, P_66, P_F3, P_F2 };
 
-/* How a stub opcode reads its source: bytes from memory (16 = m128), whether an m128 must be aligned, whether it is
- * floating point (MXCSR flags). */
+/* How a stub opcode reads its source: bytes from memory (16 = m128, always aligned), and whether it is floating
+ * point (MXCSR flags). */
 struct sse_op {
 	uint8_t msize;
 	bool fp;
@@ -326,22 +326,31 @@ static void sse_store_m(struct emu_insn *d, const uint8_t *v, unsigned n, bool a
 	mem_write_n(d, off, v, n);
 }
 
-/* Run a stub on the guest's values: MXCSR flags merged, an unmasked one raises #XM/#UD before anything commits. */
-static void sse_compute(struct emu_insn *d, const void *stub, uint8_t dst[16], const uint8_t src[16], bool fp)
+/* The MXCSR the host computes with: the guest's rounding, DAZ and FZ, every exception masked, no flags. */
+static uint32_t sse_host_csr(uint32_t guest)
 {
-	struct emu_cpu *cpu = d->cpu;
-	uint32_t g = mxcsr(cpu), csr = (g & ~MXCSR_FLAGS) | MXCSR_MASKS;
+	return (guest & ~MXCSR_FLAGS) | MXCSR_MASKS;
+}
 
-	run_sse_stub(stub, dst, src, &csr);
-	if (!fp)
-		return;
+/* After the host ran with sse_host_csr(guest) and left `csr`: its flags join the guest's MXCSR, and one the guest
+ * left unmasked raises #XM (#UD with CR4.OSXMMEXCPT clear) before the caller commits anything. */
+static void sse_flags_commit(struct emu_cpu *cpu, uint32_t guest, uint32_t csr)
+{
 	uint32_t raised = csr & MXCSR_FLAGS;
 
-	if (raised & ~(g >> 7) & MXCSR_FLAGS) {
-		mxcsr_set(cpu, g | raised);
+	mxcsr_set(cpu, guest | raised);
+	if (raised & ~(guest >> 7) & MXCSR_FLAGS)
 		emu_raise(cpu, (cpu->cr4 & CR4_OSXMMEXCPT) ? EXC_XM : EXC_UD, -1);
-	}
-	mxcsr_set(cpu, g | raised);
+}
+
+/* Run a stub on the guest's values (an FP one with its flags committed as above). */
+static void sse_compute(struct emu_insn *d, const void *stub, uint8_t dst[16], const uint8_t src[16], bool fp)
+{
+	uint32_t g = mxcsr(d->cpu), csr = sse_host_csr(g);
+
+	run_sse_stub(stub, dst, src, &csr);
+	if (fp)
+		sse_flags_commit(d->cpu, g, csr);
 }
 
 static void sse_exec_stub(struct emu_insn *d, struct sse_op k, const void *stub)
@@ -360,7 +369,7 @@ static void sse_cvt_gpr(struct emu_insn *d, unsigned p, uint8_t op)
 {
 	struct emu_cpu *cpu = d->cpu;
 	bool w = d->rex & 8, sd = p == P_F2;
-	uint32_t g = mxcsr(cpu), csr = (g & ~MXCSR_FLAGS) | MXCSR_MASKS, host_csr;
+	uint32_t g = mxcsr(cpu), csr = sse_host_csr(g), host_csr;
 	alignas(16) uint8_t v[16];
 	uint64_t r = 0;
 
@@ -413,11 +422,7 @@ static void sse_cvt_gpr(struct emu_insn *d, unsigned p, uint8_t op)
 			CVT_FROM("cvtss2si", uint32_t);
 #undef CVT_FROM
 	}
-	uint32_t raised = csr & MXCSR_FLAGS;
-
-	mxcsr_set(cpu, g | raised);
-	if (raised & ~(g >> 7) & MXCSR_FLAGS)
-		emu_raise(cpu, (cpu->cr4 & CR4_OSXMMEXCPT) ? EXC_XM : EXC_UD, -1);
+	sse_flags_commit(cpu, g, csr);
 	if (op == 0x2a)
 		memcpy(xmm(cpu, d->reg), v, 16);
 	else
@@ -429,7 +434,7 @@ static void sse_cvt_gpr(struct emu_insn *d, unsigned p, uint8_t op)
 static void sse_comis(struct emu_insn *d, unsigned p, uint8_t op)
 {
 	struct emu_cpu *cpu = d->cpu;
-	uint32_t g = mxcsr(cpu), csr = (g & ~MXCSR_FLAGS) | MXCSR_MASKS, host_csr;
+	uint32_t g = mxcsr(cpu), csr = sse_host_csr(g), host_csr;
 	alignas(16) uint8_t a[16], b[16];
 	uint16_t ax = 0;
 
@@ -448,11 +453,7 @@ static void sse_comis(struct emu_insn *d, unsigned p, uint8_t op)
 	else
 		COMI("comiss");
 #undef COMI
-	uint32_t raised = csr & MXCSR_FLAGS;
-
-	mxcsr_set(cpu, g | raised);
-	if (raised & ~(g >> 7) & MXCSR_FLAGS)
-		emu_raise(cpu, (cpu->cr4 & CR4_OSXMMEXCPT) ? EXC_XM : EXC_UD, -1);
+	sse_flags_commit(cpu, g, csr);
 	emu_flags_set(cpu, EFL_ARITH, emu_lahf_flags((uint64_t)ax & 0xff00) & (EFL_ZF | EFL_PF | EFL_CF));
 	emu_insn_retire(d);
 }
@@ -548,8 +549,7 @@ void emu_exec_sse(struct emu_insn *d, uint8_t op)
 
 			if (op == 0x10) {
 				if (d->mem) {
-					memset(v, 0, 16);
-					mem_read_n(d, emu_ea(d), v, n);
+					sse_src(d, n, false, v);        /* a load zeroes the rest */
 				} else {
 					memcpy(v, xmm(cpu, d->reg), 16);
 					memcpy(v, xmm(cpu, d->rm), n);
